@@ -1,0 +1,165 @@
+"""Typed configs and named presets for the GPT and its training.
+
+Presets are plain dataclass instances: `model_preset("tiny")` for a CPU run in minutes,
+`model_preset("gpt-draw")` for the reference recipe, larger ones for those who outgrow it.
+Image-tokenizer presets live in `gptdraw.vqgan`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Width and depth of the GPT-2 (vocabulary and context come from the sequence layout)."""
+
+    n_layer: int
+    """Transformer blocks."""
+    n_head: int
+    """Attention heads per block."""
+    n_embd: int
+    """Hidden width; must divide by n_head."""
+    dropout: float = 0.0
+    """Residual, embedding and attention dropout (the reference uses none)."""
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+MODEL_PRESETS: dict[str, ModelConfig] = {
+    # Trains in minutes on two CPU cores on the built-in shapes data.
+    "tiny": ModelConfig(n_layer=4, n_head=8, n_embd=256),
+    # The reference "GPT-Draw": GPT-2 small's width and depth with more heads, no dropout.
+    "gpt-draw": ModelConfig(n_layer=12, n_head=16, n_embd=768),
+    # For users who outgrow the reference: about GPT-2 medium (350M) and large (774M).
+    "gpt-draw-medium": ModelConfig(n_layer=24, n_head=16, n_embd=1024),
+    "gpt-draw-large": ModelConfig(n_layer=36, n_head=20, n_embd=1280),
+}
+
+
+def model_preset(name: str) -> ModelConfig:
+    if name not in MODEL_PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
+    return MODEL_PRESETS[name]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: optimiser, schedule, batch, precision, logging and checkpoints."""
+
+    model: ModelConfig = field(default_factory=lambda: MODEL_PRESETS["tiny"])
+    """The GPT's width and depth."""
+    max_steps: int = 1000
+    """Optimiser steps to train for (one step = micro_batch_size × grad_accum × processes sequences)."""
+    micro_batch_size: int = 32
+    """Sequences per forward pass on each process."""
+    grad_accum: int = 1
+    """Micro-batches accumulated into one optimiser step."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    warmup_steps: int = 100
+    """Linear warm-up from 0 to lr over this many steps."""
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    """After warm-up: constant (the reference), cosine or linear decay to min_lr_ratio·lr."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate of the decaying schedules, as a fraction of lr."""
+    optimizer: Literal["adamw", "adafactor"] = "adamw"
+    """AdamW with torch's defaults (the reference), or Adafactor to save optimiser memory."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (torch's default), applied to matrices only."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas (torch's default)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """auto: bf16 where the hardware has it (recent CPUs and GPUs), else fp32."""
+    compile: bool = False
+    """torch.compile the model (worth it on GPUs for long runs)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to fit big micro-batches in little memory."""
+    caption_dropout: float = 0.1
+    """Probability of training on the blank caption instead, so classifier-free guidance works."""
+    text_loss_weight: float = 1.0
+    """Weight of the caption-token loss (DALL·E used 1/8 text, 7/8 image)."""
+    image_loss_weight: float = 1.0
+    """Weight of the image-code loss."""
+    loss_chunk: int = 4096
+    """Token positions per chunk of the cross-entropy, so full fp32 logits are never held at once."""
+    seed: int = 0
+    """Seeds the weights, the data order and the caption dropout."""
+    eval_every: int = 200
+    """Steps between evaluations on the held-out split (0: never)."""
+    eval_batches: int = 8
+    """Micro-batches per evaluation."""
+    sample_every: int = 500
+    """Steps between sample grids (0: never)."""
+    sample_prompts: tuple[str, ...] = ()
+    """Fixed prompts drawn in each sample grid."""
+    log_every: int = 10
+    """Steps between logged metrics."""
+    checkpoint_every: int = 200
+    """Steps between checkpoints (the last step is always saved)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk; older ones are pruned."""
+    wandb: bool = False
+    """Also log to Weights & Biases (must be installed)."""
+
+    def __post_init__(self):
+        for name in ("max_steps", "micro_batch_size", "grad_accum", "keep_checkpoints", "loss_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.warmup_steps < 0:
+            raise ValueError("lr must be positive and warmup_steps non-negative")
+        if not 0.0 <= self.caption_dropout < 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if self.text_loss_weight < 0 or self.image_loss_weight <= 0:
+            raise ValueError("loss weights must be non-negative, the image weight positive")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        data = dict(data)
+        data["model"] = ModelConfig(**data["model"])
+        data["betas"] = tuple(data["betas"])
+        data["sample_prompts"] = tuple(data["sample_prompts"])
+        return cls(**data)
+
+
+TRAIN_PRESETS: dict[str, TrainConfig] = {
+    # Minutes on two CPU cores (the quickstart).
+    "tiny": TrainConfig(
+        model=MODEL_PRESETS["tiny"], max_steps=1500, micro_batch_size=64, lr=2e-3,
+        warmup_steps=100, schedule="cosine", eval_every=250, sample_every=0, checkpoint_every=250,
+    ),
+    # The reference recipe: effective batch 16 × 64 = 1024, AdamW, LR 1e-3 after 500 warm-up steps,
+    # constant; one epoch of CC3M is 2,690 steps.
+    "gpt-draw": TrainConfig(
+        model=MODEL_PRESETS["gpt-draw"], max_steps=2690, micro_batch_size=16, grad_accum=64,
+        lr=1e-3, warmup_steps=500, schedule="constant", weight_decay=0.01,
+        eval_every=100, sample_every=250, checkpoint_every=50,
+    ),
+    "gpt-draw-medium": TrainConfig(
+        model=MODEL_PRESETS["gpt-draw-medium"], max_steps=2690, micro_batch_size=16, grad_accum=64,
+        lr=3e-4, warmup_steps=500, schedule="cosine", eval_every=100, sample_every=250,
+        checkpoint_every=50,
+    ),
+    "gpt-draw-large": TrainConfig(
+        model=MODEL_PRESETS["gpt-draw-large"], max_steps=2690, micro_batch_size=8, grad_accum=128,
+        lr=2e-4, warmup_steps=500, schedule="cosine", eval_every=100, sample_every=250,
+        checkpoint_every=50, gradient_checkpointing=True,
+    ),
+}
+
+
+def train_preset(name: str, **overrides) -> TrainConfig:
+    """A named training preset with some fields replaced (None values are ignored)."""
+    if name not in TRAIN_PRESETS:
+        raise ValueError(f"unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    return replace(TRAIN_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})

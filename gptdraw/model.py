@@ -1,0 +1,142 @@
+"""The GPT-2 that learns captions and image codes as one language, and its loss.
+
+The model is transformers' GPT2LMHeadModel, unchanged: it loads pretrained GPT-2 weights and
+works with the rest of the Hugging Face ecosystem. What is ours is the vocabulary and context
+(from the sequence layout) and the loss, which weighs caption and image tokens separately and
+never holds fp32 logits for a whole micro-batch at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from .config import ModelConfig
+from .sequence import SequenceLayout
+
+
+def gpt2_config(model: ModelConfig, layout: SequenceLayout) -> GPT2Config:
+    return GPT2Config(
+        vocab_size=layout.vocab_size,
+        n_positions=layout.seq_len,
+        n_embd=model.n_embd,
+        n_layer=model.n_layer,
+        n_head=model.n_head,
+        resid_pdrop=model.dropout,
+        embd_pdrop=model.dropout,
+        attn_pdrop=model.dropout,
+        # GPT-2's own BOS/EOS ids are meaningless in the joint vocabulary.
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=layout.pad_id,
+        tie_word_embeddings=True,
+    )
+
+
+def build_model(model: ModelConfig, layout: SequenceLayout, seed: int = 0) -> GPT2LMHeadModel:
+    """A freshly initialised GPT-2 for this layout (deterministic for a seed)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gpt = GPT2LMHeadModel(gpt2_config(model, layout))
+    return gpt
+
+
+def check_model_fits_layout(gpt: GPT2LMHeadModel, layout: SequenceLayout, where: str) -> None:
+    """Refuses a GPT whose vocabulary or context does not match the layout it is used with."""
+    config = gpt.config
+    if config.vocab_size != layout.vocab_size:
+        raise ValueError(
+            f"{where}: the GPT has a vocabulary of {config.vocab_size} but the layout needs "
+            f"{layout.vocab_size} ({layout.text_vocab_size} caption ids + {layout.codebook_size} "
+            "image codes, padded): it was trained with other tokenizers"
+        )
+    if config.n_positions < layout.seq_len:
+        raise ValueError(
+            f"{where}: the GPT's context is {config.n_positions} tokens but the layout needs "
+            f"{layout.seq_len} ({layout.text_len} caption + {layout.image_len} image codes)"
+        )
+
+
+@dataclass
+class LossOutput:
+    """The training loss and its parts (all scalars)."""
+
+    loss: torch.Tensor
+    """Weighted sum that is optimised."""
+    text_loss: torch.Tensor
+    """Mean cross-entropy over non-pad caption targets."""
+    image_loss: torch.Tensor
+    """Mean cross-entropy over image-code targets."""
+
+
+def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum of cross-entropy for one chunk; logits exist only inside this call."""
+    logits = F.linear(hidden, weight).float()  # (n, V) in fp32 for a stable softmax
+    return F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
+
+
+def sequence_loss(
+    gpt: GPT2LMHeadModel,
+    ids: torch.Tensor,
+    layout: SequenceLayout,
+    text_weight: float = 1.0,
+    image_weight: float = 1.0,
+    chunk: int = 4096,
+) -> LossOutput:
+    """Next-token loss on (B, seq_len) joint ids, caption and image targets weighed apart.
+
+    The LM head and cross-entropy run in chunks of `chunk` positions under activation
+    checkpointing, so memory holds one chunk of logits, never (B, T, V) of them.
+    """
+    inputs, targets = ids[:, :-1], ids[:, 1:].clone()  # (B, T-1) each
+    # Targets inside the caption block: predict caption tokens, but not the padding after them.
+    text_targets = targets[:, : layout.text_len - 1]
+    text_targets[text_targets == layout.pad_id] = -100
+    hidden = gpt.transformer(input_ids=inputs).last_hidden_state  # (B, T-1, C)
+    weight = gpt.lm_head.weight
+
+    def part_loss(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = h.reshape(-1, h.shape[-1])  # (B*n, C)
+        t = t.reshape(-1)  # (B*n,)
+        total = h.new_zeros((), dtype=torch.float32)
+        for start in range(0, t.numel(), chunk):
+            piece = slice(start, start + chunk)
+            if torch.is_grad_enabled():
+                total = total + checkpoint(
+                    _chunk_loss_sum, h[piece], weight, t[piece], use_reentrant=False
+                )
+            else:
+                total = total + _chunk_loss_sum(h[piece], weight, t[piece])
+        count = (t != -100).sum().clamp(min=1)
+        return total / count, count
+
+    text_loss, _ = part_loss(hidden[:, : layout.text_len - 1], text_targets)
+    image_loss, _ = part_loss(hidden[:, layout.text_len - 1 :], targets[:, layout.text_len - 1 :])
+    loss = (text_weight * text_loss + image_weight * image_loss) / (text_weight + image_weight)
+    return LossOutput(loss=loss, text_loss=text_loss.detach(), image_loss=image_loss.detach())
+
+
+def save_transformer(gpt: GPT2LMHeadModel, directory: str | Path) -> None:
+    """Saves the GPT as a transformers directory (config.json + model.safetensors)."""
+    gpt.save_pretrained(directory, safe_serialization=True)
+
+
+def load_transformer(directory: str | Path, device: str | torch.device = "cpu") -> GPT2LMHeadModel:
+    """Loads a saved GPT strictly from safetensors (never pickle)."""
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"{directory} has no config.json: not a saved GPT")
+    if not any(directory.glob("*.safetensors")):
+        raise FileNotFoundError(f"{directory} has no .safetensors weights")
+    gpt, info = GPT2LMHeadModel.from_pretrained(
+        directory, use_safetensors=True, output_loading_info=True
+    )
+    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if problems:
+        raise ValueError(f"{directory}: the GPT weights do not match its config: {problems}")
+    return gpt.to(device).eval()

@@ -1,0 +1,235 @@
+"""GPTDrawPipeline: a model directory in, pictures out.
+
+A model directory holds everything needed to draw:
+
+    transformer/       the GPT-2 (transformers format, safetensors)
+    text_tokenizer/    the caption tokenizer
+    image_tokenizer/   the VQGAN (gptdraw format, safetensors)
+    gptdraw.json       the sequence layout and the default sampling settings
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from PIL import Image
+from transformers import GPT2LMHeadModel
+
+from .images import tensor_to_pil
+from .model import check_model_fits_layout, load_transformer, save_transformer
+from .sampling import SamplingSettings, iter_codes
+from .sequence import SequenceLayout
+from .text import CaptionTokenizer
+from .vqgan import ImageTokenizer
+
+logger = logging.getLogger(__name__)
+
+MODEL_CONFIG_NAME = "gptdraw.json"
+PARTS = ("transformer", "text_tokenizer", "image_tokenizer")
+
+
+@dataclass
+class DrawingStep:
+    """One moment of a drawing in progress."""
+
+    codes_drawn: int
+    """How many codes of each image are drawn so far."""
+    total_codes: int
+    """Codes in a whole image."""
+    images: list[Image.Image]
+    """The partial images; codes not yet drawn are shown grey."""
+    codes: torch.Tensor
+    """(B, codes_drawn) the codes so far."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class GPTDrawPipeline:
+    """Draws pictures for captions with a trained gptdraw model."""
+
+    def __init__(
+        self,
+        gpt: GPT2LMHeadModel,
+        caption_tokenizer: CaptionTokenizer,
+        image_tokenizer: ImageTokenizer,
+        layout: SequenceLayout,
+        default_settings: SamplingSettings = SamplingSettings(),
+    ):
+        check_model_fits_layout(gpt, layout, "pipeline")
+        if image_tokenizer.codebook_size != layout.codebook_size:
+            raise ValueError(
+                f"the image tokenizer has {image_tokenizer.codebook_size} codes but the GPT was "
+                f"trained on {layout.codebook_size}"
+            )
+        if tuple(image_tokenizer.grid_size()) != layout.grid:
+            raise ValueError(
+                f"the image tokenizer gives a {image_tokenizer.grid_size()} grid but the GPT was "
+                f"trained on {layout.grid}"
+            )
+        if caption_tokenizer.text_len != layout.text_len or caption_tokenizer.pad_id != layout.pad_id:
+            raise ValueError("the caption tokenizer does not match the model's caption layout")
+        self.gpt = gpt.eval()
+        self.caption_tokenizer = caption_tokenizer
+        self.image_tokenizer = image_tokenizer.eval()
+        self.layout = layout
+        self.default_settings = default_settings
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.gpt.parameters()).device
+
+    # ----------------------------------------------------------------- save / load
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Writes the model directory; each part is written whole before it replaces the old."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        writers = {
+            "transformer": lambda d: save_transformer(self.gpt, d),
+            "text_tokenizer": self.caption_tokenizer.save_pretrained,
+            "image_tokenizer": self.image_tokenizer.save_pretrained,
+        }
+        for part, write in writers.items():
+            temporary = Path(tempfile.mkdtemp(prefix=f".{part}-", dir=directory))
+            write(temporary)
+            if (directory / part).exists():
+                shutil.rmtree(directory / part)
+            os.replace(temporary, directory / part)
+        config = {
+            "format": "gptdraw-model",
+            "version": 1,
+            "layout": self.layout.to_dict(),
+            "sampling": self.default_settings.to_dict(),
+            "text_tokenizer": self.caption_tokenizer.identity(),
+        }
+        temporary_config = directory / f".{MODEL_CONFIG_NAME}.tmp"
+        temporary_config.write_text(json.dumps(config, indent=2) + "\n")
+        os.replace(temporary_config, directory / MODEL_CONFIG_NAME)
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | os.PathLike, device: str | torch.device | None = None
+    ) -> "GPTDrawPipeline":
+        """Loads a model directory; a missing or incomplete one is a clear error."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"model directory {directory} does not exist")
+        missing = [p for p in (MODEL_CONFIG_NAME, *PARTS) if not (directory / p).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"{directory} is not a complete gptdraw model directory: it lacks {', '.join(missing)}"
+            )
+        try:
+            config = json.loads((directory / MODEL_CONFIG_NAME).read_text())
+            layout = SequenceLayout.from_dict(config["layout"])
+            settings = SamplingSettings(**config.get("sampling", {}))
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{directory / MODEL_CONFIG_NAME} is not a valid model config: {error}") from None
+        device = resolve_device(device)
+        return cls(
+            gpt=load_transformer(directory / "transformer", device),
+            caption_tokenizer=CaptionTokenizer.from_pretrained(directory / "text_tokenizer"),
+            image_tokenizer=ImageTokenizer.from_pretrained(directory / "image_tokenizer").to(device),
+            layout=layout,
+            default_settings=settings,
+        )
+
+    # ----------------------------------------------------------------- drawing
+    def encode_prompts(self, prompts: Sequence[str]) -> tuple[torch.Tensor, list[str]]:
+        """Prompts → (B, text_len) caption ids and warnings (one per truncated prompt)."""
+        for prompt in prompts:
+            if not isinstance(prompt, str):
+                raise ValueError(f"a prompt must be text, got {type(prompt).__name__}")
+            if not prompt.strip():
+                raise ValueError("a prompt is empty: write what to draw")
+        encoded = self.caption_tokenizer.encode_batch(list(prompts))
+        warnings = [
+            f"prompt {prompt[:40]!r}… is longer than the caption budget of "
+            f"{self.layout.text_len} tokens and was truncated"
+            for prompt, cut in zip(prompts, encoded.truncated)
+            if cut
+        ]
+        for warning in warnings:
+            logger.warning(warning)
+        return torch.from_numpy(encoded.ids).long(), warnings
+
+    def settings(self, **overrides) -> SamplingSettings:
+        """The model's default sampling settings with some replaced (None values ignored)."""
+        return replace(self.default_settings, **{k: v for k, v in overrides.items() if v is not None})
+
+    def stream(
+        self,
+        prompts: str | Sequence[str],
+        num_images_per_prompt: int = 1,
+        seed: int | None = None,
+        every: int = 1,
+        prefix_codes: torch.Tensor | None = None,
+        **settings,
+    ) -> Iterator[DrawingStep]:
+        """Draws, yielding partial images every `every` codes and the finished images last.
+
+        prefix_codes: (B, n) codes that are kept as given (an image prompt), B = all images.
+        Settings (temperature, top_k, top_p, cfg_scale) default to the model's.
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise ValueError("no prompts given")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
+        caption_ids, _ = self.encode_prompts(prompts)
+        caption_ids = caption_ids.repeat_interleave(num_images_per_prompt, dim=0)  # (B, text_len)
+        generator = torch.Generator(self.device)
+        generator.manual_seed(seed if seed is not None else torch.seed())
+        total = self.layout.image_len
+        with torch.inference_mode():
+            for codes in iter_codes(
+                self.gpt, self.layout, caption_ids.to(self.device), self.settings(**settings),
+                generator, prefix_codes=prefix_codes,
+            ):
+                drawn = codes.shape[1]
+                if drawn == total or drawn % every == 0:
+                    yield DrawingStep(drawn, total, self.decode_partial(codes), codes)
+
+    def __call__(
+        self,
+        prompts: str | Sequence[str],
+        num_images_per_prompt: int = 1,
+        seed: int | None = None,
+        prefix_codes: torch.Tensor | None = None,
+        **settings,
+    ) -> list[Image.Image]:
+        """Draws `num_images_per_prompt` images for each prompt, in prompt order."""
+        last = None
+        for last in self.stream(
+            prompts, num_images_per_prompt, seed, every=self.layout.image_len,
+            prefix_codes=prefix_codes, **settings,
+        ):
+            pass
+        return last.images
+
+    def decode_partial(self, codes: torch.Tensor) -> list[Image.Image]:
+        """(B, n ≤ h·w) codes → images; positions not yet drawn are painted grey."""
+        batch, drawn = codes.shape
+        h, w = self.layout.grid
+        full = torch.zeros(batch, h * w, dtype=torch.long, device=codes.device)
+        full[:, :drawn] = codes
+        with torch.inference_mode():
+            pixels = self.image_tokenizer.decode(full.reshape(batch, h, w))  # (B, 3, H, W)
+        if drawn < h * w:
+            known = torch.zeros(h * w, device=pixels.device)
+            known[:drawn] = 1
+            scale = pixels.shape[-1] // w
+            mask = known.reshape(1, 1, h, w).repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+            pixels = pixels * mask + 0.5 * (1 - mask)
+        return tensor_to_pil(pixels.float().cpu())

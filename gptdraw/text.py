@@ -1,0 +1,168 @@
+"""Caption tokenizer: captions → fixed-length rows of BPE ids.
+
+Two kinds, one class:
+- a byte-level BPE trained on the captions themselves (offline, the default), and
+- a pretrained GPT-2 tokenizer from a directory (or a hub id, where the network allows),
+  for models initialised from GPT-2 weights.
+
+Every caption becomes exactly `text_len` ids: truncated (with a warning from the caller's
+side, since the tokenizer reports it) or right-padded with the pad id. The blank caption,
+all pad ids, is what classifier-free guidance conditions on for its unconditional row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+PAD_TOKEN = "<|pad|>"
+CONFIG_NAME = "caption_tokenizer.json"
+TOKENIZER_NAME = "tokenizer.json"
+
+
+@dataclass
+class EncodedCaptions:
+    """A batch of captions as fixed-length id rows."""
+
+    ids: np.ndarray
+    """int32 (B, text_len): token ids, right-padded with the pad id."""
+    truncated: list[bool]
+    """True where the caption had more tokens than text_len and was cut."""
+
+
+class CaptionTokenizer:
+    """Turns captions into fixed-length id rows and back."""
+
+    def __init__(self, tokenizer: Tokenizer, text_len: int, kind: str, name: str = ""):
+        if text_len < 1:
+            raise ValueError(f"text_len must be at least 1, got {text_len}")
+        pad_id = tokenizer.token_to_id(PAD_TOKEN)
+        if pad_id is None:
+            # Pretrained GPT-2 has no pad token: add one at the end of its vocabulary.
+            tokenizer.add_special_tokens([PAD_TOKEN])
+            pad_id = tokenizer.token_to_id(PAD_TOKEN)
+        self.tokenizer = tokenizer
+        self.text_len = text_len
+        self.kind = kind
+        self.name = name
+        self.pad_id: int = pad_id
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def train(
+        cls, captions: Iterable[str], vocab_size: int = 1024, text_len: int = 64
+    ) -> "CaptionTokenizer":
+        """Trains a byte-level BPE on the captions (lower-cased, NFKC-normalised)."""
+        tokenizer = Tokenizer(models.BPE())
+        # Prompts typed by people vary in case and unicode forms; the captions rarely matter there.
+        tokenizer.normalizer = normalizers.Sequence(
+            [normalizers.NFKC(), normalizers.Lowercase(), normalizers.Strip()]
+        )
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[PAD_TOKEN],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tokenizer.train_from_iterator(captions, trainer=trainer)
+        return cls(tokenizer, text_len, kind="bpe-trained", name=f"bpe-{tokenizer.get_vocab_size()}")
+
+    @classmethod
+    def from_gpt2(cls, name_or_dir: str, text_len: int = 64) -> "CaptionTokenizer":
+        """Loads a pretrained GPT-2 tokenizer from a directory or a hub id."""
+        path = Path(name_or_dir)
+        if path.is_dir():
+            if (path / TOKENIZER_NAME).is_file():
+                tokenizer = Tokenizer.from_file(str(path / TOKENIZER_NAME))
+            elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+                tokenizer = Tokenizer(
+                    models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt"))
+                )
+                tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+                tokenizer.decoder = decoders.ByteLevel()
+            else:
+                raise FileNotFoundError(
+                    f"{path} has neither tokenizer.json nor vocab.json + merges.txt: "
+                    "not a GPT-2 tokenizer directory"
+                )
+        else:
+            try:
+                tokenizer = Tokenizer.from_pretrained(name_or_dir)
+            except Exception as error:  # the hub client raises many kinds; say what failed
+                raise FileNotFoundError(
+                    f"cannot load the GPT-2 tokenizer {name_or_dir!r}: not a local directory, and "
+                    f"the hub is unreachable or has no such id ({type(error).__name__})"
+                ) from None
+        return cls(tokenizer, text_len, kind="gpt2", name=str(name_or_dir))
+
+    # ----------------------------------------------------------------- use
+    @property
+    def vocab_size(self) -> int:
+        """Number of text ids, the pad id included."""
+        return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+    def encode_batch(self, captions: list[str]) -> EncodedCaptions:
+        """Tokenizes, then truncates or pads each caption to text_len ids."""
+        encodings = self.tokenizer.encode_batch(list(captions), add_special_tokens=False)
+        ids = np.full((len(captions), self.text_len), self.pad_id, dtype=np.int32)
+        truncated = []
+        for row, encoding in enumerate(encodings):
+            tokens = encoding.ids[: self.text_len]
+            ids[row, : len(tokens)] = tokens
+            truncated.append(len(encoding.ids) > self.text_len)
+        return EncodedCaptions(ids=ids, truncated=truncated)
+
+    def blank(self, batch_size: int = 1) -> np.ndarray:
+        """The blank caption (all pad ids), int32 (batch_size, text_len): CFG's unconditional row."""
+        return np.full((batch_size, self.text_len), self.pad_id, dtype=np.int32)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Ids → text, pad ids dropped."""
+        return self.tokenizer.decode([int(i) for i in ids if int(i) != self.pad_id])
+
+    def identity(self) -> dict:
+        """What made these ids: recorded in datasets and model directories to catch mix-ups."""
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "vocab_size": self.vocab_size,
+            "text_len": self.text_len,
+            "pad_id": self.pad_id,
+        }
+
+    # ----------------------------------------------------------------- save / load
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(str(directory / TOKENIZER_NAME))
+        config = {"format": "gptdraw-caption-tokenizer", "version": 1, **self.identity()}
+        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "CaptionTokenizer":
+        directory = Path(directory)
+        config_path = directory / CONFIG_NAME
+        tokenizer_path = directory / TOKENIZER_NAME
+        for path in (config_path, tokenizer_path):
+            if not path.is_file():
+                raise FileNotFoundError(f"caption tokenizer directory {directory} lacks {path.name}")
+        try:
+            config = json.loads(config_path.read_text())
+            text_len = int(config["text_len"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{config_path} is not a valid caption tokenizer config: {error}") from None
+        tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        loaded = cls(tokenizer, text_len, kind=config.get("kind", ""), name=config.get("name", ""))
+        if loaded.pad_id != config.get("pad_id", loaded.pad_id):
+            raise ValueError(
+                f"{directory}: pad id {loaded.pad_id} differs from the recorded {config['pad_id']}"
+            )
+        return loaded

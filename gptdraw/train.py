@@ -1,0 +1,453 @@
+"""The training loop: pre-encoded shards → a GPT-2 that draws (Accelerate, one or many processes).
+
+Everything that decides a step — which examples, which captions are blanked for CFG, the
+learning rate — is a pure function of (seed, step), and a checkpoint holds the model, the
+optimiser and the step. So a run killed at any moment and resumed from its last checkpoint
+takes exactly the steps an uninterrupted run would have taken.
+
+Run directory (`--out`), which is also a model directory that `gptdraw generate` reads:
+
+    transformer/ text_tokenizer/ image_tokenizer/ gptdraw.json   the model (updated at each checkpoint)
+    checkpoints/step-00000200/     model.safetensors, optimizer.pt, trainer_state.json
+    metrics.jsonl                  one JSON object per logged step
+    logs/                          TensorBoard events
+    samples/step-00000200.png      sample grids of fixed prompts
+    loss.png                       the loss curves
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .images import make_grid
+from .model import build_model, check_model_fits_layout, sequence_loss
+from .pipeline import GPTDrawPipeline
+from .sampling import SamplingSettings
+from .sequence import SequenceLayout
+from .text import CaptionTokenizer
+from .vqgan import ImageTokenizer
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+STATE_NAME = "trainer_state.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    """What a training run ended with."""
+
+    step: int
+    """The last optimiser step taken."""
+    train_loss: float
+    """Loss of the last logged step."""
+    eval_loss: float | None
+    """Loss on the held-out split at the end (None without one)."""
+    seconds: float
+    """Wall time of this invocation."""
+    tokens_per_s: float
+    """Training tokens per second over this invocation, all processes together."""
+
+
+# ----------------------------------------------------------------------------- schedule
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to lr, then constant, cosine or linear decay to min_lr_ratio·lr."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return config.lr
+    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
+    progress = min(1.0, progress)
+    floor = config.min_lr_ratio
+    if config.schedule == "cosine":
+        return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return config.lr * (1 - (1 - floor) * progress)
+
+
+# ----------------------------------------------------------------------------- data order
+class BatchOrder:
+    """Which examples each micro-batch holds: a seeded permutation per epoch, cut into
+    global micro-batches; each process takes its own disjoint slice of each."""
+
+    def __init__(self, num_examples: int, micro_batch: int, world_size: int, seed: int):
+        self.global_batch = micro_batch * world_size
+        if num_examples < self.global_batch:
+            raise ValueError(
+                f"the dataset has {num_examples} examples, fewer than one global micro-batch "
+                f"({micro_batch} × {world_size} processes)"
+            )
+        self.num_examples = num_examples
+        self.micro_batch = micro_batch
+        self.seed = seed
+        self.per_epoch = num_examples // self.global_batch  # the ragged end of an epoch is dropped
+        self._epoch, self._permutation = -1, None
+
+    def indices(self, micro_step: int, rank: int) -> np.ndarray:
+        """Example indices for global micro-batch number `micro_step`, slice of process `rank`."""
+        epoch, position = divmod(micro_step, self.per_epoch)
+        if epoch != self._epoch:
+            self._permutation = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+            self._epoch = epoch
+        start = position * self.global_batch + rank * self.micro_batch
+        return np.sort(self._permutation[start : start + self.micro_batch])
+
+
+def blank_captions(ids: torch.Tensor, layout: SequenceLayout, probability: float, seed: int, micro_step: int, rank: int) -> torch.Tensor:
+    """Caption dropout: replaces each caption by the blank caption with `probability`."""
+    if probability == 0:
+        return ids
+    generator = torch.Generator().manual_seed(hash((seed, micro_step, rank)) & 0x7FFFFFFF)
+    drop = torch.rand(ids.shape[0], generator=generator) < probability  # (B,)
+    ids = ids.clone()
+    ids[drop, : layout.text_len] = layout.pad_id
+    return ids
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def list_checkpoints(out_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a checkpoint is complete once its state file exists)."""
+    root = out_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step-*") if (p / STATE_NAME).is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(out_dir: Path, step: int, model, optimizer, config: TrainConfig, layout: SequenceLayout, history: dict) -> Path:
+    """Writes a checkpoint to a temporary directory and renames it into place."""
+    root = out_dir / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    temporary = root / f".tmp-step-{step:08d}"
+    if temporary.exists():
+        shutil.rmtree(temporary)
+    temporary.mkdir()
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state.pop("lm_head.weight", None)  # tied to the token embedding
+    save_file(state, temporary / "model.safetensors")
+    torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
+    trainer_state = {
+        "step": step,
+        "config": config.to_dict(),
+        "layout": layout.to_dict(),
+        "torch_rng": torch.get_rng_state().tolist(),
+        "history": history,
+    }
+    # The state file is written last: its presence marks the checkpoint complete.
+    (temporary / STATE_NAME).write_text(json.dumps(trainer_state))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(temporary, final)
+    return final
+
+
+def prune_checkpoints(out_dir: Path, keep: int) -> None:
+    for old in list_checkpoints(out_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, model, optimizer, layout: SequenceLayout) -> dict:
+    """Restores model and optimiser from a checkpoint; refuses one made for another layout."""
+    try:
+        trainer_state = json.loads((path / STATE_NAME).read_text())
+        saved_layout = SequenceLayout.from_dict(trainer_state["layout"])
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"checkpoint {path} is unreadable or corrupt: {error}") from None
+    if saved_layout != layout:
+        raise ValueError(
+            f"checkpoint {path} was made for another vocabulary or grid ({saved_layout}); "
+            f"this run uses {layout}. Use another --out or the data it was trained on."
+        )
+    try:
+        state = load_file(path / "model.safetensors")
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        # The tied head is not stored; anything else missing is a broken checkpoint.
+        missing = [k for k in missing if k != "lm_head.weight"]
+        if missing or unexpected:
+            raise ValueError(f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    except Exception as error:  # safetensors, torch.load and load_state_dict raise many kinds
+        raise ValueError(f"checkpoint {path} is corrupt or does not fit the model: {error}") from None
+    torch.set_rng_state(torch.tensor(trainer_state["torch_rng"], dtype=torch.uint8))
+    return trainer_state
+
+
+# ----------------------------------------------------------------------------- plots
+def plot_losses(metrics_path: Path, out_path: Path) -> None:
+    """Writes the train / eval loss curves from metrics.jsonl as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    figure = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for key, label in (("loss", "train"), ("text_loss", "train text"), ("image_loss", "train image"), ("eval_loss", "eval")):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            steps, values = zip(*points)
+            axes.plot(steps, values, label=label, marker="o" if key == "eval_loss" else None, markersize=3)
+    axes.set_xlabel("step")
+    axes.set_ylabel("cross-entropy (nats)")
+    axes.set_yscale("log")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(out_path)
+
+
+# ----------------------------------------------------------------------------- the loop
+def resolve_mixed_precision(choice: str) -> str:
+    """auto → bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AMX/AVX512-BF16)."""
+    if choice != "auto":
+        return choice
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "no"
+    return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "no"
+
+
+def evaluate(model, dataset, layout: SequenceLayout, config: TrainConfig, accelerator) -> float:
+    """Mean loss over the first eval_batches micro-batches of the held-out split."""
+    model.eval()
+    losses = []
+    batch = config.micro_batch_size
+    with torch.no_grad():
+        for start in range(0, min(len(dataset), config.eval_batches * batch), batch):
+            indices = np.arange(start, min(start + batch, len(dataset)))
+            captions, codes = dataset.get_batch(indices)
+            ids = layout.pack(captions, codes).to(accelerator.device)
+            with accelerator.autocast():
+                out = sequence_loss(accelerator.unwrap_model(model), ids, layout, config.text_loss_weight, config.image_loss_weight, config.loss_chunk)
+            losses.append(out.loss.item())
+    model.train()
+    return float(np.mean(losses)) if losses else float("nan")
+
+
+def train(
+    config: TrainConfig,
+    train_data,
+    out_dir: str | os.PathLike,
+    caption_tokenizer: CaptionTokenizer,
+    image_tokenizer: ImageTokenizer,
+    eval_data=None,
+    sampling: SamplingSettings = SamplingSettings(),
+    init_model=None,
+    progress: bool = True,
+    stop_after: int | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Trains (or resumes training of) a GPT on pre-encoded shards; returns the final losses.
+
+    train_data / eval_data: datasets with `__len__`, `get_batch(indices)` → (caption ids
+    (B, text_len), codes (B, h·w)), `.grid` and `.text_len` (gptdraw.data.shards.ShardDataset).
+    init_model: a GPT to start from (e.g. pretrained GPT-2 adapted to the layout) instead of
+    a fresh one. stop_after: end this invocation after that many steps (for tests and slicing
+    long runs); the run resumes from there next time.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    out_dir = Path(out_dir)
+    layout = SequenceLayout(
+        text_vocab_size=caption_tokenizer.vocab_size,
+        pad_id=caption_tokenizer.pad_id,
+        codebook_size=image_tokenizer.codebook_size,
+        text_len=caption_tokenizer.text_len,
+        grid=tuple(train_data.grid),
+    )
+    if train_data.text_len != layout.text_len:
+        raise ValueError(f"the data has captions of {train_data.text_len} ids, the tokenizer {layout.text_len}")
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision))
+    rank, world = accelerator.process_index, accelerator.num_processes
+    set_seed(config.seed)
+
+    model = init_model if init_model is not None else build_model(config.model, layout, seed=config.seed)
+    check_model_fits_layout(model, layout, "train")
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    optimizer = make_optimizer(model, config)
+
+    start_step, history = 0, {"best_eval": None}
+    checkpoints = list_checkpoints(out_dir)
+    if checkpoints:
+        trainer_state = load_checkpoint(checkpoints[-1], model, optimizer, layout)
+        start_step, history = trainer_state["step"], trainer_state["history"]
+        if accelerator.is_main_process:
+            logger.info("resuming from %s (step %d)", checkpoints[-1], start_step)
+    if config.compile:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+
+    order = BatchOrder(len(train_data), config.micro_batch_size, world, config.seed)
+    writer = metrics_file = None
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        pipeline_parts = GPTDrawPipeline(unwrapped, caption_tokenizer, image_tokenizer, layout, sampling)
+        if not (out_dir / "gptdraw.json").exists():
+            pipeline_parts.save_pretrained(out_dir)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "logs"))
+        metrics_file = open(out_dir / "metrics.jsonl", "a")
+        if config.wandb:
+            import wandb
+
+            wandb.init(project="gptdraw", config=config.to_dict(), dir=str(out_dir), resume="allow")
+
+    tokens_per_step = config.micro_batch_size * config.grad_accum * world * (layout.seq_len - 1)
+    end_step = config.max_steps if stop_after is None else min(config.max_steps, start_step + stop_after)
+    bar = tqdm(total=config.max_steps, initial=start_step, desc="train", unit="step", disable=not (progress and accelerator.is_main_process), dynamic_ncols=True)
+    started = time.perf_counter()
+    last_log_time, last_log_step = started, start_step
+    loss_value, eval_loss = float("nan"), None
+    step = start_step
+    try:
+        for step in range(start_step, end_step):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(step, config)
+            totals = torch.zeros(3, device=accelerator.device)  # loss, text loss, image loss
+            for micro in range(config.grad_accum):
+                micro_step = step * config.grad_accum + micro
+                captions, codes = train_data.get_batch(order.indices(micro_step, rank))
+                ids = layout.pack(captions, codes)
+                ids = blank_captions(ids, layout, config.caption_dropout, config.seed, micro_step, rank).to(accelerator.device)
+                # Gradients are synchronised across processes only on the last micro-batch.
+                sync = micro == config.grad_accum - 1
+                with (accelerator.autocast(), _no_sync(accelerator, model, not sync)):
+                    out = sequence_loss(unwrapped, ids, layout, config.text_loss_weight, config.image_loss_weight, config.loss_chunk)
+                    accelerator.backward(out.loss / config.grad_accum)
+                totals += torch.stack([out.loss.detach(), out.text_loss, out.image_loss]).float() / config.grad_accum
+            totals = accelerator.reduce(totals, reduction="mean")
+            if not torch.isfinite(totals).all():
+                raise NonFiniteLossError(
+                    f"the loss became {totals[0].item()} at step {step}; stopping. The last good "
+                    f"checkpoint is kept in {out_dir / CHECKPOINTS}. Try a lower --lr or fp32."
+                )
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_value = totals[0].item()
+            done = step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{learning_rate(step, config):.2e}")
+            if on_step is not None:
+                on_step(done, loss_value)
+
+            record = None
+            if done % config.log_every == 0 or done == end_step:
+                now = time.perf_counter()
+                record = {
+                    "step": done,
+                    "loss": loss_value,
+                    "text_loss": totals[1].item(),
+                    "image_loss": totals[2].item(),
+                    "lr": learning_rate(step, config),
+                    "grad_norm": float(grad_norm),
+                    "tokens_seen": done * tokens_per_step,
+                    "tokens_per_s": (done - last_log_step) * tokens_per_step / max(now - last_log_time, 1e-9),
+                }
+                last_log_time, last_log_step = now, done
+            if eval_data is not None and config.eval_every and (done % config.eval_every == 0 or done == config.max_steps):
+                eval_loss = evaluate(model, eval_data, layout, config, accelerator)
+                record = record or {"step": done}
+                record["eval_loss"] = eval_loss
+            if record is not None and accelerator.is_main_process:
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+                for key, value in record.items():
+                    if key != "step":
+                        writer.add_scalar(f"train/{key}" if key != "eval_loss" else "eval/loss", value, done)
+                if config.wandb:
+                    import wandb
+
+                    wandb.log(record, step=done)
+            if accelerator.is_main_process and config.sample_every and config.sample_prompts and done % config.sample_every == 0:
+                write_sample_grid(pipeline_parts, config, out_dir / "samples" / f"step-{done:08d}.png", writer, done)
+            if done % config.checkpoint_every == 0 or done == end_step:
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    save_checkpoint(out_dir, done, unwrapped, optimizer, config, layout, history)
+                    prune_checkpoints(out_dir, config.keep_checkpoints)
+                    pipeline_parts.save_pretrained(out_dir)
+                    plot_losses(out_dir / "metrics.jsonl", out_dir / "loss.png")
+                accelerator.wait_for_everyone()
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+            metrics_file.close()
+    seconds = time.perf_counter() - started
+    steps_run = max(0, step + 1 - start_step) if end_step > start_step else 0
+    return TrainResult(
+        step=max(start_step, end_step) if end_step > start_step else start_step,
+        train_loss=loss_value,
+        eval_loss=eval_loss,
+        seconds=seconds,
+        tokens_per_s=steps_run * tokens_per_step / max(seconds, 1e-9),
+    )
+
+
+class _no_sync:
+    """Skips DDP's gradient all-reduce for accumulation micro-batches (no-op on one process)."""
+
+    def __init__(self, accelerator, model, skip: bool):
+        self.context = accelerator.no_sync(model) if skip else None
+
+    def __enter__(self):
+        if self.context is not None:
+            self.context.__enter__()
+
+    def __exit__(self, *exc):
+        if self.context is not None:
+            return self.context.__exit__(*exc)
+        return False
+
+
+def make_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (fused where the device supports it) with decay on matrices only, or Adafactor."""
+    matrices = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    vectors = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    groups = [
+        {"params": matrices, "weight_decay": config.weight_decay},
+        {"params": vectors, "weight_decay": 0.0},
+    ]
+    if config.optimizer == "adafactor":
+        return torch.optim.Adafactor(groups, lr=config.lr)
+    fused = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused or None)
+
+
+def write_sample_grid(pipeline: GPTDrawPipeline, config: TrainConfig, path: Path, writer, step: int) -> None:
+    """Draws the fixed prompts and saves them as one labelled grid."""
+    was_training = pipeline.gpt.training
+    images = pipeline(list(config.sample_prompts), num_images_per_prompt=1, seed=config.seed)
+    pipeline.gpt.train(was_training)
+    grid = make_grid(images, columns=min(8, len(images)), labels=list(config.sample_prompts))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    if writer is not None:
+        writer.add_image("samples", np.asarray(grid), step, dataformats="HWC")
