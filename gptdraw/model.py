@@ -140,3 +140,45 @@ def load_transformer(directory: str | Path, device: str | torch.device = "cpu") 
     if problems:
         raise ValueError(f"{directory}: the GPT weights do not match its config: {problems}")
     return gpt.to(device).eval()
+
+
+def adapt_pretrained_gpt2(name_or_dir: str | Path, layout: SequenceLayout, dropout: float = 0.0) -> GPT2LMHeadModel:
+    """Starts from pretrained GPT-2 weights: keeps its text embeddings, adds rows for the pad
+    id and the image codes, and lengthens the position table if the layout needs more context.
+
+    The caption tokenizer must be GPT-2's own (`CaptionTokenizer.from_gpt2`), so that caption
+    id i means the same token to the pretrained embeddings.
+    """
+    try:
+        gpt, info = GPT2LMHeadModel.from_pretrained(str(name_or_dir), use_safetensors=True, output_loading_info=True)
+    except OSError as error:
+        raise FileNotFoundError(f"cannot load pretrained GPT-2 from {name_or_dir}: {error}") from None
+    # The tied LM head may be absent from a saved GPT-2: it is the token embedding.
+    missing = [k for k in info.get("missing_keys", []) if k != "lm_head.weight"]
+    problems = {k: v for k, v in info.items() if v and k in ("unexpected_keys", "mismatched_keys")}
+    if missing:
+        problems["missing_keys"] = missing
+    if problems:
+        raise ValueError(f"{name_or_dir}: pretrained GPT-2 weights do not match its config: {problems}")
+    pretrained_vocab = gpt.config.vocab_size
+    if layout.text_vocab_size < pretrained_vocab:
+        raise ValueError(
+            f"{name_or_dir} has {pretrained_vocab} token ids but the caption tokenizer only "
+            f"{layout.text_vocab_size}: use the pretrained model's own tokenizer for captions"
+        )
+    gpt.resize_token_embeddings(layout.vocab_size, mean_resizing=False)
+    if gpt.config.n_positions < layout.seq_len:
+        old = gpt.transformer.wpe.weight.data
+        grown = torch.nn.Embedding(layout.seq_len, old.shape[1])
+        torch.nn.init.normal_(grown.weight, std=gpt.config.initializer_range)
+        grown.weight.data[: old.shape[0]] = old
+        gpt.transformer.wpe = grown
+        gpt.config.n_positions = layout.seq_len
+    # GPT-2 trains with dropout 0.1; the reference recipe uses none.
+    gpt.config.resid_pdrop = gpt.config.embd_pdrop = gpt.config.attn_pdrop = dropout
+    for module in gpt.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = dropout
+    gpt.config.bos_token_id = gpt.config.eos_token_id = None
+    gpt.config.pad_token_id = layout.pad_id
+    return gpt

@@ -1,0 +1,224 @@
+"""`gptdraw prepare` (pre-encode a data source into shards) and `gptdraw data inspect`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from gptdraw.cli import UserError
+
+logger = logging.getLogger(__name__)
+
+TEXT_TOKENIZER_CONFIG = "caption_tokenizer.json"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from gptdraw.data.sources import FORMATS
+
+    prepare = subparsers.add_parser(
+        "prepare",
+        help="decode, tokenize and VQ-encode a data source into pre-encoded shards",
+        description="Pre-encode image–caption pairs once: SOURCE is 'shapes', an img2dataset output folder "
+        "(webdataset/parquet/files), a folder of images with .txt captions, a CSV/TSV/JSONL manifest, a "
+        "datasets save_to_disk folder or 'hf:ID'. Rerunning resumes; under `accelerate launch` the "
+        "shards are split across processes.",
+    )
+    prepare.add_argument("source", help="what to read (see above)")
+    prepare.add_argument("--out", required=True, help="dataset folder to write (resumed if it exists)")
+    prepare.add_argument("--vq", required=True, help="image tokenizer folder (written by save_pretrained)")
+    prepare.add_argument("--text-tokenizer", default="train",
+                         help="'train' (a byte-level BPE trained on the source's captions; default), a caption "
+                         "tokenizer folder, or a GPT-2 tokenizer folder / hub id")
+    prepare.add_argument("--text-len", type=int, default=64, help="caption tokens per example when training "
+                         "or loading a GPT-2 tokenizer (default 64)")
+    prepare.add_argument("--vocab-size", type=int, default=16384, help="BPE vocabulary size for 'train'")
+    prepare.add_argument("--train-captions", type=int, default=1_000_000,
+                         help="at most this many captions to train the BPE on (default 1,000,000)")
+    prepare.add_argument("--format", choices=FORMATS, help="source format (default: detected)")
+    prepare.add_argument("--image-column", help="image column/key of a manifest, parquet or HF dataset")
+    prepare.add_argument("--text-column", help="caption column/key of a manifest, parquet or HF dataset")
+    prepare.add_argument("--split", help="Hugging Face dataset split (default train)")
+    prepare.add_argument("--url-map", help="for manifests of URLs: JSON object or TSV 'url<TAB>path' of downloaded files")
+    prepare.add_argument("--count", type=int, help="shapes: number of examples")
+    prepare.add_argument("--image-size", type=int, help="shapes: canvas size (default: the VQGAN's image size)")
+    prepare.add_argument("--seed", type=int, default=0, help="shapes: seed (default 0)")
+    prepare.add_argument("--shard-size", type=int, default=10_000, help="source items per shard (default 10,000)")
+    prepare.add_argument("--batch-size", type=int, default=64, help="images per VQ encoding batch (default 64)")
+    prepare.add_argument("--workers", type=int, help="image decoding processes (default: cores - 1; 0 = in-process)")
+    prepare.add_argument("--device", help="encoding device (default: this process's accelerator, else cpu)")
+    prepare.add_argument("--dtype", choices=("bf16", "fp16", "fp32"),
+                         help="autocast dtype for encoding (default bf16 on CUDA, fp32 on CPU)")
+    eval_group = prepare.add_mutually_exclusive_group()
+    eval_group.add_argument("--eval-fraction", type=float, default=0.0, help="share of items for DIR/eval")
+    eval_group.add_argument("--eval-count", type=int, default=0, help="number of items for DIR/eval")
+    prepare.add_argument("--min-image-size", type=int, default=32, help="skip images whose shorter side is smaller")
+    prepare.add_argument("--max-image-pixels", type=int, default=64_000_000,
+                         help="skip images with more pixels (decompression-bomb guard)")
+    prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prepare.set_defaults(func=run_prepare)
+
+    data = subparsers.add_parser("data", help="look at prepared datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    inspect = data_commands.add_parser(
+        "inspect", help="print a dataset's counts and draw a few examples back from their codes")
+    inspect.add_argument("directory", help="dataset folder written by gptdraw prepare")
+    inspect.add_argument("--split", choices=("train", "eval"), default="train")
+    inspect.add_argument("--out", help="write a PNG grid of examples decoded from their codes")
+    inspect.add_argument("--vq", help="image tokenizer folder (default: the one recorded in the manifest)")
+    inspect.add_argument("--count", type=int, default=16, help="examples in the grid (default 16)")
+    inspect.add_argument("--no-verify", action="store_true", help="skip the shard checksum check")
+    inspect.set_defaults(func=run_inspect)
+
+
+def _caption_tokenizer(args: argparse.Namespace, source, out: Path, state):
+    from gptdraw.data.shards import TEXT_TOKENIZER_DIR
+    from gptdraw.text import CaptionTokenizer
+
+    choice = args.text_tokenizer
+    if choice != "train":
+        if (Path(choice) / TEXT_TOKENIZER_CONFIG).is_file():
+            return CaptionTokenizer.from_pretrained(choice)
+        return CaptionTokenizer.from_gpt2(choice, text_len=args.text_len)
+    saved = out / TEXT_TOKENIZER_DIR
+    # A resumed run keeps the tokenizer the first run trained (its ids are in the done shards).
+    if state.is_main_process and not (saved / TEXT_TOKENIZER_CONFIG).is_file():
+        from itertools import islice
+
+        from gptdraw.data.decode import BadInput, clean_caption
+
+        def captions():
+            for caption in islice(source.captions(), args.train_captions):
+                try:
+                    yield clean_caption(caption)
+                except BadInput:
+                    continue
+
+        logger.info("training a %d-token BPE on up to %d captions", args.vocab_size, args.train_captions)
+        tokenizer = CaptionTokenizer.train(captions(), vocab_size=args.vocab_size, text_len=args.text_len)
+        tokenizer.save_pretrained(saved)
+    state.wait_for_everyone()
+    return CaptionTokenizer.from_pretrained(saved)
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
+    from gptdraw.data.prepare import prepare
+    from gptdraw.data.sources import open_source
+    from gptdraw.vqgan import ImageTokenizer
+
+    for name in ("text_len", "vocab_size", "train_captions", "shard_size", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    vq_dir = Path(args.vq)
+    image_tokenizer = ImageTokenizer.from_pretrained(vq_dir)
+    options = {"image_column": args.image_column, "text_column": args.text_column, "split": args.split,
+               "url_map": args.url_map}
+    is_shapes = args.source == "shapes" or args.format == "shapes"
+    if is_shapes:
+        if args.count is None:
+            raise UserError("the shapes source needs --count")
+        options = {"count": args.count, "image_size": args.image_size or image_tokenizer.config.image_size,
+                   "seed": args.seed}
+    elif args.count is not None or args.image_size is not None:
+        raise UserError("--count and --image-size apply to the shapes source only")
+    source = open_source(args.source, format=args.format, **options)
+
+    state = PartialState()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    caption_tokenizer = _caption_tokenizer(args, source, out, state)
+    result = prepare(
+        source,
+        out,
+        image_tokenizer,
+        caption_tokenizer,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device or state.device,
+        dtype=args.dtype,
+        eval_fraction=args.eval_fraction,
+        eval_count=args.eval_count,
+        min_image_size=args.min_image_size,
+        max_image_pixels=args.max_image_pixels,
+        rank=state.process_index,
+        world_size=state.num_processes,
+        progress=not args.no_progress,
+        image_tokenizer_path=str(vq_dir.resolve()),
+    )
+    if result.complete:
+        print(summary(result))
+    return 0
+
+
+def _counts(skipped: dict[str, int]) -> str:
+    return ", ".join(f"{reason} {count}" for reason, count in sorted(skipped.items())) or "none"
+
+
+def summary(result) -> str:
+    """The end-of-run report: written and skipped examples by reason."""
+    lines = [
+        f"prepared {result.out_dir}: {result.examples} training examples"
+        + (f", {result.eval_examples} eval examples" if result.eval_examples or result.eval_skipped else ""),
+        f"  skipped: {_counts(result.skipped)}",
+    ]
+    if result.eval_examples or result.eval_skipped:
+        lines.append(f"  eval skipped: {_counts(result.eval_skipped)}")
+    lines.append(f"  truncated captions: {result.truncated}")
+    lines.append(
+        f"  this run: {result.shards_written} shards written, {result.shards_reused} already done, "
+        f"{result.items_processed} items in {result.seconds:.1f} s ({result.images_per_s:.1f} items/s)"
+    )
+    return "\n".join(lines)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from gptdraw.data.shards import ShardDataset
+
+    if args.count < 1:
+        raise UserError("--count must be positive")
+    dataset = ShardDataset(args.directory, verify=not args.no_verify, split=args.split)
+    manifest = dataset.manifest
+    print(f"{dataset.directory}: {len(dataset)} examples in {len(manifest['shards'])} shards "
+          f"({manifest['split']} split)")
+    print(f"  skipped: {_counts(manifest['skipped'])}; truncated captions: {manifest['truncated_captions']}")
+    print(f"  image size {manifest['image_size']} px → grid {manifest['grid'][0]}×{manifest['grid'][1]} codes "
+          f"from a {manifest['codebook_size']}-entry codebook; {manifest['text_len']} caption tokens")
+    print(f"  source: {manifest['source'].get('kind')} {manifest['source'].get('path', manifest['source'].get('name', ''))}")
+    if manifest.get("splits"):
+        print(f"  other splits: {', '.join(manifest['splits'])}")
+    for index in range(min(3, len(dataset))):
+        print(f"  [{index}] {dataset.key(index)}: {dataset.caption(index)}")
+    if args.out:
+        write_grid(dataset, args.out, args.vq or manifest.get("image_tokenizer_path"), args.count)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def write_grid(dataset, out: str, vq_dir: str | None, count: int) -> None:
+    """Decode the first `count` examples from their codes and save them as a captioned PNG grid."""
+    import torch
+
+    from gptdraw.data.prepare import image_tokenizer_identity
+    from gptdraw.images import make_grid, tensor_to_pil
+    from gptdraw.vqgan import ImageTokenizer
+
+    if not vq_dir or not Path(vq_dir).is_dir():
+        raise UserError(f"no image tokenizer to decode with ({vq_dir or 'none recorded'}): pass --vq VQDIR")
+    tokenizer = ImageTokenizer.from_pretrained(vq_dir)
+    recorded = dataset.manifest["image_tokenizer"].get("weights_sha256")
+    if image_tokenizer_identity(tokenizer)["weights_sha256"] != recorded:
+        logger.warning("%s is not the image tokenizer this dataset was encoded with: the pictures will be wrong",
+                       vq_dir)
+    count = min(count, len(dataset))
+    if count == 0:
+        raise UserError(f"{dataset.directory} has no examples to draw")
+    _, codes = dataset.get_batch(list(range(count)))
+    with torch.no_grad():
+        images = tokenizer.decode(codes.view(count, *dataset.grid))  # (B, 3, H, W)
+    labels = [dataset.caption(index) for index in range(count)]
+    grid = make_grid(tensor_to_pil(images), columns=min(count, 4), labels=labels)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    grid.save(out)

@@ -1,0 +1,73 @@
+"""Shared tiny parts for the tests: a caption tokenizer, an image tokenizer, a GPT and its layout."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from gptdraw.config import ModelConfig
+from gptdraw.model import build_model
+from gptdraw.sequence import SequenceLayout
+from gptdraw.text import CaptionTokenizer
+from gptdraw.vqgan import ImageTokenizer, VQConfig
+
+CAPTIONS = [
+    "a small red circle in the top left",
+    "an orange triangle at the bottom",
+    "a large blue square on the right and a green circle in the center",
+    "a purple square in the bottom right",
+    "a yellow circle on the left and a red triangle at the top",
+]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    yield
+
+
+@pytest.fixture(scope="session")
+def caption_tokenizer() -> CaptionTokenizer:
+    return CaptionTokenizer.train(CAPTIONS * 20, vocab_size=300, text_len=12)
+
+
+def tiny_vq_config(image_size: int = 16) -> VQConfig:
+    return VQConfig(
+        image_size=image_size,
+        block_out_channels=(16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        layers_per_block=1,
+        latent_channels=8,
+        vq_embed_dim=8,
+        num_vq_embeddings=64,
+        norm_num_groups=8,
+        mid_block_add_attention=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def image_tokenizer() -> ImageTokenizer:
+    torch.manual_seed(0)
+    return ImageTokenizer(tiny_vq_config()).eval()
+
+
+@pytest.fixture(scope="session")
+def layout(caption_tokenizer, image_tokenizer) -> SequenceLayout:
+    return SequenceLayout(
+        text_vocab_size=caption_tokenizer.vocab_size,
+        pad_id=caption_tokenizer.pad_id,
+        codebook_size=image_tokenizer.codebook_size,
+        text_len=caption_tokenizer.text_len,
+        grid=image_tokenizer.grid_size(),
+    )
+
+
+@pytest.fixture(scope="session")
+def gpt(layout):
+    return build_model(ModelConfig(n_layer=2, n_head=2, n_embd=32), layout, seed=0).eval()

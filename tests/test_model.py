@@ -1,0 +1,80 @@
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from gptdraw.config import ModelConfig
+from gptdraw.model import adapt_pretrained_gpt2, build_model, check_model_fits_layout, sequence_loss
+from gptdraw.sequence import SequenceLayout
+
+
+def random_ids(layout, batch=4, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    captions = torch.randint(0, layout.text_vocab_size, (batch, layout.text_len), generator=generator)
+    codes = torch.randint(0, layout.codebook_size, (batch, layout.image_len), generator=generator)
+    return layout.pack(captions, codes)
+
+
+def test_loss_matches_plain_cross_entropy(gpt, layout):
+    ids = random_ids(layout)
+    ids[:, layout.text_len - 3 : layout.text_len] = layout.pad_id
+    ours = sequence_loss(gpt, ids, layout, chunk=7)
+    logits = gpt(ids).logits[:, :-1].float()
+    targets = ids[:, 1:].clone()
+    text_targets = targets[:, : layout.text_len - 1]
+    text_targets[text_targets == layout.pad_id] = -100
+    ce = torch.nn.functional.cross_entropy
+    text = ce(logits[:, : layout.text_len - 1].reshape(-1, logits.shape[-1]), text_targets.reshape(-1))
+    image = ce(logits[:, layout.text_len - 1 :].reshape(-1, logits.shape[-1]), targets[:, layout.text_len - 1 :].reshape(-1))
+    assert torch.allclose(ours.text_loss, text, atol=1e-5)
+    assert torch.allclose(ours.image_loss, image, atol=1e-5)
+    weighted = sequence_loss(gpt, ids, layout, text_weight=1, image_weight=7, chunk=7)
+    assert torch.allclose(weighted.loss, (text + 7 * image) / 8, atol=1e-5)
+
+
+def test_chunked_loss_gradients_equal_unchunked(layout):
+    model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16), layout, seed=1)
+    ids = random_ids(layout)
+    grads = []
+    for chunk in (5, 100000):
+        model.zero_grad()
+        sequence_loss(model, ids, layout, chunk=chunk).loss.backward()
+        grads.append(model.transformer.wte.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_layout_mismatch_is_refused(gpt, layout):
+    other = SequenceLayout(text_vocab_size=layout.text_vocab_size, pad_id=layout.pad_id, codebook_size=layout.codebook_size + 200,
+                           text_len=layout.text_len, grid=layout.grid)
+    with pytest.raises(ValueError, match="vocabulary"):
+        check_model_fits_layout(gpt, other, "test")
+    longer = SequenceLayout(text_vocab_size=layout.text_vocab_size, pad_id=layout.pad_id, codebook_size=layout.codebook_size,
+                            text_len=layout.text_len, grid=(layout.grid[0] * 2, layout.grid[1] * 2))
+    with pytest.raises(ValueError, match="context"):
+        check_model_fits_layout(gpt, longer, "test")
+
+
+def test_adapt_pretrained_gpt2_keeps_text_rows_and_adds_image_rows(tmp_path):
+    torch.manual_seed(0)
+    pretrained = GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=16, n_embd=32, n_layer=2, n_head=2))
+    pretrained.save_pretrained(tmp_path / "gpt2")
+    # GPT-2's 100 ids, plus the pad id the caption tokenizer appends; 64 codes; a longer context.
+    layout = SequenceLayout(text_vocab_size=101, pad_id=100, codebook_size=64, text_len=8, grid=(4, 4))
+    adapted = adapt_pretrained_gpt2(tmp_path / "gpt2", layout)
+    assert adapted.config.vocab_size == layout.vocab_size
+    assert adapted.config.n_positions >= layout.seq_len
+    old = pretrained.transformer.wte.weight
+    new = adapted.transformer.wte.weight
+    assert torch.equal(new[:100], old)
+    assert new.shape[0] == layout.vocab_size and not torch.equal(new[100:164], torch.zeros_like(new[100:164]))
+    assert torch.equal(adapted.transformer.wpe.weight[:16], pretrained.transformer.wpe.weight)
+    assert all(m.p == 0 for m in adapted.modules() if isinstance(m, torch.nn.Dropout))
+    adapted(random_ids(layout, batch=2))  # runs at the full sequence length
+
+
+def test_adapt_refuses_foreign_tokenizer(tmp_path):
+    GPT2LMHeadModel(GPT2Config(vocab_size=100, n_positions=16, n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path / "g")
+    layout = SequenceLayout(text_vocab_size=50, pad_id=0, codebook_size=64, text_len=4, grid=(2, 2))
+    with pytest.raises(ValueError, match="own tokenizer"):
+        adapt_pretrained_gpt2(tmp_path / "g", layout)
+    with pytest.raises(FileNotFoundError):
+        adapt_pretrained_gpt2(tmp_path / "missing", layout)

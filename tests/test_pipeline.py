@@ -1,0 +1,61 @@
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from gptdraw.pipeline import GPTDrawPipeline
+from gptdraw.sampling import SamplingSettings
+from gptdraw.vqgan import ImageTokenizer
+
+
+@pytest.fixture
+def pipe(gpt, caption_tokenizer, image_tokenizer, layout):
+    return GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, SamplingSettings(top_k=20, cfg_scale=2.0))
+
+
+def test_save_load_draws_identical_images(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "model")
+    loaded = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu")
+    assert loaded.default_settings == pipe.default_settings
+    a = pipe(["a red circle", "a blue square at the top"], num_images_per_prompt=2, seed=5)
+    b = loaded(["a red circle", "a blue square at the top"], num_images_per_prompt=2, seed=5)
+    assert len(a) == 4
+    assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+
+
+def test_missing_or_incomplete_model_directory(pipe, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        GPTDrawPipeline.from_pretrained(tmp_path / "nothing")
+    pipe.save_pretrained(tmp_path / "model")
+    shutil.rmtree(tmp_path / "model" / "image_tokenizer")
+    with pytest.raises(FileNotFoundError, match="lacks image_tokenizer"):
+        GPTDrawPipeline.from_pretrained(tmp_path / "model")
+
+
+def test_mismatched_image_tokenizer_is_refused(gpt, caption_tokenizer, layout):
+    from conftest import tiny_vq_config
+
+    other = ImageTokenizer(replace(tiny_vq_config(), num_vq_embeddings=128))
+    with pytest.raises(ValueError, match="128 codes"):
+        GPTDrawPipeline(gpt, caption_tokenizer, other, layout)
+
+
+def test_bad_prompts(pipe, caplog):
+    with pytest.raises(ValueError, match="empty"):
+        pipe(["  "])
+    with pytest.raises(ValueError, match="must be text"):
+        pipe([42])
+    with caplog.at_level("WARNING"):
+        _, warnings = pipe.encode_prompts(["a large blue square on the right and a green circle in the center " * 3])
+    assert warnings and "truncated" in warnings[0]
+    assert "truncated" in caplog.text
+
+
+def test_stream_fills_in(pipe, layout):
+    steps = list(pipe.stream("a red circle", seed=0, every=4))
+    assert steps[-1].codes_drawn == layout.image_len
+    assert [s.codes_drawn for s in steps[:-1]] == list(range(4, layout.image_len, 4))
+    first = np.asarray(steps[0].images[0]).astype(int)
+    # Undrawn positions are grey in a partial image.
+    assert (np.abs(first[-4:, -4:] - 128) <= 1).all()
