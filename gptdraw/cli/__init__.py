@@ -13,7 +13,7 @@ import sys
 from importlib import import_module
 
 # Modules under gptdraw.cli that each define `register(subparsers)`.
-COMMAND_MODULES: tuple[str, ...] = ("quickstart", "train", "generate")
+COMMAND_MODULES: tuple[str, ...] = ("quickstart", "train_vq", "vq", "data", "train", "generate")
 
 
 class UserError(Exception):
@@ -46,6 +46,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gptdraw {args.command}: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())
