@@ -64,20 +64,40 @@ def check_model_fits_layout(gpt: GPT2LMHeadModel, layout: SequenceLayout, where:
 
 @dataclass
 class LossOutput:
-    """The training loss and its parts (all scalars)."""
+    """The loss of a batch, and its parts as sums and counts so that callers can average
+    over many micro-batches and processes exactly (every token weighs the same)."""
 
     loss: torch.Tensor
-    """Weighted sum that is optimised."""
+    """Weighted mean of the text and image losses of this batch."""
     text_loss: torch.Tensor
     """Mean cross-entropy over non-pad caption targets."""
     image_loss: torch.Tensor
     """Mean cross-entropy over image-code targets."""
+    text_sum: torch.Tensor
+    """Summed cross-entropy over non-pad caption targets (with gradient)."""
+    image_sum: torch.Tensor
+    """Summed cross-entropy over image-code targets (with gradient)."""
+    text_count: int
+    """Number of non-pad caption targets."""
+    image_count: int
+    """Number of image-code targets."""
 
 
 def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Sum of cross-entropy for one chunk; logits exist only inside this call."""
     logits = F.linear(hidden, weight).float()  # (n, V) in fp32 for a stable softmax
     return F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
+
+
+def split_targets(ids: torch.Tensor, layout: SequenceLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next-token targets of (B, seq_len) ids: caption targets (pad → -100) and image targets."""
+    targets = ids[:, 1:]
+    text_targets = targets[:, : layout.text_len - 1].masked_fill(targets[:, : layout.text_len - 1] == layout.pad_id, -100)
+    return text_targets, targets[:, layout.text_len - 1 :]  # (B, text_len-1), (B, h*w)
+
+
+def weighted_loss(text_mean: torch.Tensor, image_mean: torch.Tensor, text_weight: float, image_weight: float) -> torch.Tensor:
+    return (text_weight * text_mean + image_weight * image_mean) / (text_weight + image_weight)
 
 
 def sequence_loss(
@@ -93,32 +113,53 @@ def sequence_loss(
     The LM head and cross-entropy run in chunks of `chunk` positions under activation
     checkpointing, so memory holds one chunk of logits, never (B, T, V) of them.
     """
-    inputs, targets = ids[:, :-1], ids[:, 1:].clone()  # (B, T-1) each
-    # Targets inside the caption block: predict caption tokens, but not the padding after them.
-    text_targets = targets[:, : layout.text_len - 1]
-    text_targets[text_targets == layout.pad_id] = -100
-    hidden = gpt.transformer(input_ids=inputs).last_hidden_state  # (B, T-1, C)
+    text_targets, image_targets = split_targets(ids, layout)
+    hidden = gpt.transformer(input_ids=ids[:, :-1]).last_hidden_state  # (B, T-1, C)
     weight = gpt.lm_head.weight
 
-    def part_loss(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def summed(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         h = h.reshape(-1, h.shape[-1])  # (B*n, C)
         t = t.reshape(-1)  # (B*n,)
         total = h.new_zeros((), dtype=torch.float32)
         for start in range(0, t.numel(), chunk):
             piece = slice(start, start + chunk)
             if torch.is_grad_enabled():
-                total = total + checkpoint(
-                    _chunk_loss_sum, h[piece], weight, t[piece], use_reentrant=False
-                )
+                total = total + checkpoint(_chunk_loss_sum, h[piece], weight, t[piece], use_reentrant=False)
             else:
                 total = total + _chunk_loss_sum(h[piece], weight, t[piece])
-        count = (t != -100).sum().clamp(min=1)
-        return total / count, count
+        return total
 
-    text_loss, _ = part_loss(hidden[:, : layout.text_len - 1], text_targets)
-    image_loss, _ = part_loss(hidden[:, layout.text_len - 1 :], targets[:, layout.text_len - 1 :])
-    loss = (text_weight * text_loss + image_weight * image_loss) / (text_weight + image_weight)
-    return LossOutput(loss=loss, text_loss=text_loss.detach(), image_loss=image_loss.detach())
+    text_sum = summed(hidden[:, : layout.text_len - 1], text_targets)
+    image_sum = summed(hidden[:, layout.text_len - 1 :], image_targets)
+    text_count = int((text_targets != -100).sum())
+    image_count = image_targets.numel()
+    text_loss = text_sum / max(text_count, 1)
+    image_loss = image_sum / image_count
+    return LossOutput(
+        loss=weighted_loss(text_loss, image_loss, text_weight, image_weight),
+        text_loss=text_loss.detach(),
+        image_loss=image_loss.detach(),
+        text_sum=text_sum,
+        image_sum=image_sum,
+        text_count=text_count,
+        image_count=image_count,
+    )
+
+
+class TrainingForward(torch.nn.Module):
+    """The GPT and its loss as one module, so that DDP, FSDP and torch.compile wrap the whole
+    training forward (DDP only synchronises gradients of work done through its forward)."""
+
+    def __init__(self, gpt: GPT2LMHeadModel, layout: SequenceLayout, chunk: int = 4096):
+        super().__init__()
+        self.gpt = gpt
+        self.layout = layout
+        self.chunk = chunk
+
+    def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, seq_len) ids → summed text and image cross-entropy (see sequence_loss)."""
+        out = sequence_loss(self.gpt, ids, self.layout, chunk=self.chunk)
+        return out.text_sum, out.image_sum
 
 
 def save_transformer(gpt: GPT2LMHeadModel, directory: str | Path) -> None:

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .images import make_grid
-from .model import build_model, check_model_fits_layout, sequence_loss
+from .model import TrainingForward, build_model, check_model_fits_layout, sequence_loss, split_targets, weighted_loss
 from .pipeline import GPTDrawPipeline
 from .sampling import SamplingSettings
 from .sequence import SequenceLayout
@@ -107,15 +107,24 @@ class BatchOrder:
             self._permutation = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
             self._epoch = epoch
         start = position * self.global_batch + rank * self.micro_batch
-        return np.sort(self._permutation[start : start + self.micro_batch])
+        # Kept in permutation order (not sorted): caption dropout is drawn per position in the
+        # global batch, so every process count must see the examples in the same order.
+        return self._permutation[start : start + self.micro_batch]
 
 
-def blank_captions(ids: torch.Tensor, layout: SequenceLayout, probability: float, seed: int, micro_step: int, rank: int) -> torch.Tensor:
-    """Caption dropout: replaces each caption by the blank caption with `probability`."""
+def blank_captions(
+    ids: torch.Tensor, layout: SequenceLayout, probability: float, seed: int, micro_step: int, rank: int, world_size: int
+) -> torch.Tensor:
+    """Caption dropout: replaces each caption by the blank caption with `probability`.
+
+    The draw is made for the whole global micro-batch and sliced per process, so which
+    examples are blanked does not depend on how many processes share the batch.
+    """
     if probability == 0:
         return ids
-    generator = torch.Generator().manual_seed(hash((seed, micro_step, rank)) & 0x7FFFFFFF)
-    drop = torch.rand(ids.shape[0], generator=generator) < probability  # (B,)
+    batch = ids.shape[0]
+    draws = np.random.default_rng([seed, micro_step, 1]).random(batch * world_size)
+    drop = torch.from_numpy(draws[rank * batch : (rank + 1) * batch] < probability)  # (B,)
     ids = ids.clone()
     ids[drop, : layout.text_len] = layout.pad_id
     return ids
@@ -190,6 +199,17 @@ def load_checkpoint(path: Path, model, optimizer, layout: SequenceLayout) -> dic
     return trainer_state
 
 
+def open_metrics(path: Path, start_step: int):
+    """Opens metrics.jsonl for appending, first dropping rows logged after the checkpoint
+    being resumed from (a killed run logged steps that will now be taken again)."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= start_step]
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text("".join(line + "\n" for line in kept))
+        os.replace(temporary, path)
+    return open(path, "a")
+
+
 # ----------------------------------------------------------------------------- plots
 def plot_losses(metrics_path: Path, out_path: Path) -> None:
     """Writes the train / eval loss curves from metrics.jsonl as a PNG."""
@@ -228,9 +248,9 @@ def resolve_mixed_precision(choice: str) -> str:
     return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "no"
 
 
-def evaluate(model, dataset, layout: SequenceLayout, config: TrainConfig, accelerator) -> float:
+def evaluate(gpt, dataset, layout: SequenceLayout, config: TrainConfig, accelerator) -> float:
     """Mean loss over the first eval_batches micro-batches of the held-out split."""
-    model.eval()
+    gpt.eval()
     losses = []
     batch = config.micro_batch_size
     with torch.no_grad():
@@ -239,9 +259,9 @@ def evaluate(model, dataset, layout: SequenceLayout, config: TrainConfig, accele
             captions, codes = dataset.get_batch(indices)
             ids = layout.pack(captions, codes).to(accelerator.device)
             with accelerator.autocast():
-                out = sequence_loss(accelerator.unwrap_model(model), ids, layout, config.text_loss_weight, config.image_loss_weight, config.loss_chunk)
+                out = sequence_loss(gpt, ids, layout, config.text_loss_weight, config.image_loss_weight, config.loss_chunk)
             losses.append(out.loss.item())
-    model.train()
+    gpt.train()
     return float(np.mean(losses)) if losses else float("nan")
 
 
@@ -283,36 +303,36 @@ def train(
     rank, world = accelerator.process_index, accelerator.num_processes
     set_seed(config.seed)
 
-    model = init_model if init_model is not None else build_model(config.model, layout, seed=config.seed)
-    check_model_fits_layout(model, layout, "train")
+    gpt = init_model if init_model is not None else build_model(config.model, layout, seed=config.seed)
+    check_model_fits_layout(gpt, layout, "train")
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    model.train()
-    optimizer = make_optimizer(model, config)
+        gpt.gradient_checkpointing_enable()
+    gpt.train()
+    optimizer = make_optimizer(gpt, config)
 
     start_step, history = 0, {"best_eval": None}
     checkpoints = list_checkpoints(out_dir)
     if checkpoints:
-        trainer_state = load_checkpoint(checkpoints[-1], model, optimizer, layout)
+        trainer_state = load_checkpoint(checkpoints[-1], gpt, optimizer, layout)
         start_step, history = trainer_state["step"], trainer_state["history"]
         if accelerator.is_main_process:
             logger.info("resuming from %s (step %d)", checkpoints[-1], start_step)
+    forward = TrainingForward(gpt, layout, config.loss_chunk)
     if config.compile:
-        model = torch.compile(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    unwrapped = accelerator.unwrap_model(model)
+        forward = torch.compile(forward)
+    forward, optimizer = accelerator.prepare(forward, optimizer)
 
     order = BatchOrder(len(train_data), config.micro_batch_size, world, config.seed)
     writer = metrics_file = None
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        pipeline_parts = GPTDrawPipeline(unwrapped, caption_tokenizer, image_tokenizer, layout, sampling)
+        pipeline_parts = GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, sampling)
         if not (out_dir / "gptdraw.json").exists():
             pipeline_parts.save_pretrained(out_dir)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out_dir / "logs"))
-        metrics_file = open(out_dir / "metrics.jsonl", "a")
+        metrics_file = open_metrics(out_dir / "metrics.jsonl", start_step)
         if config.wandb:
             import wandb
 
@@ -329,25 +349,39 @@ def train(
         for step in range(start_step, end_step):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, config)
-            totals = torch.zeros(3, device=accelerator.device)  # loss, text loss, image loss
+            # Load the step's micro-batches first: the loss is normalised by the token counts of
+            # the whole step on all processes, so that accumulating k micro-batches, or splitting
+            # a batch over processes, gives exactly the gradient of the one big batch.
+            micro_batches = []
             for micro in range(config.grad_accum):
                 micro_step = step * config.grad_accum + micro
                 captions, codes = train_data.get_batch(order.indices(micro_step, rank))
-                ids = layout.pack(captions, codes)
-                ids = blank_captions(ids, layout, config.caption_dropout, config.seed, micro_step, rank).to(accelerator.device)
+                ids = blank_captions(layout.pack(captions, codes), layout, config.caption_dropout, config.seed, micro_step, rank, world)
+                micro_batches.append(ids.to(accelerator.device))
+            counts = torch.tensor(
+                [sum(int((split_targets(ids, layout)[0] != -100).sum()) for ids in micro_batches),
+                 sum(ids.shape[0] * layout.image_len for ids in micro_batches)],
+                dtype=torch.float32, device=accelerator.device,
+            )
+            counts = accelerator.reduce(counts, reduction="sum").clamp(min=1)
+            sums = torch.zeros(2, device=accelerator.device)  # text, image loss sums
+            for micro, ids in enumerate(micro_batches):
                 # Gradients are synchronised across processes only on the last micro-batch.
                 sync = micro == config.grad_accum - 1
-                with (accelerator.autocast(), _no_sync(accelerator, model, not sync)):
-                    out = sequence_loss(unwrapped, ids, layout, config.text_loss_weight, config.image_loss_weight, config.loss_chunk)
-                    accelerator.backward(out.loss / config.grad_accum)
-                totals += torch.stack([out.loss.detach(), out.text_loss, out.image_loss]).float() / config.grad_accum
-            totals = accelerator.reduce(totals, reduction="mean")
+                with (accelerator.autocast(), _no_sync(accelerator, forward, not sync)):
+                    text_sum, image_sum = forward(ids)
+                    loss = weighted_loss(text_sum / counts[0], image_sum / counts[1], config.text_loss_weight, config.image_loss_weight)
+                    # DDP averages gradients over processes; the loss is already a global mean.
+                    accelerator.backward(loss * world)
+                sums += torch.stack([text_sum.detach(), image_sum.detach()]).float()
+            means = accelerator.reduce(sums, reduction="sum") / counts  # text, image
+            totals = torch.stack([weighted_loss(means[0], means[1], config.text_loss_weight, config.image_loss_weight), means[0], means[1]])
             if not torch.isfinite(totals).all():
                 raise NonFiniteLossError(
                     f"the loss became {totals[0].item()} at step {step}; stopping. The last good "
                     f"checkpoint is kept in {out_dir / CHECKPOINTS}. Try a lower --lr or fp32."
                 )
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
+            grad_norm = accelerator.clip_grad_norm_(forward.parameters(), config.grad_clip or float("inf"))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             loss_value = totals[0].item()
@@ -372,7 +406,7 @@ def train(
                 }
                 last_log_time, last_log_step = now, done
             if eval_data is not None and config.eval_every and (done % config.eval_every == 0 or done == config.max_steps):
-                eval_loss = evaluate(model, eval_data, layout, config, accelerator)
+                eval_loss = evaluate(gpt, eval_data, layout, config, accelerator)
                 record = record or {"step": done}
                 record["eval_loss"] = eval_loss
             if record is not None and accelerator.is_main_process:
@@ -390,7 +424,7 @@ def train(
             if done % config.checkpoint_every == 0 or done == end_step:
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
-                    save_checkpoint(out_dir, done, unwrapped, optimizer, config, layout, history)
+                    save_checkpoint(out_dir, done, gpt, optimizer, config, layout, history)
                     prune_checkpoints(out_dir, config.keep_checkpoints)
                     pipeline_parts.save_pretrained(out_dir)
                     plot_losses(out_dir / "metrics.jsonl", out_dir / "loss.png")
@@ -401,9 +435,9 @@ def train(
             writer.close()
             metrics_file.close()
     seconds = time.perf_counter() - started
-    steps_run = max(0, step + 1 - start_step) if end_step > start_step else 0
+    steps_run = max(0, end_step - start_step)
     return TrainResult(
-        step=max(start_step, end_step) if end_step > start_step else start_step,
+        step=max(start_step, end_step),
         train_loss=loss_value,
         eval_loss=eval_loss,
         seconds=seconds,

@@ -69,15 +69,14 @@ def test_stopped_and_resumed_equals_uninterrupted(dataset, caption_tokenizer, tm
 
 def test_grad_accumulation_equals_one_big_batch(dataset, caption_tokenizer, tmp_path):
     train_data, _, vq = dataset
-    # Same examples per step: 2 × 8 accumulated vs 1 × 16 (BatchOrder slices the same permutation).
-    # The image loss has the same token count in every micro-batch, so the mean of the two
-    # micro-batch means is the big batch's mean; the text loss (non-pad tokens only) is not.
-    same = dict(max_steps=3, caption_dropout=0.0, text_loss_weight=0.0)
+    # Same examples per step: 2 × 8 accumulated vs 1 × 16 (BatchOrder slices the same permutation);
+    # caption dropout off, since its draw depends on the micro-batch number.
+    same = dict(max_steps=3, caption_dropout=0.0)
     train(tiny_config(micro_batch_size=8, grad_accum=2, **same), train_data, tmp_path / "a", caption_tokenizer, vq, progress=False)
     train(tiny_config(micro_batch_size=16, grad_accum=1, **same), train_data, tmp_path / "b", caption_tokenizer, vq, progress=False)
     la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
     for step in la:
-        assert abs(la[step] - lb[step]) < 1e-4
+        assert abs(la[step] - lb[step]) < 1e-5
 
 
 def test_checkpoint_for_another_layout_is_refused(dataset, caption_tokenizer, tmp_path):

@@ -6,7 +6,10 @@ import argparse
 from pathlib import Path
 
 from ..config import TRAIN_PRESETS, model_preset, train_preset
+from ..data.prepare import image_tokenizer_identity
 from ..data.shards import ShardDataset
+from ..model import adapt_pretrained_gpt2
+from ..sequence import SequenceLayout
 from ..sampling import SamplingSettings
 from ..text import CaptionTokenizer
 from ..train import train
@@ -24,6 +27,9 @@ def register(subparsers) -> None:
     parser.add_argument("--data", required=True, help="dataset directory written by `gptdraw prepare`")
     parser.add_argument("--eval-data", help="held-out dataset directory (default: DATA/eval when present)")
     parser.add_argument("--out", required=True, help="run directory; also the model directory")
+    parser.add_argument("--vq", help="image tokenizer the data was encoded with (default: the one the dataset records)")
+    parser.add_argument("--init-from", help="start from pretrained GPT-2 weights (a directory or hub id); "
+                        "the data must be prepared with that GPT-2's tokenizer")
     parser.add_argument("--preset", default="tiny", choices=sorted(TRAIN_PRESETS), help="training preset")
     parser.add_argument("--model", help="model preset to use instead of the training preset's")
     parser.add_argument("--max-steps", type=int)
@@ -69,16 +75,42 @@ def run(args: argparse.Namespace) -> int:
     train_data = ShardDataset(data_dir)
     eval_dir = Path(args.eval_data) if args.eval_data else data_dir / "eval"
     eval_data = ShardDataset(eval_dir) if eval_dir.exists() else None
+    caption_tokenizer = CaptionTokenizer.from_pretrained(data_dir / "text_tokenizer")
+    image_tokenizer = dataset_image_tokenizer(data_dir, train_data.manifest, args.vq)
+    init_model = None
+    if args.init_from:
+        layout = SequenceLayout(
+            text_vocab_size=caption_tokenizer.vocab_size, pad_id=caption_tokenizer.pad_id,
+            codebook_size=image_tokenizer.codebook_size, text_len=caption_tokenizer.text_len, grid=train_data.grid,
+        )
+        init_model = adapt_pretrained_gpt2(args.init_from, layout, dropout=config.model.dropout)
     result = train(
         config,
         train_data,
         args.out,
-        caption_tokenizer=CaptionTokenizer.from_pretrained(data_dir / "text_tokenizer"),
-        image_tokenizer=ImageTokenizer.from_pretrained(data_dir / "image_tokenizer"),
+        caption_tokenizer=caption_tokenizer,
+        image_tokenizer=image_tokenizer,
         eval_data=eval_data,
         sampling=SamplingSettings(cfg_scale=args.cfg_scale),
+        init_model=init_model,
     )
     print(f"step {result.step}: loss {result.train_loss:.4f}"
           + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
           + f"; model directory: {args.out}")
     return 0
+
+
+def dataset_image_tokenizer(data_dir: Path, manifest: dict, vq: str | None) -> ImageTokenizer:
+    """The image tokenizer a dataset was encoded with; refuses one whose weights differ."""
+    recorded = manifest.get("image_tokenizer_path")
+    path = Path(vq) if vq else (Path(recorded) if recorded else None)
+    if path is None:
+        raise ValueError(f"{data_dir} does not record where its image tokenizer is: pass --vq DIR")
+    tokenizer = ImageTokenizer.from_pretrained(path)
+    expected = manifest.get("image_tokenizer", {}).get("weights_sha256")
+    if expected and image_tokenizer_identity(tokenizer)["weights_sha256"] != expected:
+        raise ValueError(
+            f"the image tokenizer at {path} is not the one {data_dir} was encoded with "
+            "(its weights differ): codes would mean other pictures"
+        )
+    return tokenizer
