@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from .config import ModelConfig
@@ -83,10 +82,48 @@ class LossOutput:
     """Number of image-code targets."""
 
 
-def _chunk_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sum of cross-entropy for one chunk; logits exist only inside this call."""
-    logits = F.linear(hidden, weight).float()  # (n, V) in fp32 for a stable softmax
-    return F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `hidden @ weight.T` against targets, computed in chunks of rows.
+
+    The gradients are worked out chunk by chunk during the forward pass, so neither the
+    (rows, vocab) logits nor their fp32 softmax ever exist whole, and nothing is recomputed
+    in the backward pass (unlike activation checkpointing, which repeats the head matmul).
+    Matmuls run in the autocast dtype when autocast is on; softmax and sums in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+        compute_dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else hidden.dtype
+        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        with torch.autocast(hidden.device.type, enabled=False):
+            h_all, w = hidden.to(compute_dtype), weight.to(compute_dtype)
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad_hidden = torch.empty_like(hidden) if needs_grad else None
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_grad else None
+            for start in range(0, targets.numel(), chunk):
+                rows = slice(start, start + chunk)
+                h, t = h_all[rows], targets[rows]
+                logits = (h @ w.t()).float()  # (n, V)
+                valid = t != -100
+                safe = t.clamp(min=0)
+                log_norm = torch.logsumexp(logits, dim=-1)  # (n,)
+                picked = logits.gather(1, safe[:, None]).squeeze(1)
+                total += ((log_norm - picked) * valid).sum()
+                if needs_grad:
+                    # d(sum CE)/d logits = softmax − one_hot(target), zero on ignored rows.
+                    grad_logits = torch.exp(logits - log_norm[:, None])
+                    grad_logits[torch.arange(len(t), device=t.device), safe] -= 1
+                    grad_logits *= valid[:, None]
+                    grad_logits = grad_logits.to(compute_dtype)
+                    grad_hidden[rows] = (grad_logits @ w).to(hidden.dtype)
+                    grad_weight += (grad_logits.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if needs_grad else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_total, grad_weight * grad_total, None, None
 
 
 def split_targets(ids: torch.Tensor, layout: SequenceLayout) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,24 +147,16 @@ def sequence_loss(
 ) -> LossOutput:
     """Next-token loss on (B, seq_len) joint ids, caption and image targets weighed apart.
 
-    The LM head and cross-entropy run in chunks of `chunk` positions under activation
-    checkpointing, so memory holds one chunk of logits, never (B, T, V) of them.
+    The LM head and cross-entropy run in chunks of `chunk` positions (LinearCrossEntropy),
+    so memory holds one chunk of logits, never (B, T, V) of them.
     """
     text_targets, image_targets = split_targets(ids, layout)
     hidden = gpt.transformer(input_ids=ids[:, :-1]).last_hidden_state  # (B, T-1, C)
     weight = gpt.lm_head.weight
 
     def summed(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        h = h.reshape(-1, h.shape[-1])  # (B*n, C)
-        t = t.reshape(-1)  # (B*n,)
-        total = h.new_zeros((), dtype=torch.float32)
-        for start in range(0, t.numel(), chunk):
-            piece = slice(start, start + chunk)
-            if torch.is_grad_enabled():
-                total = total + checkpoint(_chunk_loss_sum, h[piece], weight, t[piece], use_reentrant=False)
-            else:
-                total = total + _chunk_loss_sum(h[piece], weight, t[piece])
-        return total
+        # (B, n, C) → (B*n, C) rows against (B*n,) targets
+        return LinearCrossEntropy.apply(h.reshape(-1, h.shape[-1]), weight, t.reshape(-1), chunk)
 
     text_sum = summed(hidden[:, : layout.text_len - 1], text_targets)
     image_sum = summed(hidden[:, layout.text_len - 1 :], image_targets)

@@ -78,3 +78,22 @@ def test_adapt_refuses_foreign_tokenizer(tmp_path):
         adapt_pretrained_gpt2(tmp_path / "g", layout)
     with pytest.raises(FileNotFoundError):
         adapt_pretrained_gpt2(tmp_path / "missing", layout)
+
+
+def test_linear_cross_entropy_gradients_match_autograd():
+    from gptdraw.model import LinearCrossEntropy
+
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    targets[::5] = -100
+    ours = LinearCrossEntropy.apply(hidden, weight, targets, 8) * 0.5
+    ours.backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    plain = torch.nn.functional.cross_entropy(hidden @ weight.t(), targets, ignore_index=-100, reduction="sum") * 0.5
+    plain.backward()
+    assert torch.allclose(ours, plain, atol=1e-4)
+    assert torch.allclose(grads[0], hidden.grad, atol=1e-5)
+    assert torch.allclose(grads[1], weight.grad, atol=1e-5)

@@ -1,0 +1,206 @@
+"""Training throughput: gptdraw's training loop against a plain eager baseline, in one run.
+
+Both loops read the same memory-mapped shards (random codes and captions written here), so
+data loading is inside the measured step loop. gptdraw's loop is `gptdraw.train.train`
+itself (bf16 autocast where the hardware has it, chunked cross-entropy, fused AdamW on
+CUDA, optionally torch.compile); the baseline is transformers' GPT2LMHeadModel called with
+labels, fp32, torch's AdamW, no compile.
+
+MFU = achieved model FLOP/s ÷ peak FLOP/s. Model FLOPs per token are 6·N + 12·L·C·T
+(N: parameters that do matmuls, the tied LM head included; L layers, C width, T context).
+The peak is the device's stated dense bf16 tensor peak on known GPUs, and on a CPU the bf16
+matmul rate measured here (a 4096² matmul, best of several).
+
+    python bench/train.py --preset tiny --steps 20                    # < 1 minute on a laptop CPU
+    python bench/train.py --preset gpt-draw --micro-batch 16 --steps 50 --compile   # a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import resource
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptdraw.config import TrainConfig, model_preset
+from gptdraw.data.shards import FORMAT_NAME, FORMAT_VERSION, ShardContent, ShardDataset, write_json_atomic, write_shard
+from gptdraw.model import build_model
+from gptdraw.sequence import SequenceLayout
+from gptdraw.text import CaptionTokenizer
+from gptdraw.train import BatchOrder, train
+from gptdraw.vqgan import ImageTokenizer, VQConfig
+
+# Dense bf16 tensor-core peaks from the vendors' data sheets (FLOP/s, no sparsity).
+STATED_PEAKS = {
+    "H100 SXM": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989e12,
+    "A100": 312e12, "L40S": 362e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "RTX 3060": 51e12,
+}
+
+
+def device_peak(device: torch.device) -> tuple[float, str]:
+    """(peak bf16 FLOP/s, where the figure comes from)."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, peak in STATED_PEAKS.items():
+            if all(word in name for word in key.split()):
+                return peak, f"stated dense bf16 peak of {key}"
+        raise SystemExit(f"no stated peak known for {name}: add it to STATED_PEAKS")
+    size = 4096
+    a = torch.randn(size, size, dtype=torch.bfloat16)
+    b = torch.randn(size, size, dtype=torch.bfloat16)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best, f"measured bf16 matmul {size}x{size} on this CPU ({torch.get_num_threads()} threads)"
+
+
+def flops_per_token(config, layout: SequenceLayout) -> float:
+    n_embd, n_layer, context = config.model.n_embd, config.model.n_layer, layout.seq_len - 1
+    per_layer = 12 * n_embd * n_embd  # attention projections (4C²) and MLP (8C²)
+    matmul_params = n_layer * per_layer + layout.vocab_size * n_embd  # blocks + LM head
+    return 6 * matmul_params + 12 * n_layer * n_embd * context
+
+
+def random_dataset(root: Path, layout: SequenceLayout, examples: int, seed: int = 0) -> ShardDataset:
+    """Writes one shard of random codes and captions in the real on-disk format."""
+    rng = np.random.default_rng(seed)
+    content = ShardContent(
+        codes=rng.integers(0, layout.codebook_size, (examples, *layout.grid)),
+        caption_ids=rng.integers(0, layout.text_vocab_size, (examples, layout.text_len)),
+        keys=[str(i) for i in range(examples)],
+        captions=[""] * examples,
+    )
+    done = write_shard(root, 0, content, {})
+    write_json_atomic(root / "manifest.json", {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION, "examples": examples, "grid": list(layout.grid),
+        "text_len": layout.text_len, "codebook_size": layout.codebook_size,
+        "shards": [{"name": done["name"], "examples": examples, "sha256": done["sha256"]}],
+    })
+    return ShardDataset(root)
+
+
+def baseline_tokens_per_s(config: TrainConfig, layout: SequenceLayout, data: ShardDataset, steps: int, warmup: int, device) -> float:
+    """Plain transformers training: fp32, labels=ids, torch AdamW, no compile."""
+    gpt = build_model(config.model, layout, seed=0).to(device).train()
+    optimizer = torch.optim.AdamW(gpt.parameters(), lr=config.lr)
+    order = BatchOrder(len(data), config.micro_batch_size, 1, seed=0)
+    started = None
+    for step in range(warmup + steps):
+        if step == warmup:
+            synchronize(device)
+            started = time.perf_counter()
+        for micro in range(config.grad_accum):
+            captions, codes = data.get_batch(order.indices(step * config.grad_accum + micro, 0))
+            ids = layout.pack(captions, codes).to(device)
+            (gpt(input_ids=ids, labels=ids).loss / config.grad_accum).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    synchronize(device)
+    return steps * config.grad_accum * config.micro_batch_size * (layout.seq_len - 1) / (time.perf_counter() - started)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny", help="model preset (tiny, gpt-draw, gpt-draw-medium, gpt-draw-large)")
+    parser.add_argument("--micro-batch", type=int, default=8)
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=20, help="timed steps of each loop")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator)")
+    parser.add_argument("--text-len", type=int, default=64)
+    parser.add_argument("--grid", type=int, default=16, help="image codes per side (16 for the reference)")
+    parser.add_argument("--codebook", type=int, default=16384)
+    parser.add_argument("--text-vocab", type=int, default=50258)
+    parser.add_argument("--compile", action="store_true", help="torch.compile gptdraw's training forward")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16"])
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--json", default="bench/out/train.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    layout = SequenceLayout(text_vocab_size=args.text_vocab, pad_id=0, codebook_size=args.codebook,
+                            text_len=args.text_len, grid=(args.grid, args.grid))
+    config = TrainConfig(
+        model=model_preset(args.preset), max_steps=args.warmup + args.steps, micro_batch_size=args.micro_batch,
+        grad_accum=args.grad_accum, warmup_steps=1, mixed_precision=args.mixed_precision, compile=args.compile,
+        gradient_checkpointing=args.gradient_checkpointing, caption_dropout=0.1, log_every=1,
+        eval_every=0, sample_every=0, checkpoint_every=10**9,
+    )
+    peak, peak_source = device_peak(device)
+    per_token = flops_per_token(config, layout)
+    examples = max(2048, config.micro_batch_size * config.grad_accum * (config.max_steps + 1))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = random_dataset(tmp / "data", layout, examples)
+        # Tokenizers only fix the layout's sizes here; a byte-level BPE padded to text_vocab ids.
+        caption_tokenizer = CaptionTokenizer.train(["a"], vocab_size=300, text_len=args.text_len)
+        caption_tokenizer.tokenizer.add_tokens([f"<unused{i}>" for i in range(args.text_vocab - caption_tokenizer.vocab_size)])
+        layout = replace(layout, pad_id=caption_tokenizer.pad_id)
+        vq = ImageTokenizer(VQConfig(
+            image_size=args.grid * 2, block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=8, vq_embed_dim=8,
+            num_vq_embeddings=args.codebook, mid_block_add_attention=False,
+        ))
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        train(config, data, tmp / "run", caption_tokenizer, vq, progress=True)
+        peak_memory = peak_memory_bytes(device)
+        rows = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
+        timed = [row["tokens_per_s"] for row in rows if row["step"] > args.warmup]
+        # Each row's rate covers one step (log_every=1); the harmonic mean is total tokens ÷ total time.
+        tokens_per_s = len(timed) / sum(1 / rate for rate in timed)
+        baseline = None if args.skip_baseline else baseline_tokens_per_s(config, layout, data, args.steps, args.warmup, device)
+
+    result = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)",
+        "preset": args.preset,
+        "micro_batch": args.micro_batch,
+        "grad_accum": args.grad_accum,
+        "seq_len": layout.seq_len,
+        "vocab_size": layout.vocab_size,
+        "mixed_precision": args.mixed_precision,
+        "compile": args.compile,
+        "tokens_per_s": tokens_per_s,
+        "baseline_tokens_per_s": baseline,
+        "speedup": tokens_per_s / baseline if baseline else None,
+        "flops_per_token": per_token,
+        "peak_flops": peak,
+        "peak_flops_source": peak_source,
+        "mfu": tokens_per_s * per_token / peak,
+        "baseline_mfu": baseline * per_token / peak if baseline else None,
+        "peak_memory_gib": peak_memory / 2**30,
+        "reference_epoch_minutes": 881e6 / tokens_per_s / 60,
+    }
+    print(json.dumps(result, indent=2))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
