@@ -35,7 +35,8 @@ from gptdraw.data.shards import FORMAT_NAME, FORMAT_VERSION, ShardContent, Shard
 from gptdraw.model import build_model
 from gptdraw.sequence import SequenceLayout
 from gptdraw.text import CaptionTokenizer
-from gptdraw.train import BatchOrder, train
+from gptdraw.data.loader import EpochBatches
+from gptdraw.train import micro_batch_indices, train
 from gptdraw.vqgan import ImageTokenizer, VQConfig
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets (FLOP/s, no sparsity).
@@ -93,14 +94,14 @@ def baseline_tokens_per_s(config: TrainConfig, layout: SequenceLayout, data: Sha
     """Plain transformers training: fp32, labels=ids, torch AdamW, no compile."""
     gpt = build_model(config.model, layout, seed=0).to(device).train()
     optimizer = torch.optim.AdamW(gpt.parameters(), lr=config.lr)
-    order = BatchOrder(len(data), config.micro_batch_size, 1, seed=0)
+    order = EpochBatches(len(data), config.micro_batch_size, seed=0)
     started = None
     for step in range(warmup + steps):
         if step == warmup:
             synchronize(device)
             started = time.perf_counter()
         for micro in range(config.grad_accum):
-            captions, codes = data.get_batch(order.indices(step * config.grad_accum + micro, 0))
+            captions, codes = data.get_batch(micro_batch_indices(order, step * config.grad_accum + micro))
             ids = layout.pack(captions, codes).to(device)
             (gpt(input_ids=ids, labels=ids).loss / config.grad_accum).backward()
         optimizer.step()

@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
+from .data.loader import EpochBatches
 from .images import make_grid
 from .model import TrainingForward, build_model, check_model_fits_layout, sequence_loss, split_targets, weighted_loss
 from .pipeline import GPTDrawPipeline
@@ -83,33 +84,11 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 
 
 # ----------------------------------------------------------------------------- data order
-class BatchOrder:
-    """Which examples each micro-batch holds: a seeded permutation per epoch, cut into
-    global micro-batches; each process takes its own disjoint slice of each."""
-
-    def __init__(self, num_examples: int, micro_batch: int, world_size: int, seed: int):
-        self.global_batch = micro_batch * world_size
-        if num_examples < self.global_batch:
-            raise ValueError(
-                f"the dataset has {num_examples} examples, fewer than one global micro-batch "
-                f"({micro_batch} × {world_size} processes)"
-            )
-        self.num_examples = num_examples
-        self.micro_batch = micro_batch
-        self.seed = seed
-        self.per_epoch = num_examples // self.global_batch  # the ragged end of an epoch is dropped
-        self._epoch, self._permutation = -1, None
-
-    def indices(self, micro_step: int, rank: int) -> np.ndarray:
-        """Example indices for global micro-batch number `micro_step`, slice of process `rank`."""
-        epoch, position = divmod(micro_step, self.per_epoch)
-        if epoch != self._epoch:
-            self._permutation = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
-            self._epoch = epoch
-        start = position * self.global_batch + rank * self.micro_batch
-        # Kept in permutation order (not sorted): caption dropout is drawn per position in the
-        # global batch, so every process count must see the examples in the same order.
-        return self._permutation[start : start + self.micro_batch]
+def micro_batch_indices(order: EpochBatches, micro_step: int) -> np.ndarray:
+    """This process's examples for global micro-batch number `micro_step` (a seeded
+    permutation per epoch, cut into global micro-batches, sliced per process)."""
+    epoch, step = divmod(micro_step, order.steps_per_epoch)
+    return order.indices(epoch, step)
 
 
 def blank_captions(
@@ -322,7 +301,7 @@ def train(
         forward = torch.compile(forward)
     forward, optimizer = accelerator.prepare(forward, optimizer)
 
-    order = BatchOrder(len(train_data), config.micro_batch_size, world, config.seed)
+    order = EpochBatches(len(train_data), config.micro_batch_size * world, config.seed, rank, world)
     writer = metrics_file = None
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -355,7 +334,7 @@ def train(
             micro_batches = []
             for micro in range(config.grad_accum):
                 micro_step = step * config.grad_accum + micro
-                captions, codes = train_data.get_batch(order.indices(micro_step, rank))
+                captions, codes = train_data.get_batch(micro_batch_indices(order, micro_step))
                 ids = blank_captions(layout.pack(captions, codes), layout, config.caption_dropout, config.seed, micro_step, rank, world)
                 micro_batches.append(ids.to(accelerator.device))
             counts = torch.tensor(

@@ -3,6 +3,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from gptdraw.pipeline import GPTDrawPipeline
 from gptdraw.sampling import SamplingSettings
@@ -59,3 +60,33 @@ def test_stream_fills_in(pipe, layout):
     first = np.asarray(steps[0].images[0]).astype(int)
     # Undrawn positions are grey in a partial image.
     assert (np.abs(first[-4:, -4:] - 128) <= 1).all()
+
+
+def test_stream_ids_matches_stream(pipe, layout):
+    # Captions already encoded draw what the prompts draw, with the same seed.
+    ids, _ = pipe.encode_prompts(["a red circle"])
+    by_prompt = list(pipe.stream("a red circle", num_images_per_prompt=2, seed=3, every=layout.image_len))[-1]
+    by_ids = list(pipe.stream_ids(ids.expand(2, -1), seed=3, every=layout.image_len))[-1]
+    assert torch.equal(by_prompt.codes, by_ids.codes)
+    assert not torch.equal(by_ids.codes[0], by_ids.codes[1])  # two draws, not one copied
+
+
+def test_bfloat16_and_compiled_pipelines_load_and_draw(pipe, tmp_path, layout):
+    pipe.save_pretrained(tmp_path / "model")
+    bf16 = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", dtype="bfloat16")
+    assert next(bf16.gpt.parameters()).dtype == torch.bfloat16
+    assert bf16.image_tokenizer.codebook.dtype == torch.bfloat16
+    images = bf16("a red circle", num_images_per_prompt=2, seed=0)
+    assert len(images) == 2 and images[0].size == (16, 16)
+    compiled = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", compile=True)
+    assert compiled.drawer.options.compile
+    with pytest.raises(ValueError, match="unknown dtype"):
+        GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", dtype="float8")
+
+
+def test_resolve_dtype():
+    from gptdraw.pipeline import resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype(torch.float16, torch.device("cpu")) == torch.float16

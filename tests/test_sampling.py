@@ -1,8 +1,18 @@
 import pytest
 import torch
 
-from gptdraw.sampling import SamplingSettings, apply_cfg, filter_logits, iter_codes, sample_codes
-from gptdraw.sequence import SequenceLayout
+from gptdraw.sampling import (
+    CodeDrawer,
+    DecodeOptions,
+    Knobs,
+    SamplingSettings,
+    apply_cfg,
+    draw_noise,
+    filter_logits,
+    iter_codes,
+    pick_codes,
+    sample_codes,
+)
 
 
 def captions(layout, batch=3, seed=0):
@@ -85,3 +95,84 @@ def test_settings_validation():
         SamplingSettings(top_p=0)
     with pytest.raises(ValueError, match="temperature"):
         SamplingSettings(temperature=-1)
+
+
+# ------------------------------------------------------------------------------ the fast sampler
+SETTINGS = [
+    SamplingSettings(temperature=0),
+    SamplingSettings(temperature=1.0, top_k=10),
+    SamplingSettings(temperature=0.8, top_p=0.9, cfg_scale=3.0),
+    SamplingSettings(temperature=0, cfg_scale=2.0),
+]
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_static_cache_equals_reference_loop(gpt, layout, settings):
+    # The fast loop (static KV cache, batched CFG, codebook-only logits) draws the reference's codes.
+    ids = captions(layout)
+    prefix = torch.randint(0, layout.codebook_size, (3, 5), generator=torch.Generator().manual_seed(1))
+    for start in (None, prefix):
+        fast = sample_codes(gpt, layout, ids, settings, torch.Generator().manual_seed(7), start, drawer=CodeDrawer(gpt, layout))
+        slow = sample_codes(gpt, layout, ids, settings, torch.Generator().manual_seed(7), start, use_cache=False)
+        assert torch.equal(fast, slow)
+
+
+def test_compiled_step_equals_reference_and_is_reused(gpt, layout):
+    # The compiled path on CPU: dynamo traces the whole step (fullgraph) and AOT functionalises the
+    # in-place cache updates, as for inductor/CUDA graphs; the graph runs without code generation.
+    from torch._dynamo import lookup_backend
+
+    graphs = []
+
+    def counting_aot_eager(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return lookup_backend("aot_eager")(graph_module, example_inputs)
+
+    drawer = CodeDrawer(gpt, layout, DecodeOptions(compile=True, backend=counting_aot_eager))
+    ids = captions(layout)  # 3 captions: padded to a batch of 4 inside the compiled drawer
+    for settings in (SETTINGS[2], SamplingSettings(temperature=1.3, top_k=5, cfg_scale=1.5)):
+        fast = sample_codes(gpt, layout, ids, settings, torch.Generator().manual_seed(11), drawer=drawer)
+        slow = sample_codes(gpt, layout, ids, settings, torch.Generator().manual_seed(11), use_cache=False)
+        assert torch.equal(fast, slow)
+    # Other settings are tensors fed to the same graph: one compilation, one kept cache (4 × 2 rows).
+    assert len(graphs) == 1
+    assert list(drawer._caches) == [(8, torch.float32, torch.device("cpu"))]
+
+
+def test_whole_prefix_is_returned_as_is(gpt, layout):
+    prefix = torch.randint(0, layout.codebook_size, (2, layout.image_len))
+    steps = list(iter_codes(gpt, layout, captions(layout, batch=2), SamplingSettings(), prefix_codes=prefix))
+    assert len(steps) == 1 and torch.equal(steps[0], prefix)
+
+
+def test_bad_prefix_is_refused(gpt, layout):
+    with pytest.raises(ValueError, match="prefix codes must be in"):
+        sample_codes(gpt, layout, captions(layout), prefix_codes=torch.full((3, 2), layout.codebook_size))
+    with pytest.raises(ValueError, match="rows"):
+        sample_codes(gpt, layout, captions(layout), prefix_codes=torch.zeros(2, 2, dtype=torch.long))
+
+
+def test_pick_codes_draws_from_the_filtered_distribution():
+    # The exponential race is a categorical draw: frequencies follow softmax(logits / T).
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]])).expand(40000, 4)
+    generator = torch.Generator().manual_seed(0)
+    codes = pick_codes(logits, draw_noise(40000, 4, generator, "cpu"), Knobs.of(SamplingSettings(), "cpu"))
+    frequencies = torch.bincount(codes, minlength=4).float() / 40000
+    assert torch.allclose(frequencies, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.01)
+    # top-k 2 renormalises over the two likeliest: 3/7 and 4/7.
+    codes = pick_codes(logits, draw_noise(40000, 4, generator, "cpu"), Knobs.of(SamplingSettings(top_k=2), "cpu"))
+    frequencies = torch.bincount(codes, minlength=4).float() / 40000
+    assert torch.allclose(frequencies, torch.tensor([0, 0, 3 / 7, 4 / 7]), atol=0.01)
+    # Greedy ignores the noise.
+    greedy = pick_codes(logits[:3], draw_noise(3, 4, generator, "cpu"), Knobs.of(SamplingSettings(temperature=0), "cpu"))
+    assert greedy.tolist() == [3, 3, 3]
+
+
+def test_filter_logits_with_tensor_settings_matches_numbers():
+    logits = torch.randn(5, 50, generator=torch.Generator().manual_seed(0))
+    for top_k, top_p in [(0, 1.0), (7, 1.0), (0, 0.6), (12, 0.8)]:
+        by_number = filter_logits(logits, top_k, top_p)
+        by_tensor = filter_logits(logits, torch.tensor(top_k), torch.tensor(top_p))
+        assert torch.equal(by_number, by_tensor)
+        kept = torch.isfinite(by_number).sum(dim=-1)
+        assert (kept >= 1).all() and (kept <= (top_k or 50)).all()

@@ -12,7 +12,7 @@ from gptdraw.data.prepare import prepare
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import ShapesSource
 from gptdraw.pipeline import GPTDrawPipeline
-from gptdraw.train import BatchOrder, learning_rate, list_checkpoints, train
+from gptdraw.train import learning_rate, list_checkpoints, train
 from gptdraw.vqgan import ImageTokenizer
 
 
@@ -69,7 +69,7 @@ def test_stopped_and_resumed_equals_uninterrupted(dataset, caption_tokenizer, tm
 
 def test_grad_accumulation_equals_one_big_batch(dataset, caption_tokenizer, tmp_path):
     train_data, _, vq = dataset
-    # Same examples per step: 2 × 8 accumulated vs 1 × 16 (BatchOrder slices the same permutation);
+    # Same examples per step: 2 × 8 accumulated vs 1 × 16 (the same permutation, cut alike);
     # caption dropout off, since its draw depends on the micro-batch number.
     same = dict(max_steps=3, caption_dropout=0.0)
     train(tiny_config(micro_batch_size=8, grad_accum=2, **same), train_data, tmp_path / "a", caption_tokenizer, vq, progress=False)
@@ -107,15 +107,3 @@ def test_schedules():
     assert learning_rate(100, cosine) == pytest.approx(0.1)
     linear = replace(constant, schedule="linear", min_lr_ratio=0.0)
     assert learning_rate(55, linear) == pytest.approx(0.5)
-
-
-def test_batch_order_ranks_are_disjoint_and_cover_the_epoch():
-    one = BatchOrder(40, micro_batch=4, world_size=2, seed=1)
-    seen = []
-    for micro_step in range(5):  # 40 // (4 × 2) micro-steps per epoch
-        a, b = one.indices(micro_step, 0), one.indices(micro_step, 1)
-        assert not set(a) & set(b)
-        seen += list(a) + list(b)
-    assert sorted(seen) == list(range(40))
-    single = BatchOrder(40, micro_batch=8, world_size=1, seed=1)
-    assert sorted(single.indices(0, 0)) == sorted(list(one.indices(0, 0)) + list(one.indices(0, 1)))

@@ -30,7 +30,7 @@ from gptdraw.vq_convert import (
     load_restricted_checkpoint,
     read_flax_msgpack,
 )
-from gptdraw.vqgan import ImageTokenizer, VQConfig
+from gptdraw.vqgan import ImageTokenizer
 
 # A tiny taming architecture: ch 32, ch_mult (1, 1, 2), attention at the lowest level (8 px
 # for 32 px images), z_channels 8, a 64-entry codebook of 8-dim vectors. taming's norms are
@@ -248,7 +248,7 @@ class ModelCheckpoint:
         self.__dict__.update(state)
 
 
-def write_lightning_checkpoint(path: Path, state_dict: dict) -> Path:
+def write_lightning_checkpoint(path: Path, state_dict: dict, legacy_format: bool = False) -> Path:
     names = ["pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint"]
     modules = {name: types.ModuleType(name) for name in names}
     modules[names[-1]].ModelCheckpoint = ModelCheckpoint
@@ -262,7 +262,7 @@ def write_lightning_checkpoint(path: Path, state_dict: dict) -> Path:
             "optimizer_states": [{"state": {}, "param_groups": [{"lr": 4.5e-6, "params": [0, 1]}]}],
             "lr_schedulers": [],
             "state_dict": state_dict,
-        }, path)
+        }, path, _use_new_zipfile_serialization=not legacy_format)
     finally:
         for name in names:
             del sys.modules[name]
@@ -408,6 +408,22 @@ def test_legacy_format_pickle_that_runs_code_is_refused(tmp_path):
     with pytest.raises(ValueError, match="refusing to load"):
         load_restricted_checkpoint(path)
     assert not marker.exists()
+
+
+def test_legacy_format_lightning_checkpoint_loads(tmp_path):
+    torch.manual_seed(10)
+    reference = TamingRef(TINY).eval()
+    ckpt = write_lightning_checkpoint(tmp_path / "old.ckpt", reference.weights(), legacy_format=True)
+    CALLBACK_CALLS.clear()
+    tokenizer = convert_vq(ckpt, config_path=write_model_yaml(tmp_path / "m.yaml", TINY)).to_tokenizer()
+    assert CALLBACK_CALLS == []
+    check_against_reference(tokenizer, reference, -1.0, 1.0)
+
+
+def test_not_a_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "notes.ckpt").write_text("hello")
+    with pytest.raises(ValueError, match=r"cannot load .*notes\.ckpt as a weights-only PyTorch checkpoint"):
+        convert_vq(tmp_path / "notes.ckpt")
 
 
 def test_missing_and_extra_keys_are_named(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
@@ -102,6 +103,7 @@ def _caption_tokenizer(args: argparse.Namespace, source, out: Path, state):
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    import torch
     from accelerate import PartialState
 
     from gptdraw.data.prepare import prepare
@@ -125,7 +127,9 @@ def run_prepare(args: argparse.Namespace) -> int:
         raise UserError("--count and --image-size apply to the shapes source only")
     source = open_source(args.source, format=args.format, **options)
 
-    state = PartialState()
+    # cpu=True where there is no CUDA: only then does accelerate see several CPU processes
+    # started by a launcher as one job (otherwise each would think it is alone and redo every shard).
+    state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     caption_tokenizer = _caption_tokenizer(args, source, out, state)
@@ -186,7 +190,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"  skipped: {_counts(manifest['skipped'])}; truncated captions: {manifest['truncated_captions']}")
     print(f"  image size {manifest['image_size']} px → grid {manifest['grid'][0]}×{manifest['grid'][1]} codes "
           f"from a {manifest['codebook_size']}-entry codebook; {manifest['text_len']} caption tokens")
-    print(f"  source: {manifest['source'].get('kind')} {manifest['source'].get('path', manifest['source'].get('name', ''))}")
+    source = {key: value for key, value in manifest["source"].items() if key != "files"}
+    print(f"  source: {json.dumps(source)}")
     if manifest.get("splits"):
         print(f"  other splits: {', '.join(manifest['splits'])}")
     for index in range(min(3, len(dataset))):
@@ -200,6 +205,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 def write_grid(dataset, out: str, vq_dir: str | None, count: int) -> None:
     """Decode the first `count` examples from their codes and save them as a captioned PNG grid."""
     import torch
+    from PIL import Image
 
     from gptdraw.data.prepare import image_tokenizer_identity
     from gptdraw.images import make_grid, tensor_to_pil
@@ -219,6 +225,11 @@ def write_grid(dataset, out: str, vq_dir: str | None, count: int) -> None:
     with torch.no_grad():
         images = tokenizer.decode(codes.view(count, *dataset.grid))  # (B, 3, H, W)
     labels = [dataset.caption(index) for index in range(count)]
-    grid = make_grid(tensor_to_pil(images), columns=min(count, 4), labels=labels)
+    pictures = tensor_to_pil(images)
+    # Small tiles are enlarged (pixel-exact) so that the captions under them stay readable.
+    scale = max(1, 128 // pictures[0].width)
+    pictures = [picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+                for picture in pictures]
+    grid = make_grid(pictures, columns=min(count, 4), labels=labels)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)

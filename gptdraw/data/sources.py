@@ -30,7 +30,6 @@ are skipped as "not_downloaded".
 from __future__ import annotations
 
 import csv
-import io
 import json
 import os
 import re

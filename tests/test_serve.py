@@ -1,0 +1,180 @@
+"""The web app: request checks, and the running server called through gradio_client."""
+
+import json
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gptdraw import cli
+from gptdraw.pipeline import GPTDrawPipeline
+from gptdraw.sampling import SamplingSettings
+from gptdraw.serve import RequestError, ServeConfig, check_request
+
+WAIT_SECONDS = 60  # the longest any test waits for the server
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Served:
+    url: str
+    app: object
+    config: ServeConfig
+    model_dir: Path
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, gpt, caption_tokenizer, image_tokenizer, layout):
+    """A running server on 127.0.0.1 for a model directory made from the tiny fixtures."""
+    pytest.importorskip("gradio", reason="the web app needs gradio (pip install 'gptdraw[serve]')")
+    from gptdraw.serve import launch
+
+    root = tmp_path_factory.mktemp("serve")
+    GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, SamplingSettings(top_k=20, cfg_scale=2.0)).save_pretrained(
+        root / "model"
+    )
+    pipe = GPTDrawPipeline.from_pretrained(root / "model", device="cpu")
+    config = ServeConfig(out_dir=root / "out", max_images=3, queue_size=4)
+    with pytest.MonkeyPatch.context() as patch:
+        # build_app points GRADIO_TEMP_DIR into the output folder; the patch restores it afterwards.
+        patch.setenv("GRADIO_TEMP_DIR", str(config.out_dir / ".gradio"))
+        patch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+        app = launch(pipe, config, host="127.0.0.1", port=free_port(), block=False)
+        try:
+            yield Served(url=app.local_url, app=app, config=config, model_dir=root / "model")
+        finally:
+            app.close()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    gradio_client = pytest.importorskip("gradio_client", reason="the API test needs gradio_client")
+    return gradio_client.Client(served.url, verbose=False, download_files=False, analytics_enabled=False)
+
+
+def draw(client, prompt="a red circle", seed=0, top_k=20, top_p=1.0, temperature=1.0, cfg_scale=2.0, num_images=1):
+    job = client.submit(prompt, seed, top_k, top_p, temperature, cfg_scale, num_images, api_name="/draw")
+    return job, job.result(timeout=WAIT_SECONDS)
+
+
+# ------------------------------------------------------------------------------ request checks
+CONFIG = ServeConfig(out_dir=Path("unused"), max_images=4)
+
+
+def check(**changes):
+    request = dict(prompt="a red circle", seed=0, top_k=20, top_p=0.9, temperature=1.0, cfg_scale=3.0, num_images=2)
+    request.update(changes)
+    return check_request(**request, config=CONFIG, codebook_size=64)
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"prompt": "   "}, "the prompt is empty"),
+        ({"prompt": 42}, "the prompt must be text, got int"),
+        ({"prompt": None}, "the prompt must be text, got NoneType"),
+        ({"prompt": "x" * 2001}, "the limit is 2000"),
+        ({"num_images": 5}, "number of images must be between 1 and 4, got 5"),
+        ({"num_images": 0}, "number of images must be between 1 and 4"),
+        ({"num_images": 1.5}, "number of images must be a whole number"),
+        ({"seed": -1}, "seed must be between 0"),
+        ({"seed": "abc"}, "seed must be a whole number, got 'abc'"),
+        ({"top_k": 65}, "top-k must be between 0 and 64"),
+        ({"top_p": 0}, "top-p must be in (0, 1]"),
+        ({"top_p": 1.5}, "top-p must be in (0, 1]"),
+        ({"temperature": -0.1}, "temperature must be in [0, 5]"),
+        ({"temperature": float("nan")}, "temperature must be a number"),
+        ({"cfg_scale": 21}, "CFG scale must be in [0, 20]"),
+        ({"cfg_scale": True}, "CFG scale must be a number"),
+    ],
+)
+def test_bad_requests_are_explained(changes, message):
+    with pytest.raises(RequestError) as error:
+        check(**changes)
+    assert message in str(error.value)
+
+
+def test_good_request_is_normalised():
+    request = check(prompt="  a red circle ", seed=7.0, num_images=3)
+    assert request.prompt == "a red circle" and request.seed == 7 and isinstance(request.seed, int)
+    assert request.num_images == 3 and request.top_p == 0.9
+
+
+# ------------------------------------------------------------------------------ the running server
+def test_client_draws_images_into_the_output_folder(served, client, layout):
+    job, (picture, gallery, files, status) = draw(client, num_images=2)
+    assert status.startswith("Done: 2 images")
+    assert len(gallery) == 2 and len(files) == 2
+    out = served.config.out_dir
+    # The server keeps its drawings and Gradio's file cache in the output folder.
+    for item in [picture, *files, *(entry["image"] for entry in gallery)]:
+        assert Path(item["path"]).resolve().is_relative_to(out), item["path"]
+    runs = list((out / "drawings").iterdir())
+    assert any(sorted(p.name for p in run.iterdir()) == ["00.png", "01.png", "request.json"] for run in runs)
+    # The picture filled in while it was drawn: one update per code for this 4×4 grid.
+    statuses = [output[-1] for output in job.outputs()]
+    drawing = [s for s in statuses if s.startswith("Drawing")]
+    assert drawing[0] == f"Drawing… 1/{layout.image_len} codes" and len(drawing) == layout.image_len - 1
+
+
+def test_same_seed_same_images(served, client):
+    first = draw(client, prompt="a blue square", seed=3)[1]
+    second = draw(client, prompt="a blue square", seed=3)[1]
+    assert Path(first[2][0]["path"]).read_bytes() == Path(second[2][0]["path"]).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"prompt": ""}, "the prompt is empty"),
+        ({"prompt": 123}, "the prompt must be text"),
+        ({"num_images": 4}, "number of images must be between 1 and 3, got 4"),
+        ({"temperature": 99}, "temperature must be in [0, 5]"),
+        ({"top_p": 0}, "top-p must be in (0, 1]"),
+        ({"seed": "abc"}, "seed must be a whole number"),
+    ],
+)
+def test_server_refuses_bad_requests_and_keeps_serving(served, client, changes, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        draw(client, **changes)
+    assert draw(client)[1][-1].startswith("Done")
+
+
+def test_over_long_prompt_is_drawn_with_a_warning(served, client):
+    prompt = "a large blue square on the right and a green circle in the center " * 3
+    _, (_, gallery, _, status) = draw(client, prompt=prompt)
+    assert "Warning: the prompt is longer than the caption budget of 12 tokens" in status
+    assert len(gallery) == 1
+    record = json.loads(next(p for p in (served.config.out_dir / "drawings").rglob("request.json")
+                             if "large-blue" in str(p)).read_text())
+    assert record["prompt"] == prompt.strip()
+
+
+def test_queue_and_concurrency_are_bounded(served):
+    assert served.app._queue.max_size == served.config.queue_size
+    draw_fn = next(fn for fn in served.app.fns.values() if fn.api_name == "draw")
+    assert draw_fn.concurrency_limit == 1
+
+
+# ------------------------------------------------------------------------------ the command
+@pytest.fixture
+def command(monkeypatch):
+    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "serve"))
+    return cli.main
+
+
+def test_serve_command_refuses_bad_arguments(command, tmp_path, capsys):
+    assert command(["serve", "--model", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert command(["serve", "--model", str(tmp_path), "--port", "70000"]) == 2
+    assert "--port must be between 1 and 65535" in capsys.readouterr().err
+    assert command(["serve", "--model", str(tmp_path), "--port", "7860"]) == 2  # a folder, not a model
+    assert "not a complete gptdraw model directory" in capsys.readouterr().err
