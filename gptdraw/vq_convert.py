@@ -18,12 +18,10 @@ error that names it.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import logging
 import re
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import msgpack
@@ -34,8 +32,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from gptdraw.vqgan import ImageTokenizer, VQConfig, load_state_dict_strict
-
-logger = logging.getLogger(__name__)
 
 # Pixel ranges the published models were trained with.
 TAMING_INPUT_RANGE = (-1.0, 1.0)  # taming-transformers and ai-forever MoVQGAN: x / 127.5 - 1
@@ -122,14 +118,27 @@ def load_restricted_checkpoint(path: str | Path) -> object:
                 f"code; only tensors, plain containers and Lightning metadata are admitted"
             )
         placeholders = [(SkippedObject, name) for name in unsafe]
-    try:
-        with torch.serialization.safe_globals(placeholders):
-            # mmap keeps a 1 GB Lightning checkpoint (optimizer state included) out of memory.
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
-    except Exception as error:
-        # The weights-only unpickler explains what it refused (e.g. "Unsupported global: ...").
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"refusing to load {path}: {first_line}") from error
+    # The legacy (pre-zip) format cannot be scanned first: each Lightning global the unpickler
+    # stops at is added as a placeholder and the load retried.
+    for _ in range(32):
+        try:
+            with torch.serialization.safe_globals(placeholders):
+                # mmap keeps a 1 GB Lightning checkpoint (optimizer state included) out of memory.
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=is_zip)
+        except Exception as error:
+            refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+            if refused and _is_skippable_global(refused[1]) and not is_zip:
+                placeholders.append((SkippedObject, refused[1]))
+                continue
+            if refused:
+                raise ValueError(f"refusing to load {path}: its pickle references {refused[1]}, which could "
+                                 f"run code") from error
+            # Skip torch's boilerplate ("Weights only load failed…") and keep the specific reason.
+            lines = [line for line in str(error).splitlines()
+                     if line.strip() and not line.startswith(("Weights only load failed", "Check the documentation"))]
+            reason = lines[0][:300] if lines else type(error).__name__
+            raise ValueError(f"cannot load {path} as a weights-only PyTorch checkpoint: {reason}") from error
+    raise ValueError(f"refusing to load {path}: too many distinct Lightning objects")
 
 
 def _tensor_state_dict(obj: object, source: str) -> dict[str, torch.Tensor]:
@@ -407,12 +416,12 @@ def convert_taming_checkpoint(
         config_path = found
         notes.append(f"architecture from {found} (found beside the checkpoint)")
     if config_path is not None:
-        config = dataclasses.replace(taming_config_from_yaml(config_path, image_size=image_size), source=str(path))
+        config = replace(taming_config_from_yaml(config_path, image_size=image_size), source=str(path))
     else:
         config = infer_taming_config(state_dict, source=str(path), image_size=image_size)
         notes.append("architecture read from the checkpoint's keys and shapes (no model.yaml)")
     if input_range is not None:
-        config = dataclasses.replace(config, input_range=tuple(input_range))
+        config = replace(config, input_range=tuple(input_range))
     if config.norm_type == "spatial" and config.latent_channels != config.vq_embed_dim:
         # diffusers feeds the spatial norms the codes through a layer sized by latent_channels.
         raise ValueError(
@@ -551,7 +560,8 @@ def convert_flax_vqgan(
     taming = flax_vqgan_to_taming_state_dict(read_flax_msgpack(weights), str(weights))
     converted, original = taming_to_diffusers_state_dict(taming, len(config.block_out_channels))
     _refuse_unexpected(config, converted, original, str(weights))
-    notes = [f"input range {config.input_range}: dalle-mini encodes [0, 1] pixels and clips its decoder output to [0, 1]"]
+    notes = [] if input_range is not None else [
+        "input range [0, 1]: dalle-mini encodes [0, 1] pixels and clips its decoder output to [0, 1]"]
     return ConvertedVQ(config, _as_float32(converted), "flax", {}, notes)
 
 
@@ -610,8 +620,8 @@ def convert_diffusers_vqmodel(
             notes.append("recognised amused's VQGAN: input range [0, 1] (amused does not normalise pixels)")
         else:
             input_range = KANDINSKY_INPUT_RANGE
-            notes.append("input range [-1, 1] (the diffusers default, used by Kandinsky's MoVQ); "
-                         "pass input_range to override")
+            notes.append("input range [-1, 1], as Kandinsky's MoVQ (not recorded in diffusers configs; "
+                         "--input-range overrides)")
     weights_path, state_dict = _read_diffusers_weights(directory)
     latent_channels = int(hub_config.get("latent_channels", 3))
     try:

@@ -42,8 +42,8 @@ def register(subparsers) -> None:
                          "from the weights)")
     convert.add_argument("--image-size", type=int, help="default image size of the tokenizer (default: the "
                          "model's training resolution, 256 when unknown)")
-    convert.add_argument("--input-range", choices=sorted(INPUT_RANGES), help="pixel range the network expects, "
-                         "written --input-range=-1,1 or --input-range=0,1 (default: known per source)")
+    convert.add_argument("--input-range", type=_input_range, metavar="LOW,HIGH", help="pixel range the network "
+                         "expects: --input-range=-1,1 or --input-range=0,1 (default: known per source)")
     convert.add_argument("--local-only", action="store_true", help="never download: SRC must be a local path")
     convert.set_defaults(func=run_convert)
 
@@ -83,6 +83,12 @@ def _add_tokenizer_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
 
 
+def _input_range(text: str) -> tuple[float, float]:
+    if text not in INPUT_RANGES:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(INPUT_RANGES)}, got {text!r}")
+    return INPUT_RANGES[text]
+
+
 def _device(name: str | None) -> torch.device:
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -104,7 +110,7 @@ def run_convert(args: argparse.Namespace) -> int:
         args.out,
         config_path=args.config,
         image_size=args.image_size,
-        input_range=INPUT_RANGES[args.input_range] if args.input_range else None,
+        input_range=args.input_range,
         allow_download=not args.local_only,
     )
     config = tokenizer.config
