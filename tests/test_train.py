@@ -107,3 +107,21 @@ def test_schedules():
     assert learning_rate(100, cosine) == pytest.approx(0.1)
     linear = replace(constant, schedule="linear", min_lr_ratio=0.0)
     assert learning_rate(55, linear) == pytest.approx(0.5)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(dataset, caption_tokenizer, tmp_path):
+    from gptdraw.model import build_model
+    from gptdraw.sequence import SequenceLayout
+    from gptdraw.train import NonFiniteLossError
+
+    train_data, _, vq = dataset
+    config = tiny_config(max_steps=8, checkpoint_every=2)
+    layout = SequenceLayout(text_vocab_size=caption_tokenizer.vocab_size, pad_id=caption_tokenizer.pad_id,
+                            codebook_size=vq.codebook_size, text_len=caption_tokenizer.text_len, grid=train_data.grid)
+    poisoned = build_model(config.model, layout)
+    with torch.no_grad():
+        poisoned.transformer.h[0].mlp.c_fc.weight.fill_(float("nan"))
+    # A fresh run whose weights turn the loss into NaN stops at once and writes no checkpoint.
+    with pytest.raises(NonFiniteLossError, match="loss became nan at step 0"):
+        train(config, train_data, tmp_path / "poisoned", caption_tokenizer, vq, init_model=poisoned, progress=False)
+    assert list_checkpoints(tmp_path / "poisoned") == []
