@@ -19,7 +19,7 @@ including the decode), their sampling-only parts, seconds per image, and the dev
 
     python bench/generate.py                                   # reference layout, gpt-draw preset
     python bench/generate.py --preset tiny --text-len 16 --grid 8 --codebook 1024 \\
-        --text-vocab 1024 --vq small --warmup 0 --repeats 1       # small: under a minute on a CPU
+        --text-vocab 1024 --vq small --warmup 0 --repeats 1 --threads 1   # small: under a minute on a CPU
     python bench/generate.py --compile                         # on a GPU: CUDA graphs
 """
 
@@ -102,8 +102,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each first (compiles)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each; the median is reported")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch (0: torch's default); 1 is steadier on a shared machine")
     parser.add_argument("--out", default="bench/out/generate.json", help="JSON file to write")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
@@ -178,7 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     decoding = statistics.median(decode_runs) if decode_runs else 0.0
     result = {
         "benchmark": "generate",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "dtype": str(dtype).removeprefix("torch."),
         "compile": args.compile,
         "preset": args.preset,

@@ -5,11 +5,19 @@ The public tensor convention of gptdraw is float32 (B, 3, H, W) with values in [
 
 from __future__ import annotations
 
+import logging
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+# File name endings read as images when scanning a folder.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
 def resize_and_crop(image: Image.Image, size: int) -> Image.Image:
@@ -114,3 +122,26 @@ def make_grid(
         for line_index, line in enumerate(wrapped[index] if wrapped else []):
             draw.text((x, y + tile_height + line_index * line_height), line, fill="black", font=font)
     return sheet
+
+
+def load_image_folder(folder: str | Path, size: int, progress: bool = True) -> tuple[np.ndarray, int]:
+    """Every image file under `folder` (recursively, sorted by path), resized and centre-cropped.
+
+    Returns (uint8 array (N, size, size, 3), number of files skipped because Pillow could
+    not decode them). Each skipped file is logged; the whole set is held in memory.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    paths = sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS)
+    arrays, skipped = [], 0
+    for path in tqdm(paths, desc="read images", unit="img", disable=not progress):
+        try:
+            with Image.open(path) as image:
+                arrays.append(np.asarray(resize_and_crop(image, size), dtype=np.uint8))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            skipped += 1
+            logger.warning("skipped %s: %s", path, error)
+    if not arrays:
+        return np.zeros((0, size, size, 3), dtype=np.uint8), skipped
+    return np.stack(arrays), skipped

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -25,7 +26,7 @@ from transformers import GPT2LMHeadModel
 
 from .images import tensor_to_pil
 from .model import check_model_fits_layout, load_transformer, save_transformer
-from .sampling import SamplingSettings, iter_codes
+from .sampling import CodeDrawer, DecodeOptions, SamplingSettings
 from .sequence import SequenceLayout
 from .text import CaptionTokenizer
 from .vqgan import ImageTokenizer
@@ -56,6 +57,21 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """"auto": bfloat16 on a GPU that has it (drawing is memory- and launch-bound), else float32."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
 class GPTDrawPipeline:
     """Draws pictures for captions with a trained gptdraw model."""
 
@@ -66,6 +82,7 @@ class GPTDrawPipeline:
         image_tokenizer: ImageTokenizer,
         layout: SequenceLayout,
         default_settings: SamplingSettings = SamplingSettings(),
+        decode_options: DecodeOptions = DecodeOptions(),
     ):
         check_model_fits_layout(gpt, layout, "pipeline")
         if image_tokenizer.codebook_size != layout.codebook_size:
@@ -85,6 +102,8 @@ class GPTDrawPipeline:
         self.image_tokenizer = image_tokenizer.eval()
         self.layout = layout
         self.default_settings = default_settings
+        # The fast sampler keeps its KV caches (and compiled step) between drawings.
+        self.drawer = CodeDrawer(self.gpt, layout, decode_options)
 
     @property
     def device(self) -> torch.device:
@@ -119,9 +138,18 @@ class GPTDrawPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike, device: str | torch.device | None = None
+        cls,
+        directory: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = "auto",
+        compile: bool = False,
     ) -> "GPTDrawPipeline":
-        """Loads a model directory; a missing or incomplete one is a clear error."""
+        """Loads a model directory; a missing or incomplete one is a clear error.
+
+        dtype: "auto" (bfloat16 on a GPU that has it, else float32), "float32", "bfloat16".
+        compile: torch.compile the decode step (CUDA graphs on a GPU; the first drawing of
+        each batch size then takes a while longer).
+        """
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"model directory {directory} does not exist")
@@ -137,12 +165,14 @@ class GPTDrawPipeline:
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ValueError(f"{directory / MODEL_CONFIG_NAME} is not a valid model config: {error}") from None
         device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
         return cls(
-            gpt=load_transformer(directory / "transformer", device),
+            gpt=load_transformer(directory / "transformer", device).to(dtype),
             caption_tokenizer=CaptionTokenizer.from_pretrained(directory / "text_tokenizer"),
-            image_tokenizer=ImageTokenizer.from_pretrained(directory / "image_tokenizer").to(device),
+            image_tokenizer=ImageTokenizer.from_pretrained(directory / "image_tokenizer", device, dtype),
             layout=layout,
             default_settings=settings,
+            decode_options=DecodeOptions(compile=compile),
         )
 
     # ----------------------------------------------------------------- drawing
@@ -189,17 +219,28 @@ class GPTDrawPipeline:
             raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
         caption_ids, _ = self.encode_prompts(prompts)
         caption_ids = caption_ids.repeat_interleave(num_images_per_prompt, dim=0)  # (B, text_len)
+        return self.stream_ids(caption_ids, seed, every, prefix_codes, **settings)
+
+    def stream_ids(
+        self,
+        caption_ids: torch.Tensor,
+        seed: int | None = None,
+        every: int = 1,
+        prefix_codes: torch.Tensor | None = None,
+        **settings,
+    ) -> Iterator[DrawingStep]:
+        """`stream` for captions already encoded: (B, text_len) ids, one image per row."""
+        if every < 1:
+            raise ValueError(f"every must be at least 1, got {every}")
+        sampling = self.settings(**settings)
         generator = torch.Generator(self.device)
-        generator.manual_seed(seed if seed is not None else torch.seed())
+        # Without a seed, a fresh one (torch.seed() would also reseed torch's global generator).
+        generator.manual_seed(seed if seed is not None else secrets.randbits(63))
         total = self.layout.image_len
-        with torch.inference_mode():
-            for codes in iter_codes(
-                self.gpt, self.layout, caption_ids.to(self.device), self.settings(**settings),
-                generator, prefix_codes=prefix_codes,
-            ):
-                drawn = codes.shape[1]
-                if drawn == total or drawn % every == 0:
-                    yield DrawingStep(drawn, total, self.decode_partial(codes), codes)
+        for codes in self.drawer.iter_codes(caption_ids.to(self.device), sampling, generator, prefix_codes):
+            drawn = codes.shape[1]
+            if drawn == total or drawn % every == 0:
+                yield DrawingStep(drawn, total, self.decode_partial(codes), codes)
 
     def __call__(
         self,

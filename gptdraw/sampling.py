@@ -1,18 +1,30 @@
 """Drawing: continue captions with image codes, one code at a time.
 
-Small pure functions (filter_logits, apply_cfg, choose_next) and one loop,
-`iter_codes`, that yields the codes as they are drawn, so that a caller can show the
-image filling in. Classifier-free guidance runs the conditional rows and the blank-caption
-rows as one batch of 2B and mixes their logits as `uncond + scale·(cond − uncond)`.
+Two loops draw the same codes for the same seed:
+
+- `CodeDrawer`, the fast one: a static, preallocated KV cache; classifier-free guidance as
+  one batch of 2B rows (conditional rows, then blank-caption rows) whose logits are mixed as
+  `uncond + scale·(cond − uncond)`; logits computed for the image codes only; and a decode
+  step of fixed shapes that can be compiled (`DecodeOptions(compile=True)`: CUDA graphs on
+  a GPU through torch.compile's "reduce-overhead" mode).
+- the plain reference loop (`iter_codes(..., use_cache=False)`), which runs the whole
+  sequence through the model for every code. It exists to check the fast one.
+
+Both choose codes with the same function, `pick_codes`, from the same random numbers:
+inverse-CDF sampling with one uniform number per image and step. The numbers are drawn
+outside the model step with the caller's torch.Generator, so a compiled step (or a CUDA
+graph) holds no random state and a seed means the same codes on every path.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import torch
-from transformers import DynamicCache, GPT2LMHeadModel
+import torch.nn.functional as F
+from transformers import GPT2LMHeadModel, StaticCache
 
 from .sequence import SequenceLayout
 
@@ -40,38 +52,352 @@ class SamplingSettings:
         if self.cfg_scale < 0:
             raise ValueError(f"cfg_scale must be ≥ 0, got {self.cfg_scale}")
 
+    @property
+    def guided(self) -> bool:
+        """Whether classifier-free guidance changes anything (it needs the blank-caption rows)."""
+        return self.cfg_scale != 1.0
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Sets logits outside the top-k and the top-p nucleus to -inf. (B, V) → (B, V)."""
-    if top_k and top_k < logits.shape[-1]:
+class Knobs(NamedTuple):
+    """SamplingSettings as the sampler's step takes them.
+
+    Temperature and guidance scale are 0-d tensors. For a compiled step top_k and top_p
+    are tensors too, so new settings reuse the compiled step instead of compiling another;
+    for the uncompiled loops they stay numbers, so that a filter which keeps everything
+    (top_k 0, top_p 1) is skipped instead of sorting the codebook at every step.
+    """
+
+    temperature: torch.Tensor
+    top_k: torch.Tensor | int
+    top_p: torch.Tensor | float
+    cfg_scale: torch.Tensor
+
+    @classmethod
+    def of(cls, settings: SamplingSettings, device: torch.device | str, compiled: bool = False) -> "Knobs":
+        as_float = dict(dtype=torch.float32, device=device)
+        return cls(
+            temperature=torch.tensor(settings.temperature, **as_float),
+            top_k=torch.tensor(settings.top_k, dtype=torch.long, device=device) if compiled else settings.top_k,
+            top_p=torch.tensor(settings.top_p, **as_float) if compiled else settings.top_p,
+            cfg_scale=torch.tensor(settings.cfg_scale, **as_float),
+        )
+
+
+# ------------------------------------------------------------------------------------ choosing
+def filter_logits(
+    logits: torch.Tensor, top_k: int | torch.Tensor = 0, top_p: float | torch.Tensor = 1.0
+) -> torch.Tensor:
+    """Sets logits outside the top-k and the top-p nucleus to -inf. (B, V) → (B, V).
+
+    top_k 0 and top_p 1 keep everything; ties with the k-th logit are kept. As numbers,
+    the filters that keep everything are skipped; as 0-d tensors (a compiled step) there
+    is no data-dependent branch and the same codes are kept.
+    """
+    batch, vocab = logits.shape
+    if not isinstance(top_k, torch.Tensor) and not isinstance(top_p, torch.Tensor) and top_p >= 1.0:
+        if top_k <= 0 or top_k >= vocab:
+            return logits
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # Drop a code when the codes before it already reach top_p; the first always stays.
-        drop_sorted = probs.cumsum(dim=-1) - probs >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
+        return logits.masked_fill(logits < kth, float("-inf"))
+    top_k = torch.as_tensor(top_k, device=logits.device)
+    top_p = torch.as_tensor(top_p, device=logits.device)
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V) each
+    k = torch.where(top_k > 0, top_k, vocab).clamp(max=vocab)
+    kth = sorted_logits.gather(-1, (k - 1).reshape(1, 1).expand(batch, 1))  # (B, 1)
+    outside_k = sorted_logits < kth
+    probs = sorted_logits.masked_fill(outside_k, float("-inf")).softmax(dim=-1)
+    # Drop a code when the codes before it already reach top_p; the first always stays.
+    # (top_p = 1 drops nothing: a cumulative sum that rounds past 1 must not cut the tail.)
+    outside_p = (probs.cumsum(dim=-1) - probs >= top_p) & (top_p < 1.0)
+    drop_sorted = outside_k | outside_p
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
 
 
-def apply_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+def apply_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
     """Classifier-free guidance: uncond + scale·(cond − uncond)."""
     return uncond + scale * (cond - uncond)
+
+
+def draw_uniform(batch: int, generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    """One uniform number in [0, 1) per row, (batch, 1): the randomness of one sampling step."""
+    return torch.rand(batch, 1, generator=generator, device=device)
+
+
+def pick_codes(logits: torch.Tensor, uniform: torch.Tensor, knobs: Knobs) -> torch.Tensor:
+    """(B, K) float32 logits and (B, 1) uniform numbers → (B,) chosen codes.
+
+    Temperature 0 takes the argmax. Otherwise p is the softmax of the temperature-scaled,
+    top-k/top-p filtered logits, and the code is where u·Σp falls in p's cumulative sum
+    (inverse-CDF sampling: code i with probability p_i, one random number per row).
+    """
+    greedy = logits.argmax(dim=-1)
+    temperature = torch.where(knobs.temperature > 0, knobs.temperature, 1.0)
+    probs = filter_logits(logits / temperature, knobs.top_k, knobs.top_p).softmax(dim=-1)
+    cdf = probs.cumsum(dim=-1)  # (B, K)
+    total = cdf[:, -1:]
+    # Strictly below the total: the first cdf entry above the target is then a code with p > 0
+    # (filtered codes add nothing to the sum, so they never make it rise).
+    target = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
+    sampled = torch.searchsorted(cdf, target, right=True).squeeze(-1)  # (B,)
+    return torch.where(knobs.temperature > 0, sampled, greedy)
 
 
 def choose_next(
     logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """(B, V) float32 logits → (B,) chosen indices."""
+    """(B, V) float32 logits → (B,) chosen indices (the sampler's rule, for one step)."""
+    uniform = _uniform_for(settings, logits.shape[0], generator, logits.device)
+    return pick_codes(logits, uniform, Knobs.of(settings, logits.device))
+
+
+def _uniform_for(settings: SamplingSettings, batch: int, generator, device) -> torch.Tensor:
+    # Greedy drawing uses no randomness, so it leaves the generator untouched.
     if settings.temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = filter_logits(logits / settings.temperature, settings.top_k, settings.top_p)
-    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+        return torch.zeros(batch, 1, device=device)
+    return draw_uniform(batch, generator, device)
+
+
+def image_logits(gpt: GPT2LMHeadModel, layout: SequenceLayout, hidden: torch.Tensor) -> torch.Tensor:
+    """Last hidden states (R, C) → float32 logits over the image codes only, (R, codebook).
+
+    Only codes can be drawn, so the LM head multiplies by the codebook's rows of its weight
+    and never computes the caption vocabulary's logits.
+    """
+    head = gpt.get_output_embeddings()
+    rows = slice(layout.image_offset, layout.image_offset + layout.codebook_size)
+    bias = head.bias[rows] if head.bias is not None else None
+    return F.linear(hidden, head.weight[rows], bias).float()
+
+
+def last_hidden(gpt: GPT2LMHeadModel, tokens: torch.Tensor, cache: StaticCache | None = None) -> torch.Tensor:
+    """(R, n) tokens → (R, C) the transformer's output at the last position.
+
+    The tokens go in as embeddings: transformers then skips its check for padding in
+    input_ids, which would wait for the GPU at every step (and warn about the caption pads,
+    which the model was trained to read).
+    """
+    embeds = gpt.get_input_embeddings()(tokens)  # (R, n, C)
+    out = gpt.transformer(inputs_embeds=embeds, cache=cache, use_cache=cache is not None)
+    return out.last_hidden_state[:, -1]
+
+
+def mix_and_pick(logits: torch.Tensor, uniform: torch.Tensor, knobs: Knobs) -> torch.Tensor:
+    """Logits of B or 2B rows (conditional, then blank-caption) → (B,) codes.
+
+    The rows are guided when there are twice as many as (B, 1) uniform numbers.
+    """
+    if logits.shape[0] == 2 * uniform.shape[0]:
+        cond, uncond = logits.chunk(2)  # (B, K) each
+        logits = apply_cfg(cond, uncond, knobs.cfg_scale)
+    return pick_codes(logits, uniform, knobs)
+
+
+def model_rows(caption_ids: torch.Tensor, layout: SequenceLayout, guided: bool) -> torch.Tensor:
+    """(B, text_len) captions → the rows the model runs: (2B, text_len) with guidance."""
+    if not guided:
+        return caption_ids
+    blank = torch.full_like(caption_ids, layout.pad_id)
+    return torch.cat([caption_ids, blank])  # conditional rows, then blank-caption rows
+
+
+def code_tokens(codes: torch.Tensor, layout: SequenceLayout, guided: bool) -> torch.Tensor:
+    """(B, n) codes → (B or 2B, n) joint-vocabulary tokens for the model's rows."""
+    tokens = codes + layout.image_offset
+    return torch.cat([tokens, tokens]) if guided else tokens
+
+
+def _start_codes(caption_ids: torch.Tensor, prefix_codes: torch.Tensor | None) -> torch.Tensor:
+    batch = caption_ids.shape[0]
+    if prefix_codes is None:
+        return torch.empty(batch, 0, dtype=torch.long, device=caption_ids.device)
+    if prefix_codes.shape[0] != batch:
+        raise ValueError(f"prefix_codes has {prefix_codes.shape[0]} rows for {batch} captions")
+    return prefix_codes.to(device=caption_ids.device, dtype=torch.long).reshape(batch, -1)  # (B, n0)
+
+
+def _check_inputs(layout: SequenceLayout, caption_ids: torch.Tensor, codes: torch.Tensor) -> None:
+    if caption_ids.ndim != 2 or caption_ids.shape[1] != layout.text_len:
+        raise ValueError(f"caption ids must be (B, {layout.text_len}), got {tuple(caption_ids.shape)}")
+    if codes.shape[1] > layout.image_len:
+        raise ValueError(f"{codes.shape[1]} prefix codes do not fit an image of {layout.image_len}")
+    if codes.numel() and (codes.min() < 0 or codes.max() >= layout.codebook_size):
+        raise ValueError(f"prefix codes must be in [0, {layout.codebook_size})")
+
+
+# ------------------------------------------------------------------------------------ the loops
+@torch.inference_mode()
+def reference_codes(
+    gpt: GPT2LMHeadModel,
+    layout: SequenceLayout,
+    caption_ids: torch.Tensor,
+    settings: SamplingSettings = SamplingSettings(),
+    generator: torch.Generator | None = None,
+    prefix_codes: torch.Tensor | None = None,
+) -> Iterator[torch.Tensor]:
+    """The plain loop: every step runs the whole sequence so far, without a cache."""
+    device = next(gpt.parameters()).device
+    caption_ids = caption_ids.to(device=device, dtype=torch.long)
+    codes = _start_codes(caption_ids, prefix_codes)
+    _check_inputs(layout, caption_ids, codes)
+    knobs = Knobs.of(settings, device)
+    rows = model_rows(caption_ids, layout, settings.guided)
+    if codes.shape[1] == layout.image_len:
+        yield codes
+    while codes.shape[1] < layout.image_len:
+        ids = torch.cat([rows, code_tokens(codes, layout, settings.guided)], dim=1)
+        hidden = last_hidden(gpt, ids)  # (rows, C)
+        uniform = _uniform_for(settings, codes.shape[0], generator, device)
+        chosen = mix_and_pick(image_logits(gpt, layout, hidden), uniform, knobs)  # (B,)
+        codes = torch.cat([codes, chosen[:, None]], dim=1)
+        yield codes
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How the fast loop runs its one-code decode step."""
+
+    compile: bool = False
+    """torch.compile the decode step (fixed shapes, a whole graph). Worth it on a GPU."""
+    backend: str | Callable = "inductor"
+    """torch.compile backend; "aot_eager" or "eager" trace the step without generating code."""
+    mode: str | None = None
+    """torch.compile mode for inductor; None: "reduce-overhead" (CUDA graphs) on a GPU,
+    the default mode on a CPU."""
+
+    def __post_init__(self):
+        if self.mode is not None and self.backend != "inductor":
+            raise ValueError(f"a compile mode needs the inductor backend, not {self.backend!r}")
+
+
+def compiled_batch_size(batch: int) -> int:
+    """The batch a compiled drawer runs for `batch` images: the next power of two, so that a
+    compiled step (and its CUDA graph) serves a few batch sizes."""
+    return 1 << (batch - 1).bit_length()
+
+
+class CodeDrawer:
+    """The fast loop, for one GPT: static KV caches, batched guidance, an optional compiled step.
+
+    Caches (one per row count) and the compiled step live as long as the drawer, so that
+    later drawings reuse them. With compile on, batches are padded to a power of two (the
+    padding rows draw nothing that is kept), so a few compiled shapes serve every batch size:
+    each (padded batch, guidance on or off) compiles once, and torch's default limit of 8
+    compilations per function covers batches up to 8 with and without guidance.
+    A compiled drawer shares its caches between drawings, so one drawing runs at a time
+    (others wait for it); an uncompiled one allocates a cache per drawing.
+    """
+
+    def __init__(self, gpt: GPT2LMHeadModel, layout: SequenceLayout, options: DecodeOptions = DecodeOptions()):
+        self.gpt = gpt
+        self.layout = layout
+        self.options = options
+        self._caches: dict[tuple[int, torch.dtype, torch.device], StaticCache] = {}
+        self._lock = threading.Lock()
+        self._owner: int | None = None  # the thread drawing now, with a compiled step
+        self._step = self._decode_step
+        if options.compile:
+            mode = options.mode
+            if mode is None and options.backend == "inductor" and self.device.type == "cuda":
+                mode = "reduce-overhead"
+            self._step = torch.compile(
+                self._decode_step, backend=options.backend, mode=mode, fullgraph=True, dynamic=False
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.gpt.parameters()).device
+
+    def _cache(self, rows: int) -> StaticCache:
+        dtype = next(self.gpt.parameters()).dtype
+        key = (rows, dtype, self.device)
+        cache = self._caches.get(key)
+        if cache is None:
+            cache = StaticCache(config=self.gpt.config, max_cache_len=self.layout.seq_len)
+            if self.options.compile:  # an uncompiled drawer allocates per drawing, keeping no memory
+                self._caches[key] = cache
+        else:
+            cache.reset()
+        return cache
+
+    def _decode_step(
+        self, cache: StaticCache, tokens: torch.Tensor, uniform: torch.Tensor, knobs: Knobs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Runs (R, n) new tokens through the cached model; returns (B,) codes and their (R, 1) tokens."""
+        hidden = last_hidden(self.gpt, tokens, cache)  # (R, C)
+        chosen = mix_and_pick(image_logits(self.gpt, self.layout, hidden), uniform, knobs)  # (B,)
+        guided = tokens.shape[0] == 2 * uniform.shape[0]
+        return chosen, code_tokens(chosen[:, None], self.layout, guided)
+
+    @torch.inference_mode()
+    def iter_codes(
+        self,
+        caption_ids: torch.Tensor,
+        settings: SamplingSettings = SamplingSettings(),
+        generator: torch.Generator | None = None,
+        prefix_codes: torch.Tensor | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Draws codes for (B, text_len) caption ids, yielding the (B, n) codes after each step.
+
+        prefix_codes: (B, n0) codes already fixed (an image prompt); drawing continues after them.
+        """
+        if not self.options.compile:  # nothing shared between drawings: no need to wait
+            yield from self._draw(caption_ids, settings, generator, prefix_codes)
+            return
+        if self._owner == threading.get_ident():
+            raise RuntimeError("this thread is already drawing with this compiled drawer; finish that drawing first")
+        with self._lock:
+            self._owner = threading.get_ident()
+            try:
+                yield from self._draw(caption_ids, settings, generator, prefix_codes)
+            finally:
+                self._owner = None
+
+    def _draw(self, caption_ids, settings, generator, prefix_codes) -> Iterator[torch.Tensor]:
+        layout, device = self.layout, self.device
+        caption_ids = caption_ids.to(device=device, dtype=torch.long)
+        codes = _start_codes(caption_ids, prefix_codes)
+        _check_inputs(layout, caption_ids, codes)
+        if codes.shape[1] == layout.image_len:
+            yield codes
+            return
+        batch = caption_ids.shape[0]
+        padded = compiled_batch_size(batch) if self.options.compile else batch
+        padding = padded - batch
+        if padding:  # blank rows that are drawn alongside and thrown away
+            blank = torch.full((padding, layout.text_len), layout.pad_id, dtype=torch.long, device=device)
+            caption_ids = torch.cat([caption_ids, blank])
+            codes_in = torch.cat([codes, codes[:1].expand(padding, -1)])
+        else:
+            codes_in = codes
+        guided = settings.guided
+        knobs = Knobs.of(settings, device, compiled=self.options.compile)
+        cache = self._cache(padded * (2 if guided else 1))
+
+        def uniform() -> torch.Tensor:
+            # Only the real rows draw random numbers, so padding leaves the generator's stream alone.
+            real = _uniform_for(settings, batch, generator, device)
+            return torch.cat([real, torch.zeros(padding, 1, device=device)]) if padding else real
+
+        # Prefill: the captions and any prefix codes in one uncompiled pass of varying length.
+        prompt = torch.cat([model_rows(caption_ids, layout, guided), code_tokens(codes_in, layout, guided)], dim=1)
+        chosen, tokens = self._decode_step(cache, prompt, uniform(), knobs)
+        codes = torch.cat([codes, chosen[:batch, None]], dim=1)
+        yield codes
+        # Decode: one token per row per step, always the same shapes.
+        while codes.shape[1] < layout.image_len:
+            if self.options.compile:
+                # CUDA graphs reuse their output memory on the next replay: mark the step, copy out.
+                torch.compiler.cudagraph_mark_step_begin()
+                chosen, tokens = self._step(cache, tokens, uniform(), knobs)
+                chosen, tokens = chosen.clone(), tokens.clone()
+            else:
+                chosen, tokens = self._step(cache, tokens, uniform(), knobs)
+            codes = torch.cat([codes, chosen[:batch, None]], dim=1)
+            yield codes
 
 
 def iter_codes(
@@ -82,54 +408,24 @@ def iter_codes(
     generator: torch.Generator | None = None,
     prefix_codes: torch.Tensor | None = None,
     use_cache: bool = True,
+    drawer: CodeDrawer | None = None,
 ) -> Iterator[torch.Tensor]:
     """Draws image codes for (B, text_len) caption ids, yielding (B, n) codes after each step.
 
-    prefix_codes: (B, n0) codes already fixed (an image prompt); drawing continues after them.
-    Only image codes can be drawn: the logits are sliced to the codebook's range.
+    prefix_codes: (B, n0) codes already fixed (an image prompt); drawing continues after them
+    (a prefix that fills the image is yielded once as it is).
+    use_cache: the fast loop (`drawer`, or a new uncompiled CodeDrawer); False runs the plain
+    reference loop. Both draw the same codes for the same generator state.
+    Only image codes can be drawn: the logits are those of the codebook's range.
     """
-    device = next(gpt.parameters()).device
-    batch = caption_ids.shape[0]
-    caption_ids = caption_ids.to(device=device, dtype=torch.long)
-    codes = (
-        torch.empty(batch, 0, dtype=torch.long, device=device)
-        if prefix_codes is None
-        else prefix_codes.to(device=device, dtype=torch.long).reshape(batch, -1)
-    )
-    guided = settings.cfg_scale != 1.0
-    rows = caption_ids
-    if guided:
-        blank = torch.full_like(caption_ids, layout.pad_id)
-        rows = torch.cat([caption_ids, blank])  # (2B, text_len): conditional rows, then blank rows
-    image_slice = slice(layout.image_offset, layout.image_offset + layout.codebook_size)
-
-    def next_logits(ids: torch.Tensor, cache: DynamicCache | None) -> torch.Tensor:
-        # logits_to_keep=1: only the last position's logits are computed.
-        out = gpt(input_ids=ids, cache=cache, use_cache=cache is not None, logits_to_keep=1)
-        logits = out.logits[:, -1, image_slice].float()  # (rows, codebook)
-        if guided:
-            cond, uncond = logits.chunk(2)
-            logits = apply_cfg(cond, uncond, settings.cfg_scale)
-        return logits
-
-    def as_tokens(new_codes: torch.Tensor) -> torch.Tensor:
-        tokens = new_codes + layout.image_offset
-        return torch.cat([tokens, tokens]) if guided else tokens
-
-    cache = DynamicCache() if use_cache else None
-    pending = torch.cat([rows, as_tokens(codes)], dim=1)  # tokens not yet seen by the model
-    while codes.shape[1] < layout.image_len:
-        if use_cache:
-            logits = next_logits(pending, cache)
-        else:
-            logits = next_logits(torch.cat([rows, as_tokens(codes)], dim=1), None)
-        chosen = choose_next(logits, settings, generator)  # (B,)
-        codes = torch.cat([codes, chosen[:, None]], dim=1)
-        pending = as_tokens(chosen[:, None])
-        yield codes
+    if not use_cache:
+        return reference_codes(gpt, layout, caption_ids, settings, generator, prefix_codes)
+    drawer = drawer if drawer is not None else CodeDrawer(gpt, layout)
+    if drawer.gpt is not gpt or drawer.layout != layout:
+        raise ValueError("the drawer was made for another GPT or layout")
+    return drawer.iter_codes(caption_ids, settings, generator, prefix_codes)
 
 
-@torch.no_grad()
 def sample_codes(
     gpt: GPT2LMHeadModel,
     layout: SequenceLayout,
@@ -138,9 +434,10 @@ def sample_codes(
     generator: torch.Generator | None = None,
     prefix_codes: torch.Tensor | None = None,
     use_cache: bool = True,
+    drawer: CodeDrawer | None = None,
 ) -> torch.Tensor:
     """Draws a whole image of codes: (B, text_len) caption ids → (B, h, w) codes."""
-    codes = prefix_codes
-    for codes in iter_codes(gpt, layout, caption_ids, settings, generator, prefix_codes, use_cache):
+    codes = None
+    for codes in iter_codes(gpt, layout, caption_ids, settings, generator, prefix_codes, use_cache, drawer):
         pass
     return codes.reshape(caption_ids.shape[0], *layout.grid)  # (B, h, w)

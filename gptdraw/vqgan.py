@@ -76,6 +76,15 @@ class VQConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.norm_type not in ("group", "spatial"):
             raise ValueError(f"norm_type must be 'group' or 'spatial', got {self.norm_type!r}")
+        if self.norm_type == "spatial":
+            # diffusers' SpatialNorm has 32 groups built in and is conditioned on the codes
+            # through a layer sized for latent_channels.
+            if any(channels % 32 for channels in self.block_out_channels):
+                raise ValueError(f"norm_type 'spatial' needs block_out_channels that are multiples of 32, got {self.block_out_channels}")
+            if self.vq_embed_dim != self.latent_channels:
+                raise ValueError(
+                    f"norm_type 'spatial' needs vq_embed_dim == latent_channels, got {self.vq_embed_dim} and {self.latent_channels}"
+                )
         low, high = self.input_range
         if not low < high:
             raise ValueError(f"input_range must be (low, high) with low < high, got {self.input_range}")

@@ -27,7 +27,8 @@ def pipe(gpt, caption_tokenizer, image_tokenizer, layout):
 @pytest.fixture
 def picture(pipe):
     # An image the tokenizer made itself, from random codes.
-    codes = torch.randint(0, pipe.layout.codebook_size, (1, *pipe.layout.grid), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, pipe.layout.codebook_size, (1, *pipe.layout.grid), generator=generator)
     return pipe.decode_partial(codes.reshape(1, -1))[0]
 
 
@@ -35,7 +36,8 @@ def test_completion_keeps_the_given_rows(pipe, picture, layout):
     h, w = layout.grid
     kept = kept_codes(pipe, picture, keep_rows=2)
     assert torch.equal(kept, image_to_codes(pipe, picture)[:, :2].reshape(1, -1))
-    final = list(stream_completion(pipe, "a red circle", picture, keep_rows=2, num_images=3, seed=1, every=layout.image_len))[-1]
+    steps = stream_completion(pipe, "a red circle", picture, keep_rows=2, num_images=3, seed=1, every=layout.image_len)
+    final = list(steps)[-1]
     assert final.codes.shape == (3, h * w)
     assert torch.equal(final.codes[:, : 2 * w], kept.expand(3, -1))
     assert not torch.equal(final.codes[0, 2 * w :], final.codes[1, 2 * w :])  # three draws below the kept rows
@@ -83,7 +85,9 @@ def test_guidance_scores_match_a_plain_computation(pipe, gpt, layout):
         return image.log_softmax(dim=-1).gather(-1, image_codes[0, :, None]).sum().item()
 
     blank = torch.full((1, layout.text_len), layout.pad_id)
-    expected = [log_likelihood(ids[r : r + 1], codes[r : r + 1]) - log_likelihood(blank, codes[r : r + 1]) for r in range(2)]
+    expected = [
+        log_likelihood(ids[r : r + 1], codes[r : r + 1]) - log_likelihood(blank, codes[r : r + 1]) for r in range(2)
+    ]
     assert torch.allclose(scores, torch.tensor(expected), atol=1e-3)
     assert scores[0] != scores[1]
 
@@ -116,13 +120,16 @@ def tiny_clip(directory):
     tokenizer = CLIPTokenizer(str(directory / "vocab.json"), str(directory / "merges.txt"))
     small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=1, **small),
+        text_config=dict(
+            vocab_size=len(vocab), max_position_embeddings=64, bos_token_id=0, eos_token_id=1, pad_token_id=1, **small
+        ),
         vision_config=dict(image_size=32, patch_size=8, **small),
         projection_dim=8,
     )
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(directory / "clip")
-    processor = CLIPProcessor(CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer)
+    images = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor = CLIPProcessor(images, tokenizer)
     processor.save_pretrained(directory / "clip")
     return directory / "clip"
 
@@ -135,7 +142,8 @@ def test_best_of_ranks_by_clip_when_one_is_given(pipe, tmp_path):
     kept = ranking.clip[ranking.indices]
     assert kept.tolist() == sorted(ranking.clip.tolist(), reverse=True)[:2]
     scorer = ClipScorer.from_pretrained(clip_dir)
-    final_images = list(pipe.stream_ids(pipe.encode_prompts(["a red circle"])[0].expand(4, -1), seed=5, every=16))[-1].images
+    ids, _ = pipe.encode_prompts(["a red circle"])
+    final_images = list(pipe.stream_ids(ids.expand(4, -1), seed=5, every=16))[-1].images
     assert torch.allclose(scorer.score(final_images, "a red circle"), ranking.clip)
 
 
@@ -157,15 +165,18 @@ def test_edit_commands(command, pipe, picture, tmp_path, capsys):
     pipe.save_pretrained(tmp_path / "model")
     picture.save(tmp_path / "in.png")
     common = ["--model", str(tmp_path / "model"), "--device", "cpu", "--out", str(tmp_path / "out")]
-    assert command(["complete", "a red circle", "--image", str(tmp_path / "in.png"), "--keep-rows", "2", "--num-images", "2", *common]) == 0
-    assert command(["vary", "--image", str(tmp_path / "in.png"), "--num-images", "2", *common]) == 0
+    image = ["--image", str(tmp_path / "in.png")]
+    assert command(["complete", "a red circle", *image, "--keep-rows", "2", "--num-images", "2", *common]) == 0
+    assert command(["vary", *image, "--num-images", "2", *common]) == 0
     assert command(["best-of", "a red circle", "--candidates", "3", "--keep", "2", *common]) == 0
     written = sorted(p.name for p in (tmp_path / "out").glob("*.png"))
-    assert written == ["best-0.png", "best-1.png", "complete-0.png", "complete-1.png", "variation-0.png", "variation-1.png"]
+    assert written == [
+        "best-0.png", "best-1.png", "complete-0.png", "complete-1.png", "variation-0.png", "variation-1.png"
+    ]
     record = json.loads((tmp_path / "out" / "best-0.json").read_text())
     assert record["ranked_by"] == "guidance" and isinstance(record["guidance_score"], float)
     capsys.readouterr()
-    assert command(["complete", "a red circle", "--image", str(tmp_path / "in.png"), "--keep-rows", "9", *common]) == 2
+    assert command(["complete", "a red circle", *image, "--keep-rows", "9", *common]) == 2
     assert "keep_rows must be between 1 and 3" in capsys.readouterr().err
     assert command(["vary", "--image", str(tmp_path / "missing.png"), *common]) == 2
     assert "missing.png does not exist" in capsys.readouterr().err

@@ -90,3 +90,8 @@ def test_resolve_dtype():
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
     assert resolve_dtype(torch.float16, torch.device("cpu")) == torch.float16
+
+
+def test_without_a_seed_each_drawing_is_new(pipe):
+    first, second = pipe("a red circle"), pipe("a red circle")
+    assert first[0].tobytes() != second[0].tobytes()

@@ -7,9 +7,10 @@ from gptdraw.sampling import (
     Knobs,
     SamplingSettings,
     apply_cfg,
-    draw_noise,
+    draw_uniform,
     filter_logits,
     iter_codes,
+    mix_and_pick,
     pick_codes,
     sample_codes,
 )
@@ -55,6 +56,13 @@ def test_cfg_scale_one_equals_conditional(gpt, layout):
     uncond = torch.randn(4, 50)
     assert torch.allclose(apply_cfg(cond, uncond, 1.0), cond)
     assert torch.allclose(apply_cfg(cond, uncond, 0.0), uncond)
+    # The batched guided rows mixed at scale 1 pick what the conditional rows pick alone.
+    logits = torch.randn(8, 64, generator=torch.Generator().manual_seed(4))
+    uniform = draw_uniform(4, torch.Generator().manual_seed(5), "cpu")
+    for settings in (SamplingSettings(cfg_scale=1.0), SamplingSettings(temperature=0, cfg_scale=1.0)):
+        knobs = Knobs.of(settings, "cpu")
+        assert torch.equal(mix_and_pick(logits, uniform, knobs), mix_and_pick(logits[:4], uniform, knobs))
+    assert not SamplingSettings(cfg_scale=1.0).guided
     # And guidance with scale ≠ 1 is a different draw on an untrained model.
     guided = sample_codes(gpt, layout, ids, SamplingSettings(cfg_scale=4.0), torch.Generator().manual_seed(3))
     assert not torch.equal(plain, guided)
@@ -112,7 +120,8 @@ def test_static_cache_equals_reference_loop(gpt, layout, settings):
     ids = captions(layout)
     prefix = torch.randint(0, layout.codebook_size, (3, 5), generator=torch.Generator().manual_seed(1))
     for start in (None, prefix):
-        fast = sample_codes(gpt, layout, ids, settings, torch.Generator().manual_seed(7), start, drawer=CodeDrawer(gpt, layout))
+        drawer = CodeDrawer(gpt, layout)
+        fast = sample_codes(gpt, layout, ids, settings, torch.Generator().manual_seed(7), start, drawer=drawer)
         slow = sample_codes(gpt, layout, ids, settings, torch.Generator().manual_seed(7), start, use_cache=False)
         assert torch.equal(fast, slow)
 
@@ -153,19 +162,24 @@ def test_bad_prefix_is_refused(gpt, layout):
 
 
 def test_pick_codes_draws_from_the_filtered_distribution():
-    # The exponential race is a categorical draw: frequencies follow softmax(logits / T).
+    # Inverse-CDF sampling is a categorical draw: frequencies follow softmax(logits / T).
     logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]])).expand(40000, 4)
     generator = torch.Generator().manual_seed(0)
-    codes = pick_codes(logits, draw_noise(40000, 4, generator, "cpu"), Knobs.of(SamplingSettings(), "cpu"))
-    frequencies = torch.bincount(codes, minlength=4).float() / 40000
-    assert torch.allclose(frequencies, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.01)
-    # top-k 2 renormalises over the two likeliest: 3/7 and 4/7.
-    codes = pick_codes(logits, draw_noise(40000, 4, generator, "cpu"), Knobs.of(SamplingSettings(top_k=2), "cpu"))
-    frequencies = torch.bincount(codes, minlength=4).float() / 40000
-    assert torch.allclose(frequencies, torch.tensor([0, 0, 3 / 7, 4 / 7]), atol=0.01)
-    # Greedy ignores the noise.
-    greedy = pick_codes(logits[:3], draw_noise(3, 4, generator, "cpu"), Knobs.of(SamplingSettings(temperature=0), "cpu"))
-    assert greedy.tolist() == [3, 3, 3]
+    for compiled in (False, True):  # settings as numbers (skipped filters) or as tensors
+        codes = pick_codes(logits, draw_uniform(40000, generator, "cpu"), Knobs.of(SamplingSettings(), "cpu", compiled))
+        frequencies = torch.bincount(codes, minlength=4).float() / 40000
+        assert torch.allclose(frequencies, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.01)
+        # top-k 2 renormalises over the two likeliest: 3/7 and 4/7.
+        top2 = Knobs.of(SamplingSettings(top_k=2), "cpu", compiled)
+        codes = pick_codes(logits, draw_uniform(40000, generator, "cpu"), top2)
+        frequencies = torch.bincount(codes, minlength=4).float() / 40000
+        assert torch.allclose(frequencies, torch.tensor([0, 0, 3 / 7, 4 / 7]), atol=0.01)
+    # The extremes of the uniform number still land on kept codes, and greedy ignores it.
+    edges = torch.tensor([[0.0], [1.0 - 2**-24], [1.0]])
+    top2 = Knobs.of(SamplingSettings(top_k=2), "cpu")
+    assert pick_codes(logits[:3], edges, top2).tolist() == [2, 3, 3]
+    greedy = Knobs.of(SamplingSettings(temperature=0), "cpu")
+    assert pick_codes(logits[:3], edges, greedy).tolist() == [3, 3, 3]
 
 
 def test_filter_logits_with_tensor_settings_matches_numbers():

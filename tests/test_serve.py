@@ -36,9 +36,8 @@ def served(tmp_path_factory, gpt, caption_tokenizer, image_tokenizer, layout):
     from gptdraw.serve import launch
 
     root = tmp_path_factory.mktemp("serve")
-    GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, SamplingSettings(top_k=20, cfg_scale=2.0)).save_pretrained(
-        root / "model"
-    )
+    settings = SamplingSettings(top_k=20, cfg_scale=2.0)
+    GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, settings).save_pretrained(root / "model")
     pipe = GPTDrawPipeline.from_pretrained(root / "model", device="cpu")
     config = ServeConfig(out_dir=root / "out", max_images=3, queue_size=4)
     with pytest.MonkeyPatch.context() as patch:
@@ -178,3 +177,14 @@ def test_serve_command_refuses_bad_arguments(command, tmp_path, capsys):
     assert "--port must be between 1 and 65535" in capsys.readouterr().err
     assert command(["serve", "--model", str(tmp_path), "--port", "7860"]) == 2  # a folder, not a model
     assert "not a complete gptdraw model directory" in capsys.readouterr().err
+
+
+def test_warm_up_compiles_every_batch_size_a_request_can_use(gpt, caption_tokenizer, image_tokenizer, layout):
+    from gptdraw.sampling import DecodeOptions
+    from gptdraw.serve import warm_up
+
+    options = DecodeOptions(compile=True, backend="eager")  # dynamo traces; no code generation
+    pipe = GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, SamplingSettings(cfg_scale=2.0), options)
+    warm_up(pipe, max_images=3)
+    # Requests of 1, 2 and 3 images run batches of 1, 2 and 4, each as 2× rows for guidance.
+    assert sorted(rows for rows, _, _ in pipe.drawer._caches) == [2, 4, 8]

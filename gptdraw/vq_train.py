@@ -1,0 +1,518 @@
+"""Train an image tokenizer (VQGAN without the GAN) from scratch: `gptdraw train-vq`.
+
+The loss is what a VQ-VAE needs and no more: a pixel reconstruction loss, the codebook
+loss (codes move towards the encoder outputs they stand for) and the commitment loss
+(encoder outputs stay near their codes, weighted by β = 0.25). The adversarial and
+perceptual losses of a full VQGAN are left out: they matter for photographs, cost
+more than the rest of the network on a CPU, and flat-colour data does not need them.
+
+Two things keep the codebook alive, since a code that no encoder output is nearest to
+never receives a gradient again:
+- k-means initialisation: at step 0 the codebook is set to k-means centroids of encoder
+  outputs, so codes start where the data is;
+- dead-code restarts: every `restart_every` steps, each code unused since the last check
+  is moved onto a random encoder output of the current batch.
+
+Read top to bottom: the config and result types, the data sources, the codebook helpers,
+then `train_vq`, the loop itself, and the evaluation and saving it ends with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from gptdraw.images import make_grid, tensor_to_pil, uint8_to_tensor
+from gptdraw.vqgan import CONFIG_FILE, ImageTokenizer, VQ_PRESETS, read_config, vq_preset
+
+RECONSTRUCTION_LOSSES = ("l1", "mse", "l1+mse")
+CODEBOOK_INITS = ("kmeans", "random")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+# A batch source: (batch_size, rng) → uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1].
+BatchSource = Callable[[int, np.random.Generator], "np.ndarray | torch.Tensor"]
+
+
+@dataclass
+class VQTrainConfig:
+    """How to train an image tokenizer; the defaults are the tested shapes-f8 recipe."""
+
+    preset: str = "shapes-f8"  # VQ architecture preset (gptdraw.vqgan.vq_preset)
+    image_size: int | None = None  # training resolution; None: the preset's image_size
+    steps: int = 1500  # optimiser steps
+    batch_size: int = 32  # images per step
+    lr: float = 2e-3  # peak AdamW learning rate
+    warmup_steps: int = 50  # linear warm-up from 0 to lr
+    min_lr_ratio: float = 0.1  # cosine decay ends at lr × this
+    weight_decay: float = 0.0  # AdamW weight decay (never applied to the codebook)
+    reconstruction_loss: str = "l1"  # "l1", "mse" or "l1+mse", on pixels in [0, 1]
+    commitment_weight: float = 0.25  # β: pulls encoder outputs towards their codes
+    codebook_weight: float = 1.0  # pulls codes towards the encoder outputs they stand for
+    codebook_init: str = "kmeans"  # "kmeans": k-means of encoder outputs at step 0; "random": diffusers' init
+    kmeans_iterations: int = 10  # Lloyd iterations of the k-means initialisation
+    restart_every: int = 50  # every N steps, codes unused over those N steps move onto encoder outputs; 0: never
+    eval_images: int = 64  # images held out for the final PSNR / codebook usage
+    precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the CPU/GPU runs it natively
+    seed: int = 0  # seeds initialisation, batch order and restarts
+    log_every: int = 10  # progress-bar refresh interval in steps
+    preview_images: int = 8  # originals vs reconstructions in reconstructions.png
+
+    def __post_init__(self) -> None:
+        if self.preset not in VQ_PRESETS:
+            raise ValueError(f"unknown VQ preset {self.preset!r}; known presets: {', '.join(sorted(VQ_PRESETS))}")
+        for name in ("steps", "batch_size", "kmeans_iterations", "log_every", "eval_images"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("warmup_steps", "restart_every", "preview_images"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
+            raise ValueError(f"reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, got {self.reconstruction_loss!r}")
+        if self.codebook_init not in CODEBOOK_INITS:
+            raise ValueError(f"codebook_init must be one of {CODEBOOK_INITS}, got {self.codebook_init!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.image_size is not None:
+            vq_preset(self.preset, image_size=self.image_size)  # raises if the size does not fit the preset
+
+
+@dataclass
+class VQTrainResult:
+    """What a training run achieved, measured on held-out images with encode → decode."""
+
+    psnr: float  # dB, reconstructions of the held-out images (pixels in [0, 1])
+    codebook_usage: float  # fraction of codebook entries used by the held-out images
+    perplexity: float  # exp(entropy) of the held-out code histogram: the effective number of codes
+    steps: int  # optimiser steps taken
+    seconds: float  # wall-clock training time (without evaluation and saving)
+    steps_per_second: float
+    precision: str  # "bf16" or "fp32", as resolved from the config
+    restarted_codes: int  # codes moved by dead-code restarts, in total
+    final_loss: float  # training loss of the last step
+    out_dir: str | None  # where the tokenizer was saved, if anywhere
+    history: list[dict] = field(default_factory=list, repr=False)  # {"step", "loss", "reconstruction", "psnr", "used"} per log interval
+    tokenizer: ImageTokenizer | None = field(default=None, repr=False, compare=False)  # the trained tokenizer, eval mode
+
+    def to_dict(self) -> dict:
+        """The figures as JSON-ready values (no tokenizer, no history)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("tokenizer", "history")}
+
+
+# ---- data --------------------------------------------------------------------------------------
+
+
+def _as_float_images(batch: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A source's batch as float32 (B, 3, H, W) in [0, 1]."""
+    if isinstance(batch, np.ndarray):
+        return uint8_to_tensor(batch)
+    if isinstance(batch, torch.Tensor) and batch.is_floating_point() and batch.ndim == 4 and batch.shape[1] == 3:
+        return batch.float()
+    raise ValueError(
+        "an image source must give uint8 arrays (B, H, W, 3) or float tensors (B, 3, H, W) in [0, 1], "
+        f"got {type(batch).__name__} {getattr(batch, 'dtype', '')} {tuple(getattr(batch, 'shape', ()))}"
+    )
+
+
+def _split_sources(
+    images: np.ndarray | BatchSource, config: VQTrainConfig
+) -> tuple[Callable[[], torch.Tensor], torch.Tensor]:
+    """(next training batch, held-out images) from an array of images or a batch source.
+
+    From an array, the last images (up to `eval_images`, at most a fifth) are held out
+    and the rest are visited in a fresh random order every epoch. A source is asked
+    for the held-out images once, with its own random generator.
+    """
+    rng = np.random.default_rng(config.seed)
+    if callable(images):
+        source = images
+        heldout = _as_float_images(source(config.eval_images, np.random.default_rng([config.seed, 1])))
+        return (lambda: _as_float_images(source(config.batch_size, rng))), heldout
+
+    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(
+            f"images must be a uint8 array (N, H, W, 3) or a batch source, got "
+            f"{type(images).__name__} {getattr(images, 'dtype', '')} {tuple(getattr(images, 'shape', ()))}"
+        )
+    count = images.shape[0]
+    if count == 0:
+        raise ValueError("no training images")
+    held = min(config.eval_images, count // 5)
+    train, heldout = (images[: count - held], images[count - held :]) if held else (images, images)
+
+    def epochs() -> Iterator[int]:
+        while True:
+            yield from rng.permutation(len(train))
+
+    order = epochs()
+
+    def next_batch() -> torch.Tensor:
+        indices = [next(order) for _ in range(config.batch_size)]
+        return uint8_to_tensor(train[indices])
+
+    return next_batch, uint8_to_tensor(heldout)
+
+
+def shapes_images(count: int, image_size: int, seed: int = 0) -> np.ndarray:
+    """`count` built-in shapes images (SHAPES.md) as uint8 (count, S, S, 3), the same for the same seed."""
+    from gptdraw.data.shapes import generate_examples
+
+    examples = generate_examples(count, image_size, seed=seed, heldout=None)
+    return np.stack([np.asarray(image.convert("RGB"), dtype=np.uint8) for image, _ in examples])
+
+
+# ---- the codebook ------------------------------------------------------------------------------
+
+
+def kmeans(vectors: torch.Tensor, clusters: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
+    """Lloyd's k-means: (N, C) float32 → (clusters, C) centroids.
+
+    Starts from random data points; a cluster that empties is re-seeded on a random point,
+    so every centroid sits on data. With fewer points than clusters, points repeat (plus a
+    little noise so the copies can separate later).
+    """
+    count = vectors.shape[0]
+    picks = torch.randperm(count, generator=generator)[:clusters]
+    if count < clusters:
+        picks = torch.cat([picks, torch.randint(count, (clusters - count,), generator=generator)])
+    centroids = vectors[picks].clone()
+    scale = vectors.std().clamp_min(1e-6)
+    centroids += 1e-3 * scale * torch.randn(centroids.shape, generator=generator)
+    for _ in range(iterations):
+        assignment = torch.cdist(vectors, centroids).argmin(dim=1)  # (N,)
+        sums = torch.zeros_like(centroids).index_add_(0, assignment, vectors)
+        sizes = torch.bincount(assignment, minlength=clusters).float()
+        empty = sizes == 0
+        centroids = torch.where(empty[:, None], centroids, sums / sizes.clamp_min(1)[:, None])
+        if empty.any():
+            refill = torch.randint(count, (int(empty.sum()),), generator=generator)
+            centroids[empty] = vectors[refill] + 1e-3 * scale * torch.randn(
+                (int(empty.sum()), vectors.shape[1]), generator=generator
+            )
+    return centroids
+
+
+def flat_latents(latents: torch.Tensor) -> torch.Tensor:
+    """Encoder outputs (B, C, h, w) → float32 rows (B·h·w, C), detached."""
+    return latents.detach().float().permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+
+
+@torch.no_grad()
+def restart_dead_codes(
+    tokenizer: ImageTokenizer,
+    usage_counts: torch.Tensor,
+    latents: torch.Tensor,
+    generator: torch.Generator,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> int:
+    """Move every code with a zero usage count onto a random encoder output; return how many moved.
+
+    `latents` are encoder outputs (B, C, h, w) of the current batch. The optimizer's
+    running moments for the moved rows are cleared so that stale momentum does not
+    drag a restarted code away from its new place.
+    """
+    dead = (usage_counts == 0).nonzero().squeeze(1)
+    if dead.numel() == 0:
+        return 0
+    candidates = flat_latents(latents)  # (B*h*w, C)
+    picks = torch.randint(candidates.shape[0], (dead.numel(),), generator=generator)
+    # Several dead codes may land on the same output; a little noise lets them separate.
+    noise = 1e-2 * candidates.std().clamp_min(1e-6) * torch.randn((dead.numel(), candidates.shape[1]), generator=generator)
+    codebook = tokenizer.codebook
+    codebook[dead] = (candidates[picks] + noise).to(codebook.dtype)
+    if optimizer is not None:
+        for value in optimizer.state.get(codebook, {}).values():
+            if isinstance(value, torch.Tensor) and value.shape == codebook.shape:
+                value[dead] = 0
+    return int(dead.numel())
+
+
+# ---- precision and numerics ----------------------------------------------------------------------
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" → "bf16" where the hardware runs bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else "fp32"."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        try:
+            return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+        except (AttributeError, RuntimeError):
+            return "fp32"
+    return "fp32"
+
+
+@contextlib.contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Treat denormal floats as zero while training on a CPU, then restore the default.
+
+    Tiny gradients and Adam moments turn into denormals after a few steps; x86 CPUs
+    process those many times slower, which made CPU training steps 5–10× slower.
+    """
+    enabled = torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        if enabled:
+            torch.set_flush_denormal(False)
+
+
+def _learning_rate(step: int, config: VQTrainConfig) -> float:
+    """Linear warm-up, then cosine decay to lr × min_lr_ratio."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
+
+
+def _reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    reconstruction = reconstruction.float()
+    if kind == "l1":
+        return F.l1_loss(reconstruction, target)
+    if kind == "mse":
+        return F.mse_loss(reconstruction, target)
+    return F.l1_loss(reconstruction, target) + F.mse_loss(reconstruction, target)
+
+
+def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB of images in [0, 1] (reconstruction clamped first)."""
+    mse = F.mse_loss(reconstruction.detach().float().clamp(0.0, 1.0), target.float()).item()
+    return 10.0 * math.log10(1.0 / max(mse, 1e-10))
+
+
+# ---- training ------------------------------------------------------------------------------------
+
+
+def train_vq(
+    config: VQTrainConfig,
+    images: np.ndarray | BatchSource,
+    out_dir: str | Path | None,
+    tokenizer: ImageTokenizer | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> VQTrainResult:
+    """Train an image tokenizer on `images` and save it to `out_dir` (None: do not save).
+
+    `images` is a uint8 array (N, H, W, 3) or a batch source `(batch_size, rng) → batch`.
+    Pass `tokenizer` to continue training one (its architecture wins over config.preset).
+    The result carries the trained tokenizer and the held-out figures.
+    """
+    device = torch.device(device)
+    out_path = _check_out_dir(out_dir) if out_dir is not None else None
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    next_batch, heldout = _split_sources(images, config)
+
+    if tokenizer is None:
+        vq_config = vq_preset(config.preset, **({"image_size": config.image_size} if config.image_size else {}))
+        vq_config.source = f"trained by gptdraw train-vq (preset {config.preset}, {config.steps} steps, seed {config.seed})"
+        tokenizer = ImageTokenizer(vq_config)
+    tokenizer.to(device).train()
+    image_size = heldout.shape[-1]
+    if heldout.shape[-2] != image_size or image_size % tokenizer.downsample_factor:
+        raise ValueError(
+            f"training images are {heldout.shape[-2]}x{image_size}; the tokenizer needs square images "
+            f"whose side is a multiple of {tokenizer.downsample_factor}"
+        )
+
+    precision = resolve_precision(config.precision, device)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+    codebook = tokenizer.codebook
+    other_parameters = [p for p in tokenizer.parameters() if p is not codebook]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": other_parameters, "weight_decay": config.weight_decay},
+            {"params": [codebook], "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+        betas=(0.9, 0.99),
+    )
+
+    usage_counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long, device=device)
+    history: list[dict] = []
+    restarted = 0
+    loss_value = float("nan")
+    with flush_denormals() if device.type == "cpu" else contextlib.nullcontext():
+        if config.codebook_init == "kmeans":
+            _kmeans_init(tokenizer, next_batch, config, autocast, generator, device)
+        bar = tqdm(range(config.steps), desc="train-vq", unit="step", disable=not progress, dynamic_ncols=True)
+        start = time.perf_counter()
+        for step in bar:
+            for group in optimizer.param_groups:
+                group["lr"] = _learning_rate(step, config)
+            batch = next_batch().to(device)
+            with autocast:
+                output = tokenizer(batch)
+            reconstruction = _reconstruction_loss(output.reconstruction, batch, config.reconstruction_loss)
+            loss = (
+                reconstruction
+                + config.codebook_weight * output.codebook_loss
+                + config.commitment_weight * output.commitment_loss
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+            usage_counts += torch.bincount(output.codes.reshape(-1), minlength=tokenizer.codebook_size)
+            if config.restart_every and (step + 1) % config.restart_every == 0 and step + 1 < config.steps:
+                restarted += restart_dead_codes(tokenizer, usage_counts, output.latents, generator, optimizer)
+                usage_counts.zero_()
+
+            loss_value = loss.item()
+            if step % config.log_every == 0 or step + 1 == config.steps:
+                record = {
+                    "step": step,
+                    "loss": round(loss_value, 6),
+                    "reconstruction": round(reconstruction.item(), 6),
+                    "psnr": round(psnr(output.reconstruction, batch), 3),
+                    "used": int(output.codes.unique().numel()),
+                }
+                history.append(record)
+                bar.set_postfix(loss=f"{loss_value:.4f}", psnr=f"{record['psnr']:.1f}", codes=record["used"], refresh=False)
+        bar.close()
+        seconds = time.perf_counter() - start
+
+        tokenizer.eval()
+        figures = evaluate_tokenizer(tokenizer, heldout)
+    result = VQTrainResult(
+        psnr=figures["psnr"],
+        codebook_usage=figures["codebook_usage"],
+        perplexity=figures["perplexity"],
+        steps=config.steps,
+        seconds=round(seconds, 3),
+        steps_per_second=round(config.steps / seconds, 3),
+        precision=precision,
+        restarted_codes=restarted,
+        final_loss=loss_value,
+        out_dir=str(out_path) if out_path is not None else None,
+        history=history,
+        tokenizer=tokenizer,
+    )
+    if out_path is not None:
+        _save_run(tokenizer, heldout[: config.preview_images], result, config, out_path)
+    return result
+
+
+def _kmeans_init(
+    tokenizer: ImageTokenizer,
+    next_batch: Callable[[], torch.Tensor],
+    config: VQTrainConfig,
+    autocast: torch.autocast,
+    generator: torch.Generator,
+    device: torch.device,
+) -> None:
+    """Set the codebook to k-means centroids of the untrained encoder's outputs."""
+    # About four outputs per code, so that k-means has something to average.
+    wanted = 4 * tokenizer.codebook_size
+    vectors, total = [], 0
+    with torch.no_grad(), autocast:
+        while total < wanted:
+            pixels = tokenizer._to_network_range(next_batch().to(device))
+            vectors.append(flat_latents(tokenizer.model.encode(pixels).latents).cpu())  # (B*h*w, C)
+            total += vectors[-1].shape[0]
+    centroids = kmeans(torch.cat(vectors)[:wanted], tokenizer.codebook_size, config.kmeans_iterations, generator)
+    with torch.no_grad():
+        tokenizer.codebook.copy_(centroids.to(tokenizer.codebook))
+
+
+@torch.no_grad()
+def evaluate_tokenizer(tokenizer: ImageTokenizer, images: torch.Tensor, batch_size: int = 64) -> dict:
+    """PSNR of encode → decode, codebook usage and code perplexity on `images` (B, 3, H, W)."""
+    device = tokenizer.codebook.device
+    squared_error = 0.0
+    counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long)
+    for chunk in images.split(batch_size):
+        chunk = chunk.to(device)
+        codes = tokenizer.encode(chunk)
+        reconstruction = tokenizer.decode(codes)
+        squared_error += F.mse_loss(reconstruction, chunk, reduction="sum").item()
+        counts += torch.bincount(codes.reshape(-1).cpu(), minlength=tokenizer.codebook_size)
+    mse = squared_error / images.numel()
+    probabilities = counts[counts > 0].double() / counts.sum()
+    entropy = -(probabilities * probabilities.log()).sum().item()
+    return {
+        "psnr": round(10.0 * math.log10(1.0 / max(mse, 1e-10)), 3),
+        "codebook_usage": round(int((counts > 0).sum()) / tokenizer.codebook_size, 4),
+        "perplexity": round(math.exp(entropy), 2),
+    }
+
+
+# ---- saving --------------------------------------------------------------------------------------
+
+
+def _check_out_dir(out_dir: str | Path) -> Path:
+    """Refuse an output directory that holds something other than a previous tokenizer."""
+    path = Path(out_dir)
+    if path.exists():
+        if not path.is_dir():
+            raise ValueError(f"output path {path} exists and is not a directory")
+        if any(path.iterdir()):
+            try:
+                read_config(path / CONFIG_FILE)
+            except (FileNotFoundError, ValueError):
+                raise ValueError(
+                    f"output directory {path} is not empty and holds no image tokenizer; "
+                    "choose a new or empty directory"
+                ) from None
+    return path
+
+
+def _save_run(
+    tokenizer: ImageTokenizer, preview: torch.Tensor, result: VQTrainResult, config: VQTrainConfig, out_path: Path
+) -> None:
+    """Write the tokenizer, a preview PNG and the run's figures to a temporary directory, then swap it in.
+
+    A crash while saving leaves either the old directory or the new one, never half of each.
+    """
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
+    try:
+        tokenizer.save_pretrained(staging)
+        if len(preview):
+            save_preview(tokenizer, preview, staging / "reconstructions.png")
+        report = {"result": result.to_dict(), "config": dataclasses.asdict(config), "history": result.history}
+        (staging / "train_vq.json").write_text(json.dumps(report, indent=2) + "\n")
+        if out_path.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.old.", dir=out_path.parent))
+            os.replace(out_path, retired / out_path.name)
+            os.replace(staging, out_path)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, out_path)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+@torch.no_grad()
+def save_preview(tokenizer: ImageTokenizer, images: torch.Tensor, path: str | Path, min_tile: int = 96) -> None:
+    """A PNG with the originals on the top row and their reconstructions below, enlarged to `min_tile` px."""
+    device = tokenizer.codebook.device
+    reconstructions = tokenizer.decode(tokenizer.encode(images.to(device))).cpu()
+    tiles = tensor_to_pil(images) + tensor_to_pil(reconstructions)
+    scale = max(1, math.ceil(min_tile / images.shape[-1]))
+    tiles = [tile.resize((tile.width * scale, tile.height * scale), Image.Resampling.NEAREST) for tile in tiles]
+    labels = ["original"] * len(images) + ["reconstruction"] * len(images)
+    make_grid(tiles, columns=len(images), labels=labels).save(path)
