@@ -43,20 +43,24 @@ logger = logging.getLogger(__name__)
 class QuickstartConfig:
     """Sizes of the quickstart run; the defaults finish in about ten minutes on two CPU cores."""
 
-    image_size: int = 48
-    """Canvas size of the shapes images (48 px with an f8 VQGAN gives a 6×6 code grid)."""
-    train_examples: int = 40_000
+    image_size: int = 32
+    """Canvas size of the shapes images (32 px with the f4 VQGAN gives an 8×8 code grid)."""
+    vq_preset: str = "shapes-f4"
+    """Image tokenizer architecture (gptdraw.vqgan presets)."""
+    train_examples: int = 20_000
     """Image–caption pairs generated for training the GPT."""
     eval_examples: int = 512
     """Pairs kept out of training for the eval loss."""
-    vq_images: int = 8_000
+    vq_images: int = 6_000
     """Images the VQGAN is trained on (a prefix of the training set)."""
-    vq_steps: int = 1_200
+    vq_steps: int = 900
     """VQGAN optimiser steps."""
-    gpt_steps: int = 1_500
+    gpt_steps: int = 700
     """GPT optimiser steps."""
-    text_len: int = 24
-    """Caption tokens per sequence (the longest shapes caption takes about 15)."""
+    gpt_batch: int = 48
+    """Sequences per GPT step."""
+    text_len: int = 20
+    """Caption tokens per sequence (the longest shapes caption takes 17)."""
     text_vocab_size: int = 512
     """Caption BPE vocabulary; large enough that every caption word is one token."""
     images_per_prompt: int = 4
@@ -95,7 +99,10 @@ def run_quickstart(out: str | Path, config: QuickstartConfig = QuickstartConfig(
     vq_dir = out / "vq"
     if not (vq_dir / "model.safetensors").exists():
         images = np.stack([np.asarray(item.image) for item in source.read(0, config.vq_images)])  # (N, S, S, 3)
-        vq_config = VQTrainConfig(preset="shapes-f8", steps=config.vq_steps, seed=config.seed, image_size=config.image_size)
+        vq_config = VQTrainConfig(
+            preset=config.vq_preset, steps=config.vq_steps, seed=config.seed, image_size=config.image_size,
+            lr=3e-3, reconstruction_loss="mse",
+        )
         vq_result = train_vq(vq_config, images, vq_dir, device=str(device), progress=progress)
         logger.info("VQGAN: PSNR %.1f dB, codebook usage %.0f%%", vq_result.psnr, 100 * vq_result.codebook_usage)
     image_tokenizer = ImageTokenizer.from_pretrained(vq_dir, device=device)
@@ -115,7 +122,8 @@ def run_quickstart(out: str | Path, config: QuickstartConfig = QuickstartConfig(
     model_dir = out / "model"
     heldout = _heldout()
     train_config = train_preset(
-        "tiny", max_steps=config.gpt_steps, seed=config.seed,
+        "tiny", max_steps=config.gpt_steps, seed=config.seed, micro_batch_size=config.gpt_batch,
+        warmup_steps=min(100, config.gpt_steps // 10),
         sample_prompts=tuple(heldout.one_object[:4] + heldout.two_object[:4]),
         sample_every=max(1, config.gpt_steps // 3),
     )

@@ -156,8 +156,7 @@ def test_missing_clip_is_skipped_with_a_message(pipe, tmp_path):
 
 
 @pytest.fixture
-def command(monkeypatch):
-    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "edit"))
+def command():
     return cli.main
 
 

@@ -337,7 +337,6 @@ def test_codebooks_beyond_uint16_are_refused(tmp_path, tokenizers):
 
 
 def test_cli_prepare_and_inspect(tmp_path, saved_tokenizers, monkeypatch, capsys):
-    monkeypatch.setattr(gptdraw.cli, "COMMAND_MODULES", ("data",))
     vq_dir, _ = saved_tokenizers
     out = tmp_path / "dataset"
     arguments = ["prepare", "shapes", "--count", "12", "--vq", str(vq_dir), "--out", str(out), "--text-len", "16",

@@ -165,8 +165,7 @@ def test_queue_and_concurrency_are_bounded(served):
 
 # ------------------------------------------------------------------------------ the command
 @pytest.fixture
-def command(monkeypatch):
-    monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, "serve"))
+def command():
     return cli.main
 
 

@@ -18,9 +18,7 @@ from gptdraw.vqgan import ImageTokenizer, VQConfig
 
 
 @pytest.fixture
-def cli(monkeypatch):
-    monkeypatch.setattr(gptdraw.cli, "COMMAND_MODULES", ("vq",))
-
+def cli():
     def run(*argv: str) -> int:
         return gptdraw.cli.main(["vq", *map(str, argv)])
 

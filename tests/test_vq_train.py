@@ -127,8 +127,7 @@ def test_train_vq_refuses_a_foreign_output_directory(images, tmp_path):
 
 
 @pytest.fixture
-def cli(monkeypatch):
-    monkeypatch.setattr(gptdraw.cli, "COMMAND_MODULES", ("train_vq",))
+def cli():
     return gptdraw.cli.main
 
 
