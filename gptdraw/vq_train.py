@@ -1,17 +1,27 @@
 """Train an image tokenizer (VQGAN without the GAN) from scratch: `gptdraw train-vq`.
 
-The loss is what a VQ-VAE needs and no more: a pixel reconstruction loss, the codebook
-loss (codes move towards the encoder outputs they stand for) and the commitment loss
-(encoder outputs stay near their codes, weighted by β = 0.25). The adversarial and
-perceptual losses of a full VQGAN are left out: they matter for photographs, cost
-more than the rest of the network on a CPU, and flat-colour data does not need them.
+The loss is what a VQ-VAE needs and no more: a pixel reconstruction loss and the
+commitment loss (encoder outputs stay near their codes, weighted by β = 0.25). The
+adversarial and perceptual losses of a full VQGAN are left out: they matter for
+photographs, cost more than the rest of the network on a CPU, and flat-colour data does
+not need them.
 
-Two things keep the codebook alive, since a code that no encoder output is nearest to
-never receives a gradient again:
-- k-means initialisation: at step 0 the codebook is set to k-means centroids of encoder
-  outputs, so codes start where the data is;
-- dead-code restarts: every `restart_every` steps, each code unused since the last check
-  is moved onto a random encoder output of the current batch.
+The codebook follows the encoder by exponential moving averages (VQ-VAE-2): each code is
+the running mean of the encoder outputs assigned to it. With a few hundred steps of
+budget that matters: a gradient-trained codebook moves about `lr` per step under Adam,
+far slower than the encoder outputs it has to track. ("gradient", the codebook loss of
+taming-transformers, is still available.)
+
+Three more things make a small tokenizer train in minutes on a CPU (bench/vq_train.py
+measures them):
+- every residual block starts as the identity (its last convolution zeroed), so the
+  untrained network is shallow and learns fast;
+- k-means initialisation puts the codes on encoder outputs at step 0, and dead-code
+  restarts move each code unused over the last `restart_every` steps onto a random
+  encoder output of the current batch, so the codebook stays alive;
+- pixels that are not white background weigh more in the reconstruction loss
+  (`foreground_weight`): on the shapes data objects are a few percent of the pixels, and
+  their colours and edges are what matters.
 
 Read top to bottom: the config and result types, the data sources, the codebook helpers,
 then `train_vq`, the loop itself, and the evaluation and saving it ends with.
@@ -42,6 +52,7 @@ from gptdraw.vqgan import CONFIG_FILE, ImageTokenizer, VQ_PRESETS, read_config, 
 
 RECONSTRUCTION_LOSSES = ("l1", "mse", "l1+mse")
 CODEBOOK_INITS = ("kmeans", "random")
+CODEBOOK_UPDATES = ("ema", "gradient")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 # A batch source: (batch_size, rng) → uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1].
@@ -54,16 +65,20 @@ class VQTrainConfig:
 
     preset: str = "shapes-f8"  # VQ architecture preset (gptdraw.vqgan.vq_preset)
     image_size: int | None = None  # training resolution; None: the preset's image_size
-    steps: int = 1500  # optimiser steps
+    steps: int = 600  # optimiser steps
     batch_size: int = 32  # images per step
     lr: float = 2e-3  # peak AdamW learning rate
     warmup_steps: int = 50  # linear warm-up from 0 to lr
     min_lr_ratio: float = 0.1  # cosine decay ends at lr × this
     weight_decay: float = 0.0  # AdamW weight decay (never applied to the codebook)
-    reconstruction_loss: str = "l1"  # "l1", "mse" or "l1+mse", on pixels in [0, 1]
+    reconstruction_loss: str = "mse"  # "l1", "mse" or "l1+mse", on pixels in [0, 1]
+    foreground_weight: float = 4.0  # extra loss weight on pixels that are not pure white (0: every pixel alike)
     commitment_weight: float = 0.25  # β: pulls encoder outputs towards their codes
-    codebook_weight: float = 1.0  # pulls codes towards the encoder outputs they stand for
+    codebook_update: str = "ema"  # "ema": codes are running means of their encoder outputs; "gradient": codebook loss
+    ema_decay: float = 0.9  # decay of those running means (per step)
+    codebook_weight: float = 1.0  # weight of the codebook loss when codebook_update is "gradient"
     codebook_init: str = "kmeans"  # "kmeans": k-means of encoder outputs at step 0; "random": diffusers' init
+    zero_init_residuals: bool = True  # start each residual block as the identity (new tokenizers only)
     kmeans_iterations: int = 10  # Lloyd iterations of the k-means initialisation
     restart_every: int = 50  # every N steps, codes unused over those N steps move onto encoder outputs; 0: never
     eval_images: int = 64  # images held out for the final PSNR / codebook usage
@@ -87,6 +102,12 @@ class VQTrainConfig:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
             raise ValueError(f"reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, got {self.reconstruction_loss!r}")
+        if self.codebook_update not in CODEBOOK_UPDATES:
+            raise ValueError(f"codebook_update must be one of {CODEBOOK_UPDATES}, got {self.codebook_update!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.foreground_weight < 0:
+            raise ValueError(f"foreground_weight must be non-negative, got {self.foreground_weight}")
         if self.codebook_init not in CODEBOOK_INITS:
             raise ValueError(f"codebook_init must be one of {CODEBOOK_INITS}, got {self.codebook_init!r}")
         if self.precision not in PRECISIONS:
@@ -105,6 +126,7 @@ class VQTrainResult:
     steps: int  # optimiser steps taken
     seconds: float  # wall-clock training time (without evaluation and saving)
     steps_per_second: float
+    median_step_seconds: float  # median wall time of one step: robust to pauses when other work shares the CPU
     precision: str  # "bf16" or "fp32", as resolved from the config
     restarted_codes: int  # codes moved by dead-code restarts, in total
     final_loss: float  # training loss of the last step
@@ -215,6 +237,39 @@ def flat_latents(latents: torch.Tensor) -> torch.Tensor:
     return latents.detach().float().permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
 
 
+class CodebookEMA:
+    """Codes as running means of the encoder outputs assigned to them (the VQ-VAE-2 update).
+
+    Keeps, per code, a decayed count and a decayed sum of its assigned encoder outputs;
+    the code is their ratio. Laplace smoothing keeps codes that nothing chose from
+    dividing by zero (they stay put until a restart moves them).
+    """
+
+    def __init__(self, codebook: torch.Tensor, decay: float, epsilon: float = 1e-5):
+        self.decay = decay
+        self.epsilon = epsilon
+        self.sums = codebook.detach().float().clone()  # (K, C)
+        self.counts = torch.ones(codebook.shape[0], device=codebook.device)  # (K,)
+
+    @torch.no_grad()
+    def update(self, codebook: torch.Tensor, codes: torch.Tensor, latents: torch.Tensor) -> None:
+        """Fold one batch in: `codes` (N,) chosen for `latents` (N, C); rewrite `codebook` in place."""
+        size = codebook.shape[0]
+        counts = torch.bincount(codes, minlength=size).float()  # (K,)
+        sums = torch.zeros_like(self.sums).index_add_(0, codes, latents.float())  # (K, C)
+        self.counts.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.sums.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        total = self.counts.sum()
+        smoothed = (self.counts + self.epsilon) / (total + size * self.epsilon) * total
+        codebook.copy_((self.sums / smoothed[:, None]).to(codebook.dtype))
+
+    @torch.no_grad()
+    def reset(self, codebook: torch.Tensor, indices: torch.Tensor) -> None:
+        """Restart the running means of `indices` from the codebook's current rows."""
+        self.sums[indices] = codebook[indices].float()
+        self.counts[indices] = 1.0
+
+
 @torch.no_grad()
 def restart_dead_codes(
     tokenizer: ImageTokenizer,
@@ -222,12 +277,13 @@ def restart_dead_codes(
     latents: torch.Tensor,
     generator: torch.Generator,
     optimizer: torch.optim.Optimizer | None = None,
+    ema: CodebookEMA | None = None,
 ) -> int:
     """Move every code with a zero usage count onto a random encoder output; return how many moved.
 
     `latents` are encoder outputs (B, C, h, w) of the current batch. The optimizer's
-    running moments for the moved rows are cleared so that stale momentum does not
-    drag a restarted code away from its new place.
+    running moments (or the EMA's running means) for the moved rows are reset so that
+    stale history does not drag a restarted code away from its new place.
     """
     dead = (usage_counts == 0).nonzero().squeeze(1)
     if dead.numel() == 0:
@@ -242,7 +298,34 @@ def restart_dead_codes(
         for value in optimizer.state.get(codebook, {}).values():
             if isinstance(value, torch.Tensor) and value.shape == codebook.shape:
                 value[dead] = 0
+    if ema is not None:
+        ema.reset(codebook, dead)
     return int(dead.numel())
+
+
+@torch.no_grad()
+def zero_init_residuals(model: torch.nn.Module) -> int:
+    """Zero the last layer of every residual branch, so each block starts as the identity; return how many.
+
+    An untrained VQModel is then conv_in → resamplers → conv_out, shallow enough to learn
+    colours and positions in the first few dozen steps; the branches grow from zero.
+    """
+    from diffusers.models.attention_processor import Attention
+    from diffusers.models.resnet import ResnetBlock2D
+
+    zeroed = 0
+    for module in model.modules():
+        if isinstance(module, ResnetBlock2D):
+            last = module.conv2
+        elif isinstance(module, Attention) and module.residual_connection:
+            last = module.to_out[0]
+        else:
+            continue
+        torch.nn.init.zeros_(last.weight)
+        if last.bias is not None:
+            torch.nn.init.zeros_(last.bias)
+        zeroed += 1
+    return zeroed
 
 
 # ---- precision and numerics ----------------------------------------------------------------------
@@ -286,13 +369,19 @@ def _learning_rate(step: int, config: VQTrainConfig) -> float:
     return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
 
 
-def _reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    reconstruction = reconstruction.float()
-    if kind == "l1":
-        return F.l1_loss(reconstruction, target)
-    if kind == "mse":
-        return F.mse_loss(reconstruction, target)
-    return F.l1_loss(reconstruction, target) + F.mse_loss(reconstruction, target)
+def _reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, config: VQTrainConfig) -> torch.Tensor:
+    """Per-pixel L1 and/or squared error, with non-white pixels weighted 1 + foreground_weight."""
+    difference = reconstruction.float() - target
+    if config.reconstruction_loss == "l1":
+        error = difference.abs()
+    elif config.reconstruction_loss == "mse":
+        error = difference.square()
+    else:
+        error = difference.abs() + difference.square()
+    if config.foreground_weight:
+        foreground = (target < 1.0 - 1e-3).any(dim=1, keepdim=True)  # (B, 1, H, W)
+        error = error * (1.0 + config.foreground_weight * foreground)
+    return error.mean()
 
 
 def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
@@ -328,6 +417,8 @@ def train_vq(
         vq_config = vq_preset(config.preset, **({"image_size": config.image_size} if config.image_size else {}))
         vq_config.source = f"trained by gptdraw train-vq (preset {config.preset}, {config.steps} steps, seed {config.seed})"
         tokenizer = ImageTokenizer(vq_config)
+        if config.zero_init_residuals:
+            zero_init_residuals(tokenizer.model)
     tokenizer.to(device).train()
     image_size = heldout.shape[-1]
     if heldout.shape[-2] != image_size or image_size % tokenizer.downsample_factor:
@@ -340,15 +431,12 @@ def train_vq(
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     codebook = tokenizer.codebook
-    other_parameters = [p for p in tokenizer.parameters() if p is not codebook]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": other_parameters, "weight_decay": config.weight_decay},
-            {"params": [codebook], "weight_decay": 0.0},
-        ],
-        lr=config.lr,
-        betas=(0.9, 0.99),
-    )
+    use_ema = config.codebook_update == "ema"
+    groups = [{"params": [p for p in tokenizer.parameters() if p is not codebook], "weight_decay": config.weight_decay}]
+    if not use_ema:
+        groups.append({"params": [codebook], "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
+    ema: CodebookEMA | None = None
 
     usage_counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long, device=device)
     history: list[dict] = []
@@ -357,30 +445,36 @@ def train_vq(
     with flush_denormals() if device.type == "cpu" else contextlib.nullcontext():
         if config.codebook_init == "kmeans":
             _kmeans_init(tokenizer, next_batch, config, autocast, generator, device)
+        if use_ema:
+            ema = CodebookEMA(codebook, config.ema_decay)
         bar = tqdm(range(config.steps), desc="train-vq", unit="step", disable=not progress, dynamic_ncols=True)
         start = time.perf_counter()
+        step_seconds: list[float] = []
         for step in bar:
+            step_start = time.perf_counter()
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(step, config)
             batch = next_batch().to(device)
             with autocast:
                 output = tokenizer(batch)
-            reconstruction = _reconstruction_loss(output.reconstruction, batch, config.reconstruction_loss)
-            loss = (
-                reconstruction
-                + config.codebook_weight * output.codebook_loss
-                + config.commitment_weight * output.commitment_loss
-            )
+            reconstruction = _reconstruction_loss(output.reconstruction, batch, config)
+            loss = reconstruction + config.commitment_weight * output.commitment_loss
+            if not use_ema:
+                loss = loss + config.codebook_weight * output.codebook_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 
-            usage_counts += torch.bincount(output.codes.reshape(-1), minlength=tokenizer.codebook_size)
+            codes = output.codes.reshape(-1)  # (B*h*w,)
+            if ema is not None:
+                ema.update(codebook, codes, flat_latents(output.latents))
+            usage_counts += torch.bincount(codes, minlength=tokenizer.codebook_size)
             if config.restart_every and (step + 1) % config.restart_every == 0 and step + 1 < config.steps:
-                restarted += restart_dead_codes(tokenizer, usage_counts, output.latents, generator, optimizer)
+                restarted += restart_dead_codes(tokenizer, usage_counts, output.latents, generator, optimizer, ema)
                 usage_counts.zero_()
 
             loss_value = loss.item()
+            step_seconds.append(time.perf_counter() - step_start)
             if step % config.log_every == 0 or step + 1 == config.steps:
                 record = {
                     "step": step,
@@ -403,6 +497,7 @@ def train_vq(
         steps=config.steps,
         seconds=round(seconds, 3),
         steps_per_second=round(config.steps / seconds, 3),
+        median_step_seconds=round(float(np.median(step_seconds)), 4),
         precision=precision,
         restarted_codes=restarted,
         final_loss=loss_value,

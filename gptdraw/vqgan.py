@@ -171,18 +171,18 @@ def _taming_f16_16384() -> VQConfig:
 def _shapes_f8() -> VQConfig:
     # A small f8 tokenizer for the built-in shapes data (48 px → a 6×6 grid), sized to
     # train to clean reconstructions in about two minutes on a 2-core CPU; bench/vq_train.py
-    # measures it. Flat-colour shapes need no attention, and the codebook only has to hold
-    # patch pieces of 3 shapes × 6 colours at a few offsets.
+    # measures it. Flat-colour shapes need no attention; 8-dimensional codes (projected
+    # from 32 latent channels) keep the codebook well used.
     return VQConfig(
         image_size=48,
-        block_out_channels=(32, 64, 64, 64),
+        block_out_channels=(16, 16, 32, 32),
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=1,
         latent_channels=32,
-        vq_embed_dim=32,
-        num_vq_embeddings=512,
-        norm_num_groups=16,
+        vq_embed_dim=8,
+        num_vq_embeddings=1024,
+        norm_num_groups=4,
         mid_block_add_attention=False,
         input_range=(-1.0, 1.0),
         source="preset shapes-f8",

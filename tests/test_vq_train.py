@@ -11,12 +11,14 @@ from PIL import Image
 
 import gptdraw.cli
 from gptdraw.vq_train import (
+    CodebookEMA,
     VQTrainConfig,
     evaluate_tokenizer,
     kmeans,
     restart_dead_codes,
     shapes_images,
     train_vq,
+    zero_init_residuals,
 )
 from gptdraw.vqgan import ImageTokenizer, vq_preset
 
@@ -98,6 +100,35 @@ def dataclass_replace(config: VQTrainConfig, **changes) -> VQTrainConfig:
     import dataclasses
 
     return dataclasses.replace(config, **changes)
+
+
+def test_codebook_ema_moves_codes_to_the_mean_of_their_outputs():
+    codebook = torch.zeros(3, 2)
+    ema = CodebookEMA(codebook, decay=0.5)
+    codes = torch.tensor([0, 0, 1])
+    latents = torch.tensor([[2.0, 0.0], [4.0, 0.0], [0.0, 6.0]])
+    for _ in range(30):
+        ema.update(codebook, codes, latents)
+    assert torch.allclose(codebook[0], torch.tensor([3.0, 0.0]), atol=1e-3)
+    assert torch.allclose(codebook[1], torch.tensor([0.0, 6.0]), atol=1e-3)
+    assert torch.equal(codebook[2], torch.zeros(2))  # never chosen: stays put (until a restart)
+    codebook[2] = torch.tensor([9.0, 9.0])
+    ema.reset(codebook, torch.tensor([2]))
+    ema.update(codebook, torch.tensor([2]), torch.tensor([[9.0, 9.0]]))
+    assert torch.allclose(codebook[2], torch.tensor([9.0, 9.0]), atol=1e-3)
+
+
+def test_zero_init_residuals_makes_every_block_start_as_identity():
+    from diffusers.models.resnet import ResnetBlock2D
+
+    tokenizer = tiny_tokenizer(mid_block_add_attention=True)
+    assert zero_init_residuals(tokenizer.model) > 0
+    blocks = [m for m in tokenizer.model.modules() if isinstance(m, ResnetBlock2D) and m.conv_shortcut is None]
+    hidden = torch.randn(1, blocks[0].in_channels, 8, 8)
+    assert torch.allclose(blocks[0](hidden, None), hidden)
+    attention = tokenizer.model.encoder.mid_block.attentions[0]
+    hidden = torch.randn(1, attention.to_out[0].out_features, 4, 4)
+    assert torch.allclose(attention(hidden), hidden)
 
 
 def test_kmeans_finds_separated_clusters():

@@ -1,0 +1,28 @@
+"""The one-command run, shrunk to seconds: every stage runs and leaves its outputs."""
+
+import json
+
+from PIL import Image
+
+from gptdraw.cli import main
+from gptdraw.pipeline import GPTDrawPipeline
+
+
+def test_quickstart_end_to_end_and_resume(tmp_path, capsys):
+    out = tmp_path / "qs"
+    args = ["quickstart", "--out", str(out), "--train-examples", "192", "--eval-examples", "64", "--vq-images", "128",
+            "--vq-steps", "4", "--gpt-steps", "3", "--images-per-prompt", "1"]
+    assert main(args) == 0
+    assert "held-out prompts drawn correctly" in capsys.readouterr().out
+    report = json.loads((out / "quickstart.json").read_text())
+    assert 0.0 <= report["one_object_accuracy"] <= 1.0 and 0.0 <= report["two_object_accuracy"] <= 1.0
+    scores = json.loads((out / "eval.json").read_text())
+    assert scores["images"] == 48  # 24 one-object + 24 two-object held-out prompts, one image each
+    assert Image.open(out / "samples.png").size[0] > 100
+    assert Image.open(out / "drawing.gif").n_frames > 2
+    pipe = GPTDrawPipeline.from_pretrained(out / "model")
+    assert pipe.layout.grid == (8, 8)
+    # A second run finds every stage done and only draws again.
+    weights = (out / "model" / "transformer" / "model.safetensors").read_bytes()
+    assert main(args) == 0
+    assert (out / "model" / "transformer" / "model.safetensors").read_bytes() == weights
