@@ -266,6 +266,7 @@ def train(
     long runs); the run resumes from there next time.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
     out_dir = Path(out_dir)
@@ -278,6 +279,9 @@ def train(
     )
     if train_data.text_len != layout.text_len:
         raise ValueError(f"the data has captions of {train_data.text_len} ids, the tokenizer {layout.text_len}")
+    # Accelerate keeps one precision per process; a library caller may train twice with
+    # different settings, so drop the previous run's choice (the process group is kept).
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision))
     rank, world = accelerator.process_index, accelerator.num_processes
     set_seed(config.seed)
