@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from gptdraw.data import shapes
-from gptdraw.vq_train import VQTrainConfig, train_vq
+from gptdraw.vq_train import VQTrainConfig, train_vq, zero_init_residuals
 from gptdraw.vqgan import VQConfig, vq_preset
 
 
@@ -66,7 +66,7 @@ def interior_colour_error(original: np.ndarray, reconstruction: np.ndarray) -> d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="shapes-f8")
-    parser.add_argument("--images", type=int, default=4000, help="training images to generate")
+    parser.add_argument("--images", type=int, default=8000, help="training images to generate")
     parser.add_argument("--image-size", type=int, default=48)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
@@ -106,6 +106,8 @@ def main() -> None:
 
     torch.manual_seed(config.seed)
     tokenizer = ImageTokenizer(vq_config)
+    if config.zero_init_residuals:
+        zero_init_residuals(tokenizer.model)  # what train_vq does for the tokenizers it builds
     load_before = os.getloadavg()[0]
     cpu_before = time.process_time()
     result = train_vq(config, images, args.save, tokenizer=tokenizer)
@@ -121,7 +123,13 @@ def main() -> None:
             tokenizer.decode(tokenizer.encode(chunk)) for chunk in uint8_to_tensor(heldout).split(64)
         ])
     recon_uint8 = np.stack([np.asarray(image) for image in tensor_to_pil(reconstruction)])
-    verified = [shapes.verify(image, text).correct for image, text in zip(recon_uint8, heldout_captions)]
+    verdicts = [shapes.verify(image, text) for image, text in zip(recon_uint8, heldout_captions)]
+    verified = [verdict.correct for verdict in verdicts]
+    reasons: dict[str, int] = {}
+    for verdict in verdicts:
+        for reason in filter(None, verdict.reason.split("; ")):
+            reason = reason.split(": ", 1)[-1]  # drop "object N: "
+            reasons[reason] = reasons.get(reason, 0) + 1
     originals_verified = [shapes.verify(image, text).correct for image, text in zip(heldout, heldout_captions)]
 
     figures = {
@@ -139,6 +147,7 @@ def main() -> None:
         **interior_colour_error(heldout, recon_uint8),
         "verifier_accuracy_reconstructions": round(float(np.mean(verified)), 4),
         "verifier_accuracy_originals": round(float(np.mean(originals_verified)), 4),
+        "verifier_failures": dict(sorted(reasons.items(), key=lambda item: -item[1])[:12]),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
