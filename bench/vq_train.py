@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from gptdraw.data import shapes
+from gptdraw.images import tensor_to_pil, uint8_to_tensor
 from gptdraw.vq_train import VQTrainConfig, train_vq, zero_init_residuals
-from gptdraw.vqgan import VQConfig, vq_preset
+from gptdraw.vqgan import ImageTokenizer, VQConfig, vq_preset
 
 
 def parse_override(text: str, fields: dict[str, dataclasses.Field]) -> tuple[str, object]:
@@ -102,8 +103,6 @@ def main() -> None:
     captions = [text for _, text in examples]
     data_seconds = time.perf_counter() - started
 
-    from gptdraw.vqgan import ImageTokenizer
-
     torch.manual_seed(config.seed)
     tokenizer = ImageTokenizer(vq_config)
     if config.zero_init_residuals:
@@ -116,8 +115,6 @@ def main() -> None:
     # The held-out images are the array's last eval_images (see vq_train._split_sources).
     heldout = images[-args.eval_images :]
     heldout_captions = captions[-args.eval_images :]
-    from gptdraw.images import tensor_to_pil, uint8_to_tensor
-
     with torch.no_grad():
         reconstruction = torch.cat([
             tokenizer.decode(tokenizer.encode(chunk)) for chunk in uint8_to_tensor(heldout).split(64)

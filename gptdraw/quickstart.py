@@ -103,6 +103,8 @@ def run_quickstart(out: str | Path, config: QuickstartConfig = QuickstartConfig(
         vq_config = VQTrainConfig(
             preset=config.vq_preset, steps=config.vq_steps, seed=config.seed, image_size=config.image_size,
             lr=3e-3, reconstruction_loss="mse",
+            # The warm-up helps f8 but cost the f4 tokenizer about 1.5 dB PSNR (bench/vq_train.py).
+            autoencoder_warmup=0.0,
         )
         vq_result = train_vq(vq_config, images, vq_dir, device=str(device), progress=progress)
         logger.info("VQGAN: PSNR %.1f dB, codebook usage %.0f%%", vq_result.psnr, 100 * vq_result.codebook_usage)

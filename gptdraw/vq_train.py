@@ -12,13 +12,15 @@ budget that matters: a gradient-trained codebook moves about `lr` per step under
 far slower than the encoder outputs it has to track. ("gradient", the codebook loss of
 taming-transformers, is still available.)
 
-Three more things make a small tokenizer train in minutes on a CPU (bench/vq_train.py
-measures them):
+Four more things make a small tokenizer train in minutes on a CPU (bench/vq_train.py
+measures each):
 - every residual block starts as the identity (its last convolution zeroed), so the
   untrained network is shallow and learns fast;
-- k-means initialisation puts the codes on encoder outputs at step 0, and dead-code
-  restarts move each code unused over the last `restart_every` steps onto a random
-  encoder output of the current batch, so the codebook stays alive;
+- the first half of the steps trains a plain autoencoder (no quantisation); then the
+  codebook is set to k-means centroids of the trained encoder's outputs, so codes start
+  on features that already describe the images;
+- dead-code restarts move each code unused over the last `restart_every` steps onto a
+  random encoder output of the current batch, so the codebook stays alive;
 - pixels that are not white background weigh more in the reconstruction loss
   (`foreground_weight`): on the shapes data objects are a few percent of the pixels, and
   their colours and edges are what matters.
@@ -51,7 +53,7 @@ from gptdraw.images import make_grid, tensor_to_pil, uint8_to_tensor
 from gptdraw.vqgan import CONFIG_FILE, ImageTokenizer, VQ_PRESETS, read_config, vq_preset
 
 RECONSTRUCTION_LOSSES = ("l1", "mse", "l1+mse")
-CODEBOOK_INITS = ("kmeans", "random")
+CODEBOOK_INITS = ("kmeans", "keep")
 CODEBOOK_UPDATES = ("ema", "gradient")
 PRECISIONS = ("auto", "bf16", "fp32")
 
@@ -65,7 +67,7 @@ class VQTrainConfig:
 
     preset: str = "shapes-f8"  # VQ architecture preset (gptdraw.vqgan.vq_preset)
     image_size: int | None = None  # training resolution; None: the preset's image_size
-    steps: int = 600  # optimiser steps
+    steps: int = 800  # optimiser steps
     batch_size: int = 32  # images per step
     lr: float = 2e-3  # peak AdamW learning rate
     warmup_steps: int = 50  # linear warm-up from 0 to lr
@@ -77,11 +79,12 @@ class VQTrainConfig:
     codebook_update: str = "ema"  # "ema": codes are running means of their encoder outputs; "gradient": codebook loss
     ema_decay: float = 0.9  # decay of those running means (per step)
     codebook_weight: float = 1.0  # weight of the codebook loss when codebook_update is "gradient"
-    codebook_init: str = "kmeans"  # "kmeans": k-means of encoder outputs at step 0; "random": diffusers' init
+    autoencoder_warmup: float = 0.5  # fraction of the steps trained without quantisation before the codebook starts
+    codebook_init: str = "kmeans"  # "kmeans": k-means of encoder outputs when quantisation starts; "keep": as it is
     zero_init_residuals: bool = True  # start each residual block as the identity (new tokenizers only)
     kmeans_iterations: int = 10  # Lloyd iterations of the k-means initialisation
     restart_every: int = 50  # every N steps, codes unused over those N steps move onto encoder outputs; 0: never
-    eval_images: int = 64  # images held out for the final PSNR / codebook usage
+    eval_images: int = 256  # images held out for the final PSNR / codebook usage
     precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the CPU/GPU runs it natively
     seed: int = 0  # seeds initialisation, batch order and restarts
     log_every: int = 10  # progress-bar refresh interval in steps
@@ -98,6 +101,8 @@ class VQTrainConfig:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0 <= self.autoencoder_warmup < 1:
+            raise ValueError(f"autoencoder_warmup must be in [0, 1), got {self.autoencoder_warmup}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
@@ -442,21 +447,25 @@ def train_vq(
     history: list[dict] = []
     restarted = 0
     loss_value = float("nan")
+    # Steps before this one train a plain autoencoder; the codebook starts here, on trained features.
+    quantize_from = round(config.autoencoder_warmup * config.steps)
     with flush_denormals() if device.type == "cpu" else contextlib.nullcontext():
-        if config.codebook_init == "kmeans":
-            _kmeans_init(tokenizer, next_batch, config, autocast, generator, device)
-        if use_ema:
-            ema = CodebookEMA(codebook, config.ema_decay)
         bar = tqdm(range(config.steps), desc="train-vq", unit="step", disable=not progress, dynamic_ncols=True)
         start = time.perf_counter()
         step_seconds: list[float] = []
         for step in bar:
             step_start = time.perf_counter()
+            quantizing = step >= quantize_from
+            if step == quantize_from:
+                if config.codebook_init == "kmeans":
+                    _kmeans_init(tokenizer, next_batch, config, autocast, generator, device)
+                if use_ema:
+                    ema = CodebookEMA(codebook, config.ema_decay)
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(step, config)
             batch = next_batch().to(device)
             with autocast:
-                output = tokenizer(batch)
+                output = tokenizer(batch, quantize=quantizing)
             reconstruction = _reconstruction_loss(output.reconstruction, batch, config)
             loss = reconstruction + config.commitment_weight * output.commitment_loss
             if not use_ema:
@@ -465,13 +474,15 @@ def train_vq(
             loss.backward()
             optimizer.step()
 
-            codes = output.codes.reshape(-1)  # (B*h*w,)
-            if ema is not None:
-                ema.update(codebook, codes, flat_latents(output.latents))
-            usage_counts += torch.bincount(codes, minlength=tokenizer.codebook_size)
-            if config.restart_every and (step + 1) % config.restart_every == 0 and step + 1 < config.steps:
-                restarted += restart_dead_codes(tokenizer, usage_counts, output.latents, generator, optimizer, ema)
-                usage_counts.zero_()
+            if quantizing:
+                codes = output.codes.reshape(-1)  # (B*h*w,)
+                if ema is not None:
+                    ema.update(codebook, codes, flat_latents(output.latents))
+                usage_counts += torch.bincount(codes, minlength=tokenizer.codebook_size)
+                since = step + 1 - quantize_from
+                if config.restart_every and since % config.restart_every == 0 and step + 1 < config.steps:
+                    restarted += restart_dead_codes(tokenizer, usage_counts, output.latents, generator, optimizer, ema)
+                    usage_counts.zero_()
 
             loss_value = loss.item()
             step_seconds.append(time.perf_counter() - step_start)
@@ -481,7 +492,7 @@ def train_vq(
                     "loss": round(loss_value, 6),
                     "reconstruction": round(reconstruction.item(), 6),
                     "psnr": round(psnr(output.reconstruction, batch), 3),
-                    "used": int(output.codes.unique().numel()),
+                    "used": int(output.codes.unique().numel()) if quantizing else 0,
                 }
                 history.append(record)
                 bar.set_postfix(loss=f"{loss_value:.4f}", psnr=f"{record['psnr']:.1f}", codes=record["used"], refresh=False)
@@ -518,7 +529,7 @@ def _kmeans_init(
     generator: torch.Generator,
     device: torch.device,
 ) -> None:
-    """Set the codebook to k-means centroids of the untrained encoder's outputs."""
+    """Set the codebook to k-means centroids of the current encoder's outputs on a few batches."""
     # About four outputs per code, so that k-means has something to average.
     wanted = 4 * tokenizer.codebook_size
     vectors, total = [], 0

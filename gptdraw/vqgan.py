@@ -367,22 +367,28 @@ class ImageTokenizer(torch.nn.Module):
         pixels = self.model.decode(codes.reshape(-1), force_not_quantize=True, shape=shape).sample
         return self._from_network_range(pixels).clamp_(0.0, 1.0)
 
-    def forward(self, images: torch.Tensor) -> VQOutput:
+    def forward(self, images: torch.Tensor, quantize: bool = True) -> VQOutput:
         """Training pass: encode, quantise with a straight-through gradient, decode.
 
         The two VQ losses are returned separately (unweighted) so the trainer picks the
         commitment weight β; diffusers' quantizer would fold them with fixed weights.
+        With quantize=False the decoder sees the encoder outputs themselves (a plain
+        autoencoder, for warming up) and both VQ losses are zero.
         """
         pixels = self._to_network_range(images)
         latents = self.model.encode(pixels).latents  # (B, C, h, w)
         codes = self.nearest_codes(latents.detach())
-        quantized = self.model.quantize.embedding(codes).permute(0, 3, 1, 2)  # (B, C, h, w)
-        latents_f32, quantized_f32 = latents.float(), quantized.float()
-        commitment_loss = F.mse_loss(latents_f32, quantized_f32.detach())
-        codebook_loss = F.mse_loss(quantized_f32, latents_f32.detach())
-        # Straight-through: the decoder sees the code, the encoder gets the decoder's gradient.
-        straight_through = latents + (quantized.to(latents.dtype) - latents).detach()
-        reconstruction = self._from_network_range(self._decode_quantized(straight_through))
+        if quantize:
+            quantized = self.model.quantize.embedding(codes).permute(0, 3, 1, 2)  # (B, C, h, w)
+            latents_f32, quantized_f32 = latents.float(), quantized.float()
+            commitment_loss = F.mse_loss(latents_f32, quantized_f32.detach())
+            codebook_loss = F.mse_loss(quantized_f32, latents_f32.detach())
+            # Straight-through: the decoder sees the code, the encoder gets the decoder's gradient.
+            decoder_input = latents + (quantized.to(latents.dtype) - latents).detach()
+        else:
+            commitment_loss = codebook_loss = latents.new_zeros((), dtype=torch.float32)
+            decoder_input = latents
+        reconstruction = self._from_network_range(self._decode_quantized(decoder_input))
         return VQOutput(
             reconstruction=reconstruction,
             codes=codes,

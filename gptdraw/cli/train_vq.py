@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
+    parser.add_argument("--autoencoder-warmup", type=float, default=defaults.autoencoder_warmup, metavar="FRACTION",
+                        help="fraction of the steps trained without quantisation before the codebook starts "
+                        "(default: %(default)s; 0 for shapes-f4, measured best)")
     parser.add_argument("--precision", default=defaults.precision, choices=("auto", "bf16", "fp32"),
                         help="autocast precision (default: %(default)s: bf16 where the hardware has it)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -60,7 +63,7 @@ def run_train_vq(args: argparse.Namespace) -> int:
     image_size = args.image_size or vq_preset(args.preset).image_size
     config = VQTrainConfig(
         preset=args.preset, image_size=image_size, steps=args.steps, batch_size=args.batch_size,
-        lr=args.lr, seed=args.seed, precision=args.precision,
+        lr=args.lr, seed=args.seed, precision=args.precision, autoencoder_warmup=args.autoencoder_warmup,
     )
     try:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
