@@ -55,6 +55,11 @@ class QuickstartConfig:
     """Images the VQGAN is trained on (a prefix of the training set)."""
     vq_steps: int = 900
     """VQGAN optimiser steps."""
+    vq_lr: float = 3e-3
+    """VQGAN peak learning rate."""
+    vq_autoencoder_warmup: float = 0.0
+    """Fraction of the VQGAN steps trained as a plain autoencoder before the codebook starts
+    (helps f8; cost the f4 tokenizer about 1.5 dB PSNR in bench/vq_train.py)."""
     gpt_steps: int = 500
     """GPT optimiser steps."""
     gpt_batch: int = 48
@@ -102,9 +107,7 @@ def run_quickstart(out: str | Path, config: QuickstartConfig = QuickstartConfig(
         images = np.stack([np.asarray(item.image) for item in source.read(0, config.vq_images)])  # (N, S, S, 3)
         vq_config = VQTrainConfig(
             preset=config.vq_preset, steps=config.vq_steps, seed=config.seed, image_size=config.image_size,
-            lr=3e-3, reconstruction_loss="mse",
-            # The warm-up helps f8 but cost the f4 tokenizer about 1.5 dB PSNR (bench/vq_train.py).
-            autoencoder_warmup=0.0,
+            lr=config.vq_lr, reconstruction_loss="mse", autoencoder_warmup=config.vq_autoencoder_warmup,
         )
         vq_result = train_vq(vq_config, images, vq_dir, device=str(device), progress=progress)
         logger.info("VQGAN: PSNR %.1f dB, codebook usage %.0f%%", vq_result.psnr, 100 * vq_result.codebook_usage)

@@ -50,75 +50,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from gptdraw.images import make_grid, tensor_to_pil, uint8_to_tensor
-from gptdraw.vqgan import CONFIG_FILE, ImageTokenizer, VQ_PRESETS, read_config, vq_preset
-
-RECONSTRUCTION_LOSSES = ("l1", "mse", "l1+mse")
-CODEBOOK_INITS = ("kmeans", "keep")
-CODEBOOK_UPDATES = ("ema", "gradient")
-PRECISIONS = ("auto", "bf16", "fp32")
+from gptdraw.vq_config import VQTrainConfig  # noqa: F401  (re-exported: the config lives in a torch-free module)
+from gptdraw.vqgan import CONFIG_FILE, ImageTokenizer, read_config, vq_preset
 
 # A batch source: (batch_size, rng) → uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1].
 BatchSource = Callable[[int, np.random.Generator], "np.ndarray | torch.Tensor"]
-
-
-@dataclass
-class VQTrainConfig:
-    """How to train an image tokenizer; the defaults are the tested shapes-f8 recipe."""
-
-    preset: str = "shapes-f8"  # VQ architecture preset (gptdraw.vqgan.vq_preset)
-    image_size: int | None = None  # training resolution; None: the preset's image_size
-    steps: int = 800  # optimiser steps
-    batch_size: int = 32  # images per step
-    lr: float = 2e-3  # peak AdamW learning rate
-    warmup_steps: int = 50  # linear warm-up from 0 to lr
-    min_lr_ratio: float = 0.1  # cosine decay ends at lr × this
-    weight_decay: float = 0.0  # AdamW weight decay (never applied to the codebook)
-    reconstruction_loss: str = "mse"  # "l1", "mse" or "l1+mse", on pixels in [0, 1]
-    foreground_weight: float = 4.0  # extra loss weight on pixels that are not pure white (0: every pixel alike)
-    commitment_weight: float = 0.25  # β: pulls encoder outputs towards their codes
-    codebook_update: str = "ema"  # "ema": codes are running means of their encoder outputs; "gradient": codebook loss
-    ema_decay: float = 0.9  # decay of those running means (per step)
-    codebook_weight: float = 1.0  # weight of the codebook loss when codebook_update is "gradient"
-    autoencoder_warmup: float = 0.5  # fraction of the steps trained without quantisation before the codebook starts
-    codebook_init: str = "kmeans"  # "kmeans": k-means of encoder outputs when quantisation starts; "keep": as it is
-    zero_init_residuals: bool = True  # start each residual block as the identity (new tokenizers only)
-    kmeans_iterations: int = 10  # Lloyd iterations of the k-means initialisation
-    restart_every: int = 50  # every N steps, codes unused over those N steps move onto encoder outputs; 0: never
-    eval_images: int = 256  # images held out for the final PSNR / codebook usage
-    precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the CPU/GPU runs it natively
-    seed: int = 0  # seeds initialisation, batch order and restarts
-    log_every: int = 10  # progress-bar refresh interval in steps
-    preview_images: int = 8  # originals vs reconstructions in reconstructions.png
-
-    def __post_init__(self) -> None:
-        if self.preset not in VQ_PRESETS:
-            raise ValueError(f"unknown VQ preset {self.preset!r}; known presets: {', '.join(sorted(VQ_PRESETS))}")
-        for name in ("steps", "batch_size", "kmeans_iterations", "log_every", "eval_images"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("warmup_steps", "restart_every", "preview_images"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if not 0 <= self.autoencoder_warmup < 1:
-            raise ValueError(f"autoencoder_warmup must be in [0, 1), got {self.autoencoder_warmup}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.reconstruction_loss not in RECONSTRUCTION_LOSSES:
-            raise ValueError(f"reconstruction_loss must be one of {RECONSTRUCTION_LOSSES}, got {self.reconstruction_loss!r}")
-        if self.codebook_update not in CODEBOOK_UPDATES:
-            raise ValueError(f"codebook_update must be one of {CODEBOOK_UPDATES}, got {self.codebook_update!r}")
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.foreground_weight < 0:
-            raise ValueError(f"foreground_weight must be non-negative, got {self.foreground_weight}")
-        if self.codebook_init not in CODEBOOK_INITS:
-            raise ValueError(f"codebook_init must be one of {CODEBOOK_INITS}, got {self.codebook_init!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.image_size is not None:
-            vq_preset(self.preset, image_size=self.image_size)  # raises if the size does not fit the preset
 
 
 @dataclass

@@ -12,7 +12,6 @@ safetensors save/load with strict key checks.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,9 @@ from diffusers import VQModel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+# The configs and presets live in a torch-free module; they are re-exported here.
+from gptdraw.vq_config import VQ_PRESETS, VQConfig, vq_preset  # noqa: F401
+
 FORMAT_NAME = "gptdraw-vq"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -31,197 +33,6 @@ WEIGHTS_FILE = "model.safetensors"
 # Nearest-code search works on row chunks so the (rows, codebook) distance matrix stays
 # below this many elements (64 MiB in float32) whatever the batch and codebook size.
 _DISTANCE_CHUNK_ELEMENTS = 1 << 24
-
-
-@dataclass
-class VQConfig:
-    """Architecture of a VQGAN in diffusers' VQModel terms, plus how gptdraw uses it."""
-
-    image_size: int  # the resolution the tokenizer is used at by default (pixels, square)
-    block_out_channels: tuple[int, ...]  # channels of each encoder/decoder stage; each stage but the last halves the resolution
-    down_block_types: tuple[str, ...]  # diffusers encoder block per stage, e.g. "DownEncoderBlock2D" / "AttnDownEncoderBlock2D"
-    up_block_types: tuple[str, ...]  # diffusers decoder block per stage, from the lowest resolution up
-    layers_per_block: int  # resnet layers per encoder stage (the decoder has one more)
-    latent_channels: int  # channels of the encoder output / decoder input
-    vq_embed_dim: int  # dimension of each codebook vector
-    num_vq_embeddings: int  # codebook size: codes are integers in [0, num_vq_embeddings)
-    norm_num_groups: int = 32  # GroupNorm groups; must divide every entry of block_out_channels
-    norm_type: str = "group"  # "group" (taming) or "spatial" (MoVQ: decoder norms are conditioned on the codes)
-    mid_block_add_attention: bool = True  # self-attention in the middle blocks of encoder and decoder
-    input_range: tuple[float, float] = (-1.0, 1.0)  # pixel range the network expects; taming uses [-1, 1]
-    source: str = ""  # provenance, e.g. "trained by gptdraw train-vq" or a checkpoint path
-
-    def __post_init__(self) -> None:
-        # JSON gives lists; keep tuples so configs compare equal and stay hashable.
-        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
-        self.down_block_types = tuple(self.down_block_types)
-        self.up_block_types = tuple(self.up_block_types)
-        self.input_range = (float(self.input_range[0]), float(self.input_range[1]))
-        stages = len(self.block_out_channels)
-        if stages == 0:
-            raise ValueError("block_out_channels must name at least one stage")
-        if len(self.down_block_types) != stages or len(self.up_block_types) != stages:
-            raise ValueError(
-                f"block_out_channels has {stages} stages but down_block_types has "
-                f"{len(self.down_block_types)} and up_block_types {len(self.up_block_types)}"
-            )
-        for channels in self.block_out_channels:
-            if channels <= 0 or channels % self.norm_num_groups:
-                raise ValueError(
-                    f"every block_out_channels entry must be a positive multiple of "
-                    f"norm_num_groups={self.norm_num_groups}; got {self.block_out_channels}"
-                )
-        for name in ("layers_per_block", "latent_channels", "vq_embed_dim", "num_vq_embeddings"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.norm_type not in ("group", "spatial"):
-            raise ValueError(f"norm_type must be 'group' or 'spatial', got {self.norm_type!r}")
-        if self.norm_type == "spatial":
-            # diffusers' SpatialNorm has 32 groups built in and is conditioned on the codes
-            # through a layer sized for latent_channels.
-            if any(channels % 32 for channels in self.block_out_channels):
-                raise ValueError(f"norm_type 'spatial' needs block_out_channels that are multiples of 32, got {self.block_out_channels}")
-            if self.vq_embed_dim != self.latent_channels:
-                raise ValueError(
-                    f"norm_type 'spatial' needs vq_embed_dim == latent_channels, got {self.vq_embed_dim} and {self.latent_channels}"
-                )
-        low, high = self.input_range
-        if not low < high:
-            raise ValueError(f"input_range must be (low, high) with low < high, got {self.input_range}")
-        if self.image_size <= 0 or self.image_size % self.downsample_factor:
-            raise ValueError(
-                f"image_size {self.image_size} must be a positive multiple of the downsample "
-                f"factor {self.downsample_factor}"
-            )
-
-    @property
-    def downsample_factor(self) -> int:
-        """Pixels per code along each axis: every stage but the last halves the resolution."""
-        return 2 ** (len(self.block_out_channels) - 1)
-
-    def grid_size(self, image_size: int | None = None) -> tuple[int, int]:
-        """(rows, columns) of the code grid for a square image of `image_size` pixels."""
-        size = self.image_size if image_size is None else image_size
-        if size <= 0 or size % self.downsample_factor:
-            raise ValueError(
-                f"image size {size} is not a positive multiple of the downsample factor "
-                f"{self.downsample_factor}"
-            )
-        side = size // self.downsample_factor
-        return (side, side)
-
-    def vqmodel_kwargs(self) -> dict:
-        """Keyword arguments for `diffusers.VQModel` that build this architecture."""
-        return dict(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=self.down_block_types,
-            up_block_types=self.up_block_types,
-            block_out_channels=self.block_out_channels,
-            layers_per_block=self.layers_per_block,
-            act_fn="silu",
-            latent_channels=self.latent_channels,
-            sample_size=self.image_size,
-            num_vq_embeddings=self.num_vq_embeddings,
-            norm_num_groups=self.norm_num_groups,
-            vq_embed_dim=self.vq_embed_dim,
-            norm_type=self.norm_type,
-            mid_block_add_attention=self.mid_block_add_attention,
-            # decode() receives code indices, not latents, so look them up in the codebook.
-            lookup_from_codebook=True,
-        )
-
-    def to_dict(self) -> dict:
-        """A JSON-ready dict (tuples become lists)."""
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "VQConfig":
-        """Build from `to_dict()` output; unknown or missing fields raise ValueError naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown VQConfig fields: {', '.join(unknown)}")
-        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
-        missing = sorted(required - set(data))
-        if missing:
-            raise ValueError(f"missing VQConfig fields: {', '.join(missing)}")
-        return cls(**data)
-
-
-def _taming_f16_16384() -> VQConfig:
-    # taming-transformers vqgan_imagenet_f16_16384: ch 128, ch_mult (1,1,2,2,4), attention
-    # at resolution 16 (the last stage), z_channels = embed_dim = 256.
-    return VQConfig(
-        image_size=256,
-        block_out_channels=(128, 128, 256, 256, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4 + ("AttnDownEncoderBlock2D",),
-        up_block_types=("AttnUpDecoderBlock2D",) + ("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=256,
-        vq_embed_dim=256,
-        num_vq_embeddings=16384,
-        norm_num_groups=32,
-        mid_block_add_attention=True,
-        input_range=(-1.0, 1.0),
-        source="architecture of taming-transformers vqgan_imagenet_f16_16384",
-    )
-
-
-def _shapes_f8() -> VQConfig:
-    # A small f8 tokenizer for the built-in shapes data (48 px → a 6×6 grid), sized to
-    # train to clean reconstructions in about two minutes on a 2-core CPU; bench/vq_train.py
-    # measures it. Flat-colour shapes need no attention; 8-dimensional codes (projected
-    # from 32 latent channels) keep the codebook well used.
-    return VQConfig(
-        image_size=48,
-        block_out_channels=(16, 16, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        latent_channels=32,
-        vq_embed_dim=8,
-        num_vq_embeddings=1024,
-        norm_num_groups=4,
-        mid_block_add_attention=False,
-        input_range=(-1.0, 1.0),
-        source="preset shapes-f8",
-    )
-
-
-def _shapes_f4() -> VQConfig:
-    # The quickstart's tokenizer: 32 px → an 8×8 grid of 4×4-pixel codes. Less compression
-    # than f8 makes colours and edges learnable in the few hundred steps a 2-core CPU
-    # affords in the quickstart's time budget (measured: f8 at 48 px kept colours muddy).
-    return VQConfig(
-        image_size=32,
-        block_out_channels=(16, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        layers_per_block=1,
-        latent_channels=16,
-        vq_embed_dim=16,
-        num_vq_embeddings=256,
-        norm_num_groups=8,
-        mid_block_add_attention=False,
-        input_range=(-1.0, 1.0),
-        source="preset shapes-f4",
-    )
-
-
-VQ_PRESETS = {
-    "taming-f16-16384": _taming_f16_16384,
-    "shapes-f8": _shapes_f8,
-    "shapes-f4": _shapes_f4,
-}
-
-
-def vq_preset(name: str, **overrides) -> VQConfig:
-    """A named VQConfig; keyword overrides replace fields (and are checked like any config)."""
-    if name not in VQ_PRESETS:
-        raise ValueError(f"unknown VQ preset {name!r}; known presets: {', '.join(sorted(VQ_PRESETS))}")
-    config = VQ_PRESETS[name]()
-    return dataclasses.replace(config, **overrides) if overrides else config
 
 
 @dataclass

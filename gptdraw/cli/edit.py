@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-from PIL import Image, UnidentifiedImageError
+from typing import TYPE_CHECKING
 
 from . import UserError
+
+# PIL, torch and transformers load inside the handlers, so that `--help` and argument errors stay fast.
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +61,8 @@ def _settings(args: argparse.Namespace) -> dict:
 
 
 def _open_image(path: str) -> Image.Image:
+    from PIL import Image, UnidentifiedImageError
+
     try:
         with Image.open(path) as image:
             return image.convert("RGB")

@@ -7,9 +7,6 @@ import json
 import re
 from pathlib import Path
 
-from ..animate import save_gif
-from ..pipeline import GPTDrawPipeline
-
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("generate", help="draw pictures for prompts with a trained model")
@@ -33,6 +30,10 @@ def slug(text: str, limit: int = 60) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    # torch and transformers load here, not at import, so that `--help` and argument errors stay fast.
+    from ..animate import save_gif
+    from ..pipeline import GPTDrawPipeline
+
     if args.num_images < 1:
         raise ValueError(f"--num-images must be at least 1, got {args.num_images}")
     pipe = GPTDrawPipeline.from_pretrained(args.model, device=args.device)

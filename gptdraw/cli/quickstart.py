@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
-from ..quickstart import QuickstartConfig, run_quickstart
+# Heavy libraries (torch, transformers, diffusers) load inside the handler, so that building
+# the parser, `--help` and argument errors stay fast. Options left out keep QuickstartConfig's
+# defaults, which live in gptdraw.quickstart (a module that imports torch).
+OVERRIDES = ("train_examples", "eval_examples", "vq_images", "vq_steps", "gpt_steps", "images_per_prompt",
+             "seed", "device")
 
 
 def register(subparsers) -> None:
@@ -14,25 +17,24 @@ def register(subparsers) -> None:
         help="train and draw on the built-in shapes data (about 10 minutes on 2 CPU cores)",
     )
     parser.add_argument("--out", default="runs/quickstart", help="run directory (default: runs/quickstart)")
-    defaults = QuickstartConfig()
-    parser.add_argument("--train-examples", type=int, default=defaults.train_examples)
-    parser.add_argument("--eval-examples", type=int, default=defaults.eval_examples)
-    parser.add_argument("--vq-images", type=int, default=defaults.vq_images)
-    parser.add_argument("--vq-steps", type=int, default=defaults.vq_steps)
-    parser.add_argument("--gpt-steps", type=int, default=defaults.gpt_steps)
-    parser.add_argument("--images-per-prompt", type=int, default=defaults.images_per_prompt)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--device", default=defaults.device)
+    parser.add_argument("--train-examples", type=int)
+    parser.add_argument("--eval-examples", type=int)
+    parser.add_argument("--vq-images", type=int)
+    parser.add_argument("--vq-steps", type=int)
+    parser.add_argument("--gpt-steps", type=int)
+    parser.add_argument("--images-per-prompt", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = replace(
-        QuickstartConfig(),
-        train_examples=args.train_examples, eval_examples=args.eval_examples, vq_images=args.vq_images,
-        vq_steps=args.vq_steps, gpt_steps=args.gpt_steps, images_per_prompt=args.images_per_prompt,
-        seed=args.seed, device=args.device,
-    )
+    from dataclasses import replace
+
+    from ..quickstart import QuickstartConfig, run_quickstart
+
+    given = {name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None}
+    config = replace(QuickstartConfig(), **given)
     report = run_quickstart(args.out, config)
     print(
         f"held-out prompts drawn correctly: {report['one_object_accuracy']:.0%} of one-object, "

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+# gptdraw.config holds only dataclasses, so its presets can fill the parser. The modules that
+# import torch and transformers load inside the handler, so that `--help` and argument errors
+# stay fast.
 from ..config import TRAIN_PRESETS, model_preset, train_preset
-from ..data.prepare import image_tokenizer_identity
-from ..data.shards import ShardDataset
-from ..model import adapt_pretrained_gpt2
-from ..sequence import SequenceLayout
-from ..sampling import SamplingSettings
-from ..text import CaptionTokenizer
-from ..train import train
-from ..vqgan import ImageTokenizer
+
+if TYPE_CHECKING:
+    from ..vqgan import ImageTokenizer
 
 
 def register(subparsers) -> None:
@@ -58,6 +57,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.shards import ShardDataset
+    from ..model import adapt_pretrained_gpt2
+    from ..sampling import SamplingSettings
+    from ..sequence import SequenceLayout
+    from ..text import CaptionTokenizer
+    from ..train import train
+
     data_dir = Path(args.data)
     config = train_preset(
         args.preset,
@@ -102,6 +108,9 @@ def run(args: argparse.Namespace) -> int:
 
 def dataset_image_tokenizer(data_dir: Path, manifest: dict, vq: str | None) -> ImageTokenizer:
     """The image tokenizer a dataset was encoded with; refuses one whose weights differ."""
+    from ..data.prepare import image_tokenizer_identity
+    from ..vqgan import ImageTokenizer
+
     recorded = manifest.get("image_tokenizer_path")
     path = Path(vq) if vq else (Path(recorded) if recorded else None)
     if path is None:

@@ -11,14 +11,12 @@ import logging
 from pathlib import Path
 
 from gptdraw.cli import UserError
+from gptdraw.vq_config import PRECISIONS, VQ_PRESETS, VQTrainConfig, vq_preset
 
 logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from gptdraw.vq_train import VQTrainConfig
-    from gptdraw.vqgan import VQ_PRESETS
-
     defaults = VQTrainConfig()
     parser = subparsers.add_parser(
         "train-vq",
@@ -36,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--autoencoder-warmup", type=float, default=defaults.autoencoder_warmup, metavar="FRACTION",
                         help="fraction of the steps trained without quantisation before the codebook starts "
                         "(default: %(default)s; 0 for shapes-f4, measured best)")
-    parser.add_argument("--precision", default=defaults.precision, choices=("auto", "bf16", "fp32"),
+    parser.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
                         help="autocast precision (default: %(default)s: bf16 where the hardware has it)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     data = parser.add_mutually_exclusive_group()
@@ -53,8 +51,7 @@ def run_train_vq(args: argparse.Namespace) -> int:
     import torch
 
     from gptdraw.images import load_image_folder
-    from gptdraw.vq_train import VQTrainConfig, shapes_images, train_vq
-    from gptdraw.vqgan import vq_preset
+    from gptdraw.vq_train import shapes_images, train_vq
 
     for name in ("steps", "batch_size", "shapes_count", "image_size"):
         value = getattr(args, name)
@@ -77,7 +74,7 @@ def run_train_vq(args: argparse.Namespace) -> int:
         if len(images) == 0:
             raise UserError(f"no readable images under {args.images}")
     else:
-        images = shapes_images(args.shapes_count or 8000, image_size, seed=args.seed)
+        images = shapes_images(args.shapes_count or 8000, image_size, seed=config.seed)
 
     result = train_vq(config, images, args.out, device=device)
     print(

@@ -11,16 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-import numpy as np
-import torch
-from tqdm import tqdm
+from typing import TYPE_CHECKING
 
 from gptdraw.cli import UserError
-from gptdraw.images import pil_to_tensor, tensor_to_pil
-from gptdraw.vq_convert import convert_to_directory
-from gptdraw.vq_eval import evaluate_reconstruction, list_images, load_images
-from gptdraw.vqgan import ImageTokenizer
+
+# numpy, torch, diffusers and the gptdraw modules built on them load inside the handlers,
+# so that building the parser, `--help` and argument errors stay fast.
+if TYPE_CHECKING:
+    import torch
 
 INPUT_RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0)}
 
@@ -90,6 +88,8 @@ def _input_range(text: str) -> tuple[float, float]:
 
 
 def _device(name: str | None) -> torch.device:
+    import torch
+
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -104,6 +104,8 @@ def _positive(name: str, value: int | None) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from gptdraw.vq_convert import convert_to_directory
+
     _positive("--image-size", args.image_size)
     tokenizer, converted = convert_to_directory(
         args.source,
@@ -125,6 +127,13 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 def run_encode(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from gptdraw.images import pil_to_tensor
+    from gptdraw.vq_eval import load_images
+    from gptdraw.vqgan import ImageTokenizer
+
     _positive("--batch-size", args.batch_size)
     _positive("--image-size", args.image_size)
     if args.out.suffix != ".npy":
@@ -161,6 +170,13 @@ def run_encode(args: argparse.Namespace) -> int:
 
 
 def run_decode(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from gptdraw.images import tensor_to_pil
+    from gptdraw.vqgan import ImageTokenizer
+
     _positive("--batch-size", args.batch_size)
     if not args.codes.is_file():
         raise FileNotFoundError(f"codes file not found: {args.codes}")
@@ -188,6 +204,9 @@ def run_decode(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from gptdraw.vq_eval import evaluate_reconstruction, list_images
+    from gptdraw.vqgan import ImageTokenizer
+
     _positive("--batch-size", args.batch_size)
     _positive("--image-size", args.image_size)
     _positive("--limit", args.limit)
