@@ -4,8 +4,9 @@ Times a batch of prompts (default 16) drawn to whole images with classifier-free
 with random weights (speed does not depend on them), in the reference layout by default:
 64 caption tokens + 16×16 codes from a 16,384-code VQGAN (taming f16 architecture).
 
-- fast: `CodeDrawer` (static KV cache, CFG as one batch of 2B rows, codebook-only logits,
-  optionally a compiled decode step: CUDA graphs on a GPU), then one batched VQGAN decode.
+- fast: `CodeDrawer` (static KV cache, CFG as one batch of 2B rows mixed before the LM head,
+  codebook-only logits, optionally a compiled decode step: CUDA graphs on a GPU), then one
+  batched VQGAN decode.
 - baseline: `gpt.generate` on the same captions, settings and dtype. Its guidance is
   transformers' own (`guidance_scale` + `negative_prompt_ids` = the blank caption: an
   UnbatchedClassifierFreeGuidanceLogitsProcessor, which runs the blank rows as a second
@@ -14,8 +15,15 @@ with random weights (speed does not depend on them), in the reference layout by 
   (`ImageCodesOnly`) masks everything but image codes before temperature/top-k/top-p, as
   gptdraw's sampler draws only codes. The same VQGAN decode (timed once) is added to it.
 
+With --compile the fast loop's decode step is compiled; the first draw (which compiles) is
+timed apart from the steady state, and one uncompiled draw with the same seed checks that the
+compiled step draws the same codes (and gives the compile speedup).
+
 Prints one JSON object (and writes it to --out): seconds, baseline_seconds, speedup (both
-including the decode), their sampling-only parts, seconds per image, and the device.
+including the decode), their sampling-only parts, seconds per image, and the device. On a CPU
+it also gives each timing's process CPU time and the load average before and after, because
+wall-clock times on a shared machine depend on the other processes (with one torch thread,
+CPU seconds are about the wall-clock seconds of an idle machine).
 
     python bench/generate.py                                   # reference layout, gpt-draw preset
     python bench/generate.py --preset tiny --text-len 16 --grid 8 --codebook 1024 \\
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -38,7 +47,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from gptdraw.config import model_preset
 from gptdraw.model import build_model
 from gptdraw.pipeline import resolve_device, resolve_dtype
-from gptdraw.sampling import CodeDrawer, DecodeOptions, SamplingSettings
+from gptdraw.sampling import CodeDrawer, DecodeOptions, SamplingSettings, sample_codes
 from gptdraw.sequence import SequenceLayout
 from gptdraw.vqgan import ImageTokenizer, vq_preset
 
@@ -74,12 +83,51 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(function, device: torch.device) -> tuple[float, object]:
-    synchronize(device)
-    started = time.perf_counter()
-    result = function()
-    synchronize(device)
-    return time.perf_counter() - started, result
+class Timing:
+    """Wall-clock and process CPU seconds of the runs of one thing."""
+
+    def __init__(self):
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def run(self, function, device: torch.device):
+        synchronize(device)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        result = function()
+        synchronize(device)
+        self.wall.append(time.perf_counter() - started)
+        self.cpu.append(time.process_time() - cpu_started)
+        return result
+
+    def median(self) -> float:
+        return statistics.median(self.wall) if self.wall else 0.0
+
+    def median_cpu(self) -> float:
+        return statistics.median(self.cpu) if self.cpu else 0.0
+
+
+def loadavg() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (Linux), to judge how shared the CPU was."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def first_difference(codes: torch.Tensor, reference: torch.Tensor) -> int | None:
+    """The first step (code position) where any image differs, or None."""
+    differs = (codes.reshape(codes.shape[0], -1) != reference.reshape(reference.shape[0], -1)).any(dim=0)
+    return int(differs.nonzero()[0]) if differs.any() else None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -96,14 +144,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU that has it), float32, bfloat16")
     parser.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on a GPU)")
     parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument("--compile-mode", default=None,
+                        help="torch.compile mode for inductor (default: reduce-overhead on a GPU, default on a CPU)")
     parser.add_argument("--cfg-scale", type=float, default=3.0)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of each first (compiles)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs of generate and the VQGAN decode first "
+                        "(the fast loop's first draw, which compiles, is timed apart)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each; the median is reported")
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch (0: torch's default); 1 is steadier on a shared machine")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip transformers' generate (speedups are then null): for quick runs of the fast loop")
     parser.add_argument("--out", default="bench/out/generate.json", help="JSON file to write")
     args = parser.parse_args(argv)
     if args.threads:
@@ -128,13 +181,14 @@ def main(argv: list[str] | None = None) -> dict:
     caption_ids = caption_ids.to(device)
     blank = torch.full_like(caption_ids, layout.pad_id)
 
-    drawer = CodeDrawer(gpt, layout, DecodeOptions(compile=args.compile, backend=args.compile_backend))
+    load_before = loadavg()
+    drawer = CodeDrawer(gpt, layout, DecodeOptions(
+        compile=args.compile, backend=args.compile_backend, mode=args.compile_mode
+    ))
 
-    def fast() -> torch.Tensor:
-        codes = None
-        for codes in drawer.iter_codes(caption_ids, settings, torch.Generator(device).manual_seed(0)):
-            pass
-        return codes.reshape(args.batch, args.grid, args.grid)  # (B, h, w)
+    def fast(with_drawer: CodeDrawer = drawer) -> torch.Tensor:
+        steps = with_drawer.iter_codes(caption_ids, settings, torch.Generator(device).manual_seed(0))
+        return sample_codes(steps, layout)  # (B, h, w)
 
     @torch.inference_mode()
     def baseline() -> torch.Tensor:
@@ -160,32 +214,51 @@ def main(argv: list[str] | None = None) -> dict:
     def decode(codes: torch.Tensor) -> torch.Tensor:
         return tokenizer.decode(codes)  # one batched call for all images
 
+    # The first fast draw compiles a compiled step: timed on its own, never in the median.
+    first, fast_runs, baseline_runs, decode_runs = Timing(), Timing(), Timing(), Timing()
+    codes = first.run(fast, device)
     for _ in range(args.warmup):
-        codes = fast()
-        baseline()
+        if not args.no_baseline:
+            baseline()
         if tokenizer is not None:
             decode(codes)
-
-    fast_runs, baseline_runs, decode_runs = [], [], []
     for _ in range(args.repeats):
-        seconds, codes = timed(fast, device)
-        fast_runs.append(seconds)
-        seconds, baseline_codes = timed(baseline, device)
-        baseline_runs.append(seconds)
+        codes = fast_runs.run(fast, device)
+        if not args.no_baseline:
+            baseline_codes = baseline_runs.run(baseline, device)
+            assert baseline_codes.min() >= 0 and baseline_codes.max() < layout.codebook_size, "generate drew a non-code"
         if tokenizer is not None:
-            decode_runs.append(timed(lambda: decode(codes), device)[0])
+            decode_runs.run(lambda: decode(codes), device)
     assert codes.min() >= 0 and codes.max() < layout.codebook_size
-    assert baseline_codes.min() >= 0 and baseline_codes.max() < layout.codebook_size, "generate drew a non-code"
+    check = None
+    if args.compile:  # the compiled step must draw what the uncompiled one draws
+        uncompiled = Timing()
+        reference = uncompiled.run(lambda: fast(CodeDrawer(gpt, layout)), device)
+        check = {
+            "codes_equal": bool(torch.equal(codes, reference)),
+            "equal_fraction": float((codes == reference).float().mean()),
+            "images_equal": int((codes == reference).flatten(1).all(dim=1).sum()),
+            "first_difference_step": first_difference(codes, reference),
+            "uncompiled_sampling_seconds": uncompiled.median(),
+            "uncompiled_sampling_cpu_seconds": uncompiled.median_cpu(),
+        }
 
-    sampling = statistics.median(fast_runs)
-    baseline_sampling = statistics.median(baseline_runs)
-    decoding = statistics.median(decode_runs) if decode_runs else 0.0
+    sampling = fast_runs.median() if fast_runs.wall else first.median()
+    baseline_sampling = baseline_runs.median() if baseline_runs.wall else None
+    decoding = decode_runs.median()
+
+    def per_image(seconds: float | None) -> float | None:
+        return None if seconds is None else seconds / args.batch
+
+    total = sampling + decoding
+    baseline_total = None if baseline_sampling is None else baseline_sampling + decoding
     result = {
         "benchmark": "generate",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        else f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)",
         "dtype": str(dtype).removeprefix("torch."),
         "compile": args.compile,
+        "compile_backend": args.compile_backend if args.compile else None,
         "preset": args.preset,
         "parameters": sum(p.numel() for p in gpt.parameters()),
         "batch": args.batch,
@@ -193,17 +266,28 @@ def main(argv: list[str] | None = None) -> dict:
                    "codebook": layout.codebook_size},
         "vq": args.vq,
         "settings": settings.to_dict(),
-        "seconds": sampling + decoding,
-        "baseline_seconds": baseline_sampling + decoding,
-        "speedup": (baseline_sampling + decoding) / (sampling + decoding),
+        "seconds": total,
+        "baseline_seconds": baseline_total,
+        "speedup": None if baseline_total is None else baseline_total / total,
         "sampling_seconds": sampling,
         "baseline_sampling_seconds": baseline_sampling,
-        "sampling_speedup": baseline_sampling / sampling,
+        "sampling_speedup": None if baseline_sampling is None else baseline_sampling / sampling,
         "decode_seconds": decoding,
-        "seconds_per_image": (sampling + decoding) / args.batch,
-        "baseline_seconds_per_image": (baseline_sampling + decoding) / args.batch,
+        "seconds_per_image": per_image(total),
+        "baseline_seconds_per_image": per_image(baseline_total),
+        "sampling_seconds_per_image": per_image(sampling),
         "codes_per_second": args.batch * layout.image_len / sampling,
-        "runs": {"fast": fast_runs, "baseline": baseline_runs, "decode": decode_runs},
+        # Process CPU seconds (all torch threads): steadier than wall-clock on a shared machine.
+        "sampling_cpu_seconds": fast_runs.median_cpu() if fast_runs.cpu else first.median_cpu(),
+        "baseline_sampling_cpu_seconds": baseline_runs.median_cpu() if baseline_runs.cpu else None,
+        "sampling_cpu_speedup": baseline_runs.median_cpu() / fast_runs.median_cpu()
+        if baseline_runs.cpu and fast_runs.cpu else None,
+        "first_draw_seconds": first.median(),
+        "compile_seconds": first.median() - fast_runs.median() if args.compile and fast_runs.wall else None,
+        "compiled_check": check,
+        "runs": {"first": first.wall, "fast": fast_runs.wall, "baseline": baseline_runs.wall, "decode": decode_runs.wall,
+                 "fast_cpu": fast_runs.cpu, "baseline_cpu": baseline_runs.cpu},
+        "loadavg": {"before": load_before, "after": loadavg(), "cpus": os.cpu_count()},
         "baseline": "GPT2LMHeadModel.generate, guidance_scale + negative_prompt_ids (blank caption), "
                     "logits processor masking all but image codes, same dtype, batch and settings",
         "torch": torch.__version__,

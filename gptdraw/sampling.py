@@ -1,13 +1,15 @@
 """Drawing: continue captions with image codes, one code at a time.
 
-Two loops draw the same codes for the same seed:
+One class, `CodeDrawer`, draws for one GPT; its `iter_codes` yields the codes after every step.
+It runs one of two loops, which draw the same codes for the same seed:
 
-- `CodeDrawer`, the fast one: a static, preallocated KV cache; classifier-free guidance as
-  one batch of 2B rows (conditional rows, then blank-caption rows) whose logits are mixed as
-  `uncond + scale·(cond − uncond)`; logits computed for the image codes only; and a decode
-  step of fixed shapes that can be compiled (`DecodeOptions(compile=True)`: CUDA graphs on
-  a GPU through torch.compile's "reduce-overhead" mode).
-- the plain reference loop (`iter_codes(..., use_cache=False)`), which runs the whole
+- the fast one (the default): a static, preallocated KV cache; classifier-free guidance as
+  one batch of 2B rows (conditional rows, then blank-caption rows) whose last hidden states
+  are mixed as `uncond + scale·(cond − uncond)` before the LM head (the head is linear, so
+  this is mixing the logits, for half the head's work); logits computed for the image codes
+  only; and a decode step of fixed shapes that can be compiled (`DecodeOptions(compile=True)`:
+  CUDA graphs on a GPU through torch.compile's "reduce-overhead" mode).
+- the plain reference loop (`DecodeOptions(use_cache=False)`), which runs the whole
   sequence through the model for every code. It exists to check the fast one.
 
 Both choose codes with the same function, `pick_codes`, from the same random numbers:
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -64,10 +66,12 @@ class SamplingSettings:
 class Knobs(NamedTuple):
     """SamplingSettings as the sampler's step takes them.
 
-    Temperature and guidance scale are 0-d tensors. For a compiled step top_k and top_p
-    are tensors too, so new settings reuse the compiled step instead of compiling another;
-    for the uncompiled loops they stay numbers, so that a filter which keeps everything
-    (top_k 0, top_p 1) is skipped instead of sorting the codebook at every step.
+    Temperature and guidance scale are 0-d tensors. For a compiled step, top_k and top_p
+    are tensors when they filter, so other filter values reuse the compiled step instead of
+    compiling another. Filters that keep everything (top_k 0, top_p 1) stay numbers, so the
+    step skips them instead of sorting the codebook at every step; a compiled step then
+    compiles once with and once without filtering (on a CPU the sort of 16 × 16,384 logits
+    costs more than a small GPT's whole step).
     """
 
     temperature: torch.Tensor
@@ -78,10 +82,11 @@ class Knobs(NamedTuple):
     @classmethod
     def of(cls, settings: SamplingSettings, device: torch.device | str, compiled: bool = False) -> "Knobs":
         as_float = dict(dtype=torch.float32, device=device)
+        as_tensors = compiled and (settings.top_k > 0 or settings.top_p < 1.0)
         return cls(
             temperature=torch.tensor(settings.temperature, **as_float),
-            top_k=torch.tensor(settings.top_k, dtype=torch.long, device=device) if compiled else settings.top_k,
-            top_p=torch.tensor(settings.top_p, **as_float) if compiled else settings.top_p,
+            top_k=torch.tensor(settings.top_k, dtype=torch.long, device=device) if as_tensors else settings.top_k,
+            top_p=torch.tensor(settings.top_p, **as_float) if as_tensors else settings.top_p,
             cfg_scale=torch.tensor(settings.cfg_scale, **as_float),
         )
 
@@ -146,14 +151,6 @@ def pick_codes(logits: torch.Tensor, uniform: torch.Tensor, knobs: Knobs) -> tor
     return torch.where(knobs.temperature > 0, sampled, greedy)
 
 
-def choose_next(
-    logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator | None
-) -> torch.Tensor:
-    """(B, V) float32 logits → (B,) chosen indices (the sampler's rule, for one step)."""
-    uniform = _uniform_for(settings, logits.shape[0], generator, logits.device)
-    return pick_codes(logits, uniform, Knobs.of(settings, logits.device))
-
-
 def _uniform_for(settings: SamplingSettings, batch: int, generator, device) -> torch.Tensor:
     # Greedy drawing uses no randomness, so it leaves the generator untouched.
     if settings.temperature == 0:
@@ -185,15 +182,20 @@ def last_hidden(gpt: GPT2LMHeadModel, tokens: torch.Tensor, cache: StaticCache |
     return out.last_hidden_state[:, -1]
 
 
-def mix_and_pick(logits: torch.Tensor, uniform: torch.Tensor, knobs: Knobs) -> torch.Tensor:
-    """Logits of B or 2B rows (conditional, then blank-caption) → (B,) codes.
+def next_codes(
+    gpt: GPT2LMHeadModel, layout: SequenceLayout, hidden: torch.Tensor, uniform: torch.Tensor, knobs: Knobs
+) -> torch.Tensor:
+    """Last hidden states of B or 2B rows (conditional, then blank-caption) → (B,) chosen codes.
 
-    The rows are guided when there are twice as many as (B, 1) uniform numbers.
+    The rows are guided when there are twice as many as (B, 1) uniform numbers. Guidance is
+    mixed on the hidden states, before the LM head: the head is linear (h·Wᵀ + b), so
+    uncond + s·(cond − uncond) of the hidden states gives the same logits as of the logits,
+    and the head multiplies B rows instead of 2B.
     """
-    if logits.shape[0] == 2 * uniform.shape[0]:
-        cond, uncond = logits.chunk(2)  # (B, K) each
-        logits = apply_cfg(cond, uncond, knobs.cfg_scale)
-    return pick_codes(logits, uniform, knobs)
+    if hidden.shape[0] == 2 * uniform.shape[0]:
+        cond, uncond = hidden.float().chunk(2)  # (B, C) each
+        hidden = apply_cfg(cond, uncond, knobs.cfg_scale).to(hidden.dtype)
+    return pick_codes(image_logits(gpt, layout, hidden), uniform, knobs)
 
 
 def model_rows(caption_ids: torch.Tensor, layout: SequenceLayout, guided: bool) -> torch.Tensor:
@@ -229,39 +231,14 @@ def _check_inputs(layout: SequenceLayout, caption_ids: torch.Tensor, codes: torc
 
 
 # ------------------------------------------------------------------------------------ the loops
-@torch.inference_mode()
-def reference_codes(
-    gpt: GPT2LMHeadModel,
-    layout: SequenceLayout,
-    caption_ids: torch.Tensor,
-    settings: SamplingSettings = SamplingSettings(),
-    generator: torch.Generator | None = None,
-    prefix_codes: torch.Tensor | None = None,
-) -> Iterator[torch.Tensor]:
-    """The plain loop: every step runs the whole sequence so far, without a cache."""
-    device = next(gpt.parameters()).device
-    caption_ids = caption_ids.to(device=device, dtype=torch.long)
-    codes = _start_codes(caption_ids, prefix_codes)
-    _check_inputs(layout, caption_ids, codes)
-    knobs = Knobs.of(settings, device)
-    rows = model_rows(caption_ids, layout, settings.guided)
-    if codes.shape[1] == layout.image_len:
-        yield codes
-    while codes.shape[1] < layout.image_len:
-        ids = torch.cat([rows, code_tokens(codes, layout, settings.guided)], dim=1)
-        hidden = last_hidden(gpt, ids)  # (rows, C)
-        uniform = _uniform_for(settings, codes.shape[0], generator, device)
-        chosen = mix_and_pick(image_logits(gpt, layout, hidden), uniform, knobs)  # (B,)
-        codes = torch.cat([codes, chosen[:, None]], dim=1)
-        yield codes
-
-
 @dataclass(frozen=True)
 class DecodeOptions:
-    """How the fast loop runs its one-code decode step."""
+    """How a CodeDrawer runs its steps."""
 
+    use_cache: bool = True
+    """The fast loop; False runs the plain reference loop, without a cache, to check it."""
     compile: bool = False
-    """torch.compile the decode step (fixed shapes, a whole graph). Worth it on a GPU."""
+    """torch.compile the fast loop's decode step (fixed shapes, a whole graph). Worth it on a GPU."""
     backend: str | Callable = "inductor"
     """torch.compile backend; "aot_eager" or "eager" trace the step without generating code."""
     mode: str | None = None
@@ -271,6 +248,8 @@ class DecodeOptions:
     def __post_init__(self):
         if self.mode is not None and self.backend != "inductor":
             raise ValueError(f"a compile mode needs the inductor backend, not {self.backend!r}")
+        if self.compile and not self.use_cache:
+            raise ValueError("only the fast loop (use_cache=True) has a decode step to compile")
 
 
 def compiled_batch_size(batch: int) -> int:
@@ -279,14 +258,19 @@ def compiled_batch_size(batch: int) -> int:
     return 1 << (batch - 1).bit_length()
 
 
+# Compilations one compiled drawer may make: batches padded to 1, 2, … 64 (7 sizes) × guidance
+# on or off × filtering on or off is 28. Past it torch.compile(fullgraph=True) raises.
+COMPILATION_LIMIT = 32
+
+
 class CodeDrawer:
-    """The fast loop, for one GPT: static KV caches, batched guidance, an optional compiled step.
+    """Draws image codes for one GPT: static KV caches, batched guidance, an optional compiled step.
 
     Caches (one per row count) and the compiled step live as long as the drawer, so that
     later drawings reuse them. With compile on, batches are padded to a power of two (the
     padding rows draw nothing that is kept), so a few compiled shapes serve every batch size:
-    each (padded batch, guidance on or off) compiles once, and torch's default limit of 8
-    compilations per function covers batches up to 8 with and without guidance.
+    each (padded batch, guidance on or off, top-k/top-p filtering on or off) compiles once,
+    counted per drawer (see COMPILATION_LIMIT).
     A compiled drawer shares its caches between drawings, so one drawing runs at a time
     (others wait for it); an uncompiled one allocates a cache per drawing.
     """
@@ -304,33 +288,13 @@ class CodeDrawer:
             if mode is None and options.backend == "inductor" and self.device.type == "cuda":
                 mode = "reduce-overhead"
             self._step = torch.compile(
-                self._decode_step, backend=options.backend, mode=mode, fullgraph=True, dynamic=False
+                self._decode_step, backend=options.backend, mode=mode, fullgraph=True, dynamic=False,
+                recompile_limit=COMPILATION_LIMIT, isolate_recompiles=True,
             )
 
     @property
     def device(self) -> torch.device:
         return next(self.gpt.parameters()).device
-
-    def _cache(self, rows: int) -> StaticCache:
-        dtype = next(self.gpt.parameters()).dtype
-        key = (rows, dtype, self.device)
-        cache = self._caches.get(key)
-        if cache is None:
-            cache = StaticCache(config=self.gpt.config, max_cache_len=self.layout.seq_len)
-            if self.options.compile:  # an uncompiled drawer allocates per drawing, keeping no memory
-                self._caches[key] = cache
-        else:
-            cache.reset()
-        return cache
-
-    def _decode_step(
-        self, cache: StaticCache, tokens: torch.Tensor, uniform: torch.Tensor, knobs: Knobs
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Runs (R, n) new tokens through the cached model; returns (B,) codes and their (R, 1) tokens."""
-        hidden = last_hidden(self.gpt, tokens, cache)  # (R, C)
-        chosen = mix_and_pick(image_logits(self.gpt, self.layout, hidden), uniform, knobs)  # (B,)
-        guided = tokens.shape[0] == 2 * uniform.shape[0]
-        return chosen, code_tokens(chosen[:, None], self.layout, guided)
 
     @torch.inference_mode()
     def iter_codes(
@@ -342,28 +306,46 @@ class CodeDrawer:
     ) -> Iterator[torch.Tensor]:
         """Draws codes for (B, text_len) caption ids, yielding the (B, n) codes after each step.
 
-        prefix_codes: (B, n0) codes already fixed (an image prompt); drawing continues after them.
+        prefix_codes: (B, n0) codes already fixed (an image prompt); drawing continues after them
+        (a prefix that fills the image is yielded once as it is). Only image codes can be drawn.
+        The same generator state draws the same codes in either loop, compiled or not.
         """
+        caption_ids = caption_ids.to(device=self.device, dtype=torch.long)
+        codes = _start_codes(caption_ids, prefix_codes)
+        _check_inputs(self.layout, caption_ids, codes)
+        if codes.shape[1] == self.layout.image_len:
+            yield codes
+            return
+        if not self.options.use_cache:
+            yield from self._reference_steps(caption_ids, codes, settings, generator)
+            return
         if not self.options.compile:  # nothing shared between drawings: no need to wait
-            yield from self._draw(caption_ids, settings, generator, prefix_codes)
+            yield from self._cached_steps(caption_ids, codes, settings, generator)
             return
         if self._owner == threading.get_ident():
             raise RuntimeError("this thread is already drawing with this compiled drawer; finish that drawing first")
         with self._lock:
             self._owner = threading.get_ident()
             try:
-                yield from self._draw(caption_ids, settings, generator, prefix_codes)
+                yield from self._cached_steps(caption_ids, codes, settings, generator)
             finally:
                 self._owner = None
 
-    def _draw(self, caption_ids, settings, generator, prefix_codes) -> Iterator[torch.Tensor]:
+    def _reference_steps(self, caption_ids, codes, settings, generator) -> Iterator[torch.Tensor]:
+        """The plain loop: every step runs the whole sequence so far, without a cache."""
         layout, device = self.layout, self.device
-        caption_ids = caption_ids.to(device=device, dtype=torch.long)
-        codes = _start_codes(caption_ids, prefix_codes)
-        _check_inputs(layout, caption_ids, codes)
-        if codes.shape[1] == layout.image_len:
+        knobs = Knobs.of(settings, device)
+        rows = model_rows(caption_ids, layout, settings.guided)
+        while codes.shape[1] < layout.image_len:
+            ids = torch.cat([rows, code_tokens(codes, layout, settings.guided)], dim=1)
+            uniform = _uniform_for(settings, codes.shape[0], generator, device)
+            chosen = next_codes(self.gpt, layout, last_hidden(self.gpt, ids), uniform, knobs)  # (B,)
+            codes = torch.cat([codes, chosen[:, None]], dim=1)
             yield codes
-            return
+
+    def _cached_steps(self, caption_ids, codes, settings, generator) -> Iterator[torch.Tensor]:
+        """The fast loop: one uncompiled prefill, then one fixed-shape decode step per code."""
+        layout, device = self.layout, self.device
         batch = caption_ids.shape[0]
         padded = compiled_batch_size(batch) if self.options.compile else batch
         padding = padded - batch
@@ -399,45 +381,33 @@ class CodeDrawer:
             codes = torch.cat([codes, chosen[:batch, None]], dim=1)
             yield codes
 
+    def _cache(self, rows: int) -> StaticCache:
+        dtype = next(self.gpt.parameters()).dtype
+        key = (rows, dtype, self.device)
+        cache = self._caches.get(key)
+        if cache is None:
+            cache = StaticCache(config=self.gpt.config, max_cache_len=self.layout.seq_len)
+            if self.options.compile:  # an uncompiled drawer allocates per drawing, keeping no memory
+                self._caches[key] = cache
+        else:
+            cache.reset()
+        return cache
 
-def iter_codes(
-    gpt: GPT2LMHeadModel,
-    layout: SequenceLayout,
-    caption_ids: torch.Tensor,
-    settings: SamplingSettings = SamplingSettings(),
-    generator: torch.Generator | None = None,
-    prefix_codes: torch.Tensor | None = None,
-    use_cache: bool = True,
-    drawer: CodeDrawer | None = None,
-) -> Iterator[torch.Tensor]:
-    """Draws image codes for (B, text_len) caption ids, yielding (B, n) codes after each step.
-
-    prefix_codes: (B, n0) codes already fixed (an image prompt); drawing continues after them
-    (a prefix that fills the image is yielded once as it is).
-    use_cache: the fast loop (`drawer`, or a new uncompiled CodeDrawer); False runs the plain
-    reference loop. Both draw the same codes for the same generator state.
-    Only image codes can be drawn: the logits are those of the codebook's range.
-    """
-    if not use_cache:
-        return reference_codes(gpt, layout, caption_ids, settings, generator, prefix_codes)
-    drawer = drawer if drawer is not None else CodeDrawer(gpt, layout)
-    if drawer.gpt is not gpt or drawer.layout != layout:
-        raise ValueError("the drawer was made for another GPT or layout")
-    return drawer.iter_codes(caption_ids, settings, generator, prefix_codes)
+    def _decode_step(
+        self, cache: StaticCache, tokens: torch.Tensor, uniform: torch.Tensor, knobs: Knobs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Runs (R, n) new tokens through the cached model; returns (B,) codes and their (R, 1) tokens."""
+        hidden = last_hidden(self.gpt, tokens, cache)  # (R, C)
+        chosen = next_codes(self.gpt, self.layout, hidden, uniform, knobs)  # (B,)
+        guided = tokens.shape[0] == 2 * uniform.shape[0]
+        return chosen, code_tokens(chosen[:, None], self.layout, guided)
 
 
-def sample_codes(
-    gpt: GPT2LMHeadModel,
-    layout: SequenceLayout,
-    caption_ids: torch.Tensor,
-    settings: SamplingSettings = SamplingSettings(),
-    generator: torch.Generator | None = None,
-    prefix_codes: torch.Tensor | None = None,
-    use_cache: bool = True,
-    drawer: CodeDrawer | None = None,
-) -> torch.Tensor:
-    """Draws a whole image of codes: (B, text_len) caption ids → (B, h, w) codes."""
+def sample_codes(steps: Iterable[torch.Tensor], layout: SequenceLayout) -> torch.Tensor:
+    """Runs a drawing (`CodeDrawer.iter_codes`) to its end: the last (B, h·w) codes as (B, h, w)."""
     codes = None
-    for codes in iter_codes(gpt, layout, caption_ids, settings, generator, prefix_codes, use_cache, drawer):
+    for codes in steps:
         pass
-    return codes.reshape(caption_ids.shape[0], *layout.grid)  # (B, h, w)
+    if codes is None or codes.shape[1] != layout.image_len:
+        raise ValueError("the drawing ended before its image was whole")
+    return codes.reshape(codes.shape[0], *layout.grid)  # (B, h, w)

@@ -5,6 +5,11 @@ learning rate — is a pure function of (seed, step), and a checkpoint holds the
 optimiser and the step. So a run killed at any moment and resumed from its last checkpoint
 takes exactly the steps an uninterrupted run would have taken.
 
+The same loop runs on one process, under DDP, or under FSDP (`accelerate launch --use_fsdp
+--fsdp_version 2`), where each process holds only a shard of the weights and optimiser state.
+Checkpoints are always gathered whole, in the files a single process writes, so a run can
+resume under another launcher or process count (same global batch: micro-batch × processes).
+
 Run directory (`--out`), which is also a model directory that `gptdraw generate` reads:
 
     transformer/ text_tokenizer/ image_tokenizer/ gptdraw.json   the model (updated at each checkpoint)
@@ -17,6 +22,7 @@ Run directory (`--out`), which is also a model directory that `gptdraw generate`
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -35,7 +41,7 @@ from tqdm.auto import tqdm
 from .config import TrainConfig
 from .data.loader import EpochBatches
 from .images import make_grid
-from .model import TrainingForward, build_model, check_model_fits_layout, sequence_loss, split_targets, weighted_loss
+from .model import TrainingForward, build_model, check_model_fits_layout, split_targets, weighted_loss
 from .pipeline import GPTDrawPipeline
 from .sampling import SamplingSettings
 from .sequence import SequenceLayout
@@ -66,6 +72,9 @@ class TrainResult:
     """Wall time of this invocation."""
     tokens_per_s: float
     """Training tokens per second over this invocation, all processes together."""
+    main_process: bool = True
+    """Whether this is the process that logs and writes the run directory (the others return
+    the same figures), so that callers print them once."""
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -119,8 +128,76 @@ def list_checkpoints(out_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(out_dir: Path, step: int, model, optimizer, config: TrainConfig, layout: SequenceLayout, history: dict) -> Path:
-    """Writes a checkpoint to a temporary directory and renames it into place."""
+def gather_model_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The GPT's whole weights on the CPU, keyed as GPT2LMHeadModel keys them (less the tied head).
+
+    model: the prepared TrainingForward (plain, DDP or FSDP). Under FSDP the shards are
+    gathered, so every process must call this; only the main process gets the weights
+    (the others get an empty dict), so that one copy of the model exists on the CPUs.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # TrainingForward holds the GPT as `.gpt`; wrappers (DDP, FSDP, compile) add nothing to these
+    # names. The LM head is left out: it is tied to the token embedding.
+    return {name.removeprefix("gpt."): tensor for name, tensor in state.items() if name != "gpt.lm_head.weight"}
+
+
+def gather_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The whole optimiser state on the CPU, numbered as torch's `optimizer.state_dict()` numbers
+    it (parameters 0, 1, … through the groups), so that a single process can load it.
+
+    Under FSDP every process must call this; only the main process gets the state.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    named = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not named:
+        return {}
+    # torch numbers parameters in the order the groups list them: the same order as these names.
+    number = {name: i for i, name in enumerate(name for group in named["param_groups"] for name in group["params"])}
+    return {
+        "state": {number[name]: value for name, value in named["state"].items()},
+        "param_groups": [{**group, "params": [number[name] for name in group["params"]]} for group in named["param_groups"]],
+    }
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict, param_names: list[str]) -> None:
+    """Loads a whole, torch-numbered optimiser state into the prepared model's optimiser; under
+    FSDP each process keeps its own shard of it.
+
+    param_names: the names (as `gpt.…`) of the optimiser's parameters, in its order.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    count = sum(len(group["params"]) for group in state["param_groups"])
+    if count != len(param_names) or len(state["param_groups"]) != len(optimizer.param_groups):
+        raise ValueError(
+            f"it holds optimiser state for {count} parameters in {len(state['param_groups'])} groups; "
+            f"the model has {len(param_names)} in {len(optimizer.param_groups)}"
+        )
+    named = {
+        "state": {param_names[number]: value for number, value in state["state"].items()},
+        "param_groups": [{**group, "params": [param_names[number] for number in group["params"]]} for group in state["param_groups"]],
+    }
+    set_optimizer_state_dict(model, optimizer, named, options=StateDictOptions(full_state_dict=True))
+
+
+def load_gpt_weights(gpt, weights: dict[str, torch.Tensor]) -> None:
+    """Copies whole weights into an unsharded GPT; refuses weights that do not fit it."""
+    missing, unexpected = gpt.load_state_dict(weights, strict=False)
+    # The tied head is not stored; anything else missing is a broken checkpoint.
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise ValueError(f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+
+
+def save_checkpoint(
+    out_dir: Path, step: int, weights: dict[str, torch.Tensor], optimizer_state: dict, config: TrainConfig,
+    layout: SequenceLayout, history: dict, wandb_run_id: str | None = None,
+) -> Path:
+    """Writes a checkpoint (whole weights and optimiser state, from gather_model_weights and
+    gather_optimizer_state) to a temporary directory and renames it into place."""
     root = out_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
@@ -128,16 +205,16 @@ def save_checkpoint(out_dir: Path, step: int, model, optimizer, config: TrainCon
     if temporary.exists():
         shutil.rmtree(temporary)
     temporary.mkdir()
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    state.pop("lm_head.weight", None)  # tied to the token embedding
+    state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
     save_file(state, temporary / "model.safetensors")
-    torch.save(optimizer.state_dict(), temporary / "optimizer.pt")
+    torch.save(optimizer_state, temporary / "optimizer.pt")
     trainer_state = {
         "step": step,
         "config": config.to_dict(),
         "layout": layout.to_dict(),
         "torch_rng": torch.get_rng_state().tolist(),
         "history": history,
+        "wandb_run_id": wandb_run_id,
     }
     # The state file is written last: its presence marks the checkpoint complete.
     (temporary / STATE_NAME).write_text(json.dumps(trainer_state))
@@ -152,8 +229,10 @@ def prune_checkpoints(out_dir: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(path: Path, model, optimizer, layout: SequenceLayout) -> dict:
-    """Restores model and optimiser from a checkpoint; refuses one made for another layout."""
+def load_checkpoint(path: Path, gpt, layout: SequenceLayout) -> tuple[dict, dict]:
+    """Restores the (unsharded, not yet prepared) GPT and the RNG from a checkpoint; returns the
+    trainer state and the optimiser state for load_optimizer_state. Refuses a checkpoint made
+    for another layout."""
     try:
         trainer_state = json.loads((path / STATE_NAME).read_text())
         saved_layout = SequenceLayout.from_dict(trainer_state["layout"])
@@ -165,17 +244,12 @@ def load_checkpoint(path: Path, model, optimizer, layout: SequenceLayout) -> dic
             f"this run uses {layout}. Use another --out or the data it was trained on."
         )
     try:
-        state = load_file(path / "model.safetensors")
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        # The tied head is not stored; anything else missing is a broken checkpoint.
-        missing = [k for k in missing if k != "lm_head.weight"]
-        if missing or unexpected:
-            raise ValueError(f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        load_gpt_weights(gpt, load_file(path / "model.safetensors"))
+        optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)
     except Exception as error:  # safetensors, torch.load and load_state_dict raise many kinds
         raise ValueError(f"checkpoint {path} is corrupt or does not fit the model: {error}") from None
     torch.set_rng_state(torch.tensor(trainer_state["torch_rng"], dtype=torch.uint8))
-    return trainer_state
+    return trainer_state, optimizer_state
 
 
 def open_metrics(path: Path, start_step: int):
@@ -227,9 +301,13 @@ def resolve_mixed_precision(choice: str) -> str:
     return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "no"
 
 
-def evaluate(gpt, dataset, layout: SequenceLayout, config: TrainConfig, accelerator) -> float:
-    """Mean loss over the first eval_batches micro-batches of the held-out split."""
-    gpt.eval()
+def evaluate(model, dataset, layout: SequenceLayout, config: TrainConfig, accelerator) -> float:
+    """Mean loss over the first eval_batches micro-batches of the held-out split.
+
+    model: the prepared TrainingForward. Going through its forward is what lets FSDP gather
+    the weights; every process evaluates the same batches.
+    """
+    model.eval()
     losses = []
     batch = config.micro_batch_size
     with torch.no_grad():
@@ -238,10 +316,58 @@ def evaluate(gpt, dataset, layout: SequenceLayout, config: TrainConfig, accelera
             captions, codes = dataset.get_batch(indices)
             ids = layout.pack(captions, codes).to(accelerator.device)
             with accelerator.autocast():
-                out = sequence_loss(gpt, ids, layout, config.text_loss_weight, config.image_loss_weight, config.loss_chunk)
-            losses.append(out.loss.item())
-    gpt.train()
+                text_sum, image_sum = model(ids)
+            text_count = max(int((split_targets(ids, layout)[0] != -100).sum()), 1)
+            image_count = ids.shape[0] * layout.image_len
+            loss = weighted_loss(text_sum / text_count, image_sum / image_count, config.text_loss_weight, config.image_loss_weight)
+            losses.append(loss.item())
+    model.train()
     return float(np.mean(losses)) if losses else float("nan")
+
+
+def import_wandb():
+    """The wandb module, or a clear error when W&B logging is asked for but not installed."""
+    try:
+        import wandb
+    except ImportError:
+        raise ValueError(
+            "Weights & Biases logging was asked for (--wandb / TrainConfig.wandb) but the wandb "
+            "package is not installed: pip install wandb"
+        ) from None
+    return wandb
+
+
+def start_wandb(config: TrainConfig, out_dir: Path, run_id: str | None, world: int):
+    """Opens this training run's W&B run, or reopens it when the training run resumes.
+
+    The project is WANDB_PROJECT or "gptdraw"; the files go under WANDB_DIR or the run
+    directory; WANDB_MODE=offline logs without a network (`wandb sync` uploads later).
+    """
+    wandb = import_wandb()
+    return wandb.init(
+        project=os.environ.get("WANDB_PROJECT", "gptdraw"),
+        name=out_dir.name,
+        id=run_id,  # None: a new run, with an id of wandb's choosing
+        resume="allow",
+        dir=os.environ.get("WANDB_DIR", str(out_dir)),
+        config={**config.to_dict(), "processes": world},
+    )
+
+
+def fsdp_settings():
+    """Accelerate's FSDP settings, as `accelerate launch` or its config file set them, or None
+    when the launch did not ask for FSDP.
+
+    One setting is ours: rank-0-only loading (fsdp_cpu_ram_efficient_loading) is off. Every
+    process builds the whole GPT here anyway, and that path moves the model to the meta device
+    and back, which unties the LM head from the token embedding of a module that is not a
+    transformers model (TrainingForward): the head would silently stop learning.
+    """
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+        return None
+    return FullyShardedDataParallelPlugin(cpu_ram_efficient_loading=False)
 
 
 def train(
@@ -267,8 +393,10 @@ def train(
     """
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
 
+    if config.wandb:
+        import_wandb()  # on every process, before any work: a missing package fails all alike
     out_dir = Path(out_dir)
     layout = SequenceLayout(
         text_vocab_size=caption_tokenizer.vocab_size,
@@ -279,11 +407,17 @@ def train(
     )
     if train_data.text_len != layout.text_len:
         raise ValueError(f"the data has captions of {train_data.text_len} ids, the tokenizer {layout.text_len}")
-    # Accelerate keeps one precision per process; a library caller may train twice with
-    # different settings, so drop the previous run's choice (the process group is kept).
-    AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision))
+    # Accelerate keeps one precision and one distributed type per process (an FSDP run marks
+    # the process as FSDP for good); a library caller may train twice with different settings,
+    # so drop the previous run's state. The process group itself is kept.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision), fsdp_plugin=fsdp_settings())
     rank, world = accelerator.process_index, accelerator.num_processes
+    # Under FSDP no process holds the whole model once it is prepared.
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not sharded and accelerator.is_main_process:
+        # Accelerate turns FSDP on only over GPU-like devices; on CPUs it quietly runs DDP.
+        logger.warning("FSDP was asked for, but Accelerate trains with %s on %s", accelerator.distributed_type, accelerator.device)
     set_seed(config.seed)
 
     gpt = init_model if init_model is not None else build_model(config.model, layout, seed=config.seed)
@@ -292,34 +426,50 @@ def train(
         gpt.gradient_checkpointing_enable()
     gpt.train()
     optimizer = make_optimizer(gpt, config)
+    # Checkpoints number the optimiser's parameters as torch does; loading them into a
+    # sharded optimiser needs their names.
+    names = {id(p): f"gpt.{name}" for name, p in gpt.named_parameters()}
+    param_names = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
 
-    start_step, history = 0, {"best_eval": None}
+    start_step, history, optimizer_state, wandb_run_id = 0, {"best_eval": None}, None, None
     checkpoints = list_checkpoints(out_dir)
     if checkpoints:
-        trainer_state = load_checkpoint(checkpoints[-1], gpt, optimizer, layout)
+        trainer_state, optimizer_state = load_checkpoint(checkpoints[-1], gpt, layout)
         start_step, history = trainer_state["step"], trainer_state["history"]
+        wandb_run_id = trainer_state.get("wandb_run_id")
         if accelerator.is_main_process:
             logger.info("resuming from %s (step %d)", checkpoints[-1], start_step)
+    # Samples and the model directory come from an unsharded GPT: the trained one itself, or
+    # under FSDP a copy on the main process, refreshed from the shards when they are needed.
+    export_gpt = copy.deepcopy(gpt) if sharded and accelerator.is_main_process else gpt
     forward = TrainingForward(gpt, layout, config.loss_chunk)
     if config.compile:
         forward = torch.compile(forward)
     forward, optimizer = accelerator.prepare(forward, optimizer)
+    if gpt.config.tie_word_embeddings and gpt.get_output_embeddings().weight is not gpt.get_input_embeddings().weight:
+        # A head cut loose from the embedding would get no optimiser updates: refuse to train.
+        raise RuntimeError(
+            f"preparing the model for {accelerator.distributed_type} untied the GPT's LM head from its "
+            "token embedding, so the head would stop learning; launch with DDP or FSDP version 2"
+        )
+    if optimizer_state is not None:
+        try:
+            load_optimizer_state(forward, optimizer.optimizer, optimizer_state, param_names)
+        except Exception as error:  # the state may not fit the optimiser in many ways
+            raise ValueError(f"checkpoint {checkpoints[-1]} does not fit the optimiser: {error}") from None
 
     order = EpochBatches(len(train_data), config.micro_batch_size * world, config.seed, rank, world)
-    writer = metrics_file = None
+    writer = metrics_file = wandb_run = pipeline_parts = None
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        pipeline_parts = GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, sampling)
+        pipeline_parts = GPTDrawPipeline(export_gpt, caption_tokenizer, image_tokenizer, layout, sampling)
+        gpt.train()  # the pipeline put it in eval mode
         if not (out_dir / "gptdraw.json").exists():
             pipeline_parts.save_pretrained(out_dir)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out_dir / "logs"))
         metrics_file = open_metrics(out_dir / "metrics.jsonl", start_step)
-        if config.wandb:
-            import wandb
-
-            wandb.init(project="gptdraw", config=config.to_dict(), dir=str(out_dir), resume="allow")
 
     tokens_per_step = config.micro_batch_size * config.grad_accum * world * (layout.seq_len - 1)
     end_step = config.max_steps if stop_after is None else min(config.max_steps, start_step + stop_after)
@@ -328,7 +478,11 @@ def train(
     last_log_time, last_log_step = started, start_step
     loss_value, eval_loss = float("nan"), None
     step = start_step
+    finished = False
     try:
+        if config.wandb and accelerator.is_main_process:
+            wandb_run = start_wandb(config, out_dir, wandb_run_id, world)
+            wandb_run_id = wandb_run.id
         for step in range(start_step, end_step):
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, config)
@@ -354,7 +508,7 @@ def train(
                 with (accelerator.autocast(), _no_sync(accelerator, forward, not sync)):
                     text_sum, image_sum = forward(ids)
                     loss = weighted_loss(text_sum / counts[0], image_sum / counts[1], config.text_loss_weight, config.image_loss_weight)
-                    # DDP averages gradients over processes; the loss is already a global mean.
+                    # DDP and FSDP average gradients over processes; the loss is already a global mean.
                     accelerator.backward(loss * world)
                 sums += torch.stack([text_sum.detach(), image_sum.detach()]).float()
             means = accelerator.reduce(sums, reduction="sum") / counts  # text, image
@@ -389,7 +543,7 @@ def train(
                 }
                 last_log_time, last_log_step = now, done
             if eval_data is not None and config.eval_every and (done % config.eval_every == 0 or done == config.max_steps):
-                eval_loss = evaluate(gpt, eval_data, layout, config, accelerator)
+                eval_loss = evaluate(forward, eval_data, layout, config, accelerator)
                 record = record or {"step": done}
                 record["eval_loss"] = eval_loss
             if record is not None and accelerator.is_main_process:
@@ -398,25 +552,36 @@ def train(
                 for key, value in record.items():
                     if key != "step":
                         writer.add_scalar(f"train/{key}" if key != "eval_loss" else "eval/loss", value, done)
-                if config.wandb:
-                    import wandb
+                if wandb_run is not None:
+                    wandb_run.log({k: v for k, v in record.items() if k != "step"}, step=done)
 
-                    wandb.log(record, step=done)
-            if accelerator.is_main_process and config.sample_every and config.sample_prompts and done % config.sample_every == 0:
-                write_sample_grid(pipeline_parts, config, out_dir / "samples" / f"step-{done:08d}.png", writer, done)
-            if done % config.checkpoint_every == 0 or done == end_step:
-                accelerator.wait_for_everyone()
+            sample_now = bool(config.sample_every and config.sample_prompts and done % config.sample_every == 0)
+            checkpoint_now = done % config.checkpoint_every == 0 or done == end_step
+            weights = None
+            if checkpoint_now or (sample_now and sharded):
+                # Under FSDP every process takes part in gathering the shards.
+                weights = gather_model_weights(forward)
+                if sharded and accelerator.is_main_process:
+                    load_gpt_weights(export_gpt, weights)
+            if sample_now and accelerator.is_main_process:
+                write_sample_grid(pipeline_parts, config, out_dir / "samples" / f"step-{done:08d}.png", writer, done, accelerator.device)
+            if checkpoint_now:
+                optimizer_state = gather_optimizer_state(forward, optimizer.optimizer)
                 if accelerator.is_main_process:
-                    save_checkpoint(out_dir, done, gpt, optimizer, config, layout, history)
+                    save_checkpoint(out_dir, done, weights, optimizer_state, config, layout, history, wandb_run_id)
                     prune_checkpoints(out_dir, config.keep_checkpoints)
                     pipeline_parts.save_pretrained(out_dir)
                     plot_losses(out_dir / "metrics.jsonl", out_dir / "loss.png")
+                del weights, optimizer_state
                 accelerator.wait_for_everyone()
+        finished = True
     finally:
         bar.close()
         if writer is not None:
             writer.close()
             metrics_file.close()
+        if wandb_run is not None:
+            wandb_run.finish(exit_code=0 if finished else 1)
     seconds = time.perf_counter() - started
     steps_run = max(0, end_step - start_step)
     return TrainResult(
@@ -425,11 +590,13 @@ def train(
         eval_loss=eval_loss,
         seconds=seconds,
         tokens_per_s=steps_run * tokens_per_step / max(seconds, 1e-9),
+        main_process=accelerator.is_main_process,
     )
 
 
 class _no_sync:
-    """Skips DDP's gradient all-reduce for accumulation micro-batches (no-op on one process)."""
+    """Skips DDP's gradient all-reduce (FSDP's reduce-scatter) for accumulation micro-batches
+    (no-op on one process)."""
 
     def __init__(self, accelerator, model, skip: bool):
         self.context = accelerator.no_sync(model) if skip else None
@@ -458,11 +625,12 @@ def make_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused or None)
 
 
-def write_sample_grid(pipeline: GPTDrawPipeline, config: TrainConfig, path: Path, writer, step: int) -> None:
-    """Draws the fixed prompts and saves them as one labelled grid."""
-    was_training = pipeline.gpt.training
+def write_sample_grid(pipeline: GPTDrawPipeline, config: TrainConfig, path: Path, writer, step: int, device: torch.device) -> None:
+    """Draws the fixed prompts on `device` and saves them as one labelled grid."""
+    was_training, home = pipeline.gpt.training, pipeline.device
+    pipeline.gpt.to(device)  # FSDP's unsharded copy waits on the CPU between grids
     images = pipeline(list(config.sample_prompts), num_images_per_prompt=1, seed=config.seed)
-    pipeline.gpt.train(was_training)
+    pipeline.gpt.to(home).train(was_training)
     grid = make_grid(images, columns=min(8, len(images)), labels=list(config.sample_prompts))
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)

@@ -9,8 +9,8 @@ from gptdraw.sampling import (
     apply_cfg,
     draw_uniform,
     filter_logits,
-    iter_codes,
-    mix_and_pick,
+    image_logits,
+    next_codes,
     pick_codes,
     sample_codes,
 )
@@ -23,6 +23,12 @@ def captions(layout, batch=3, seed=0):
     return ids
 
 
+def draw(gpt, layout, ids, settings=SamplingSettings(), seed=0, prefix=None, drawer=None, **options):
+    """A whole drawing: (B, h, w) codes, by `drawer` or a new CodeDrawer with these DecodeOptions."""
+    drawer = drawer or CodeDrawer(gpt, layout, DecodeOptions(**options))
+    return sample_codes(drawer.iter_codes(ids, settings, torch.Generator().manual_seed(seed), prefix), layout)
+
+
 @pytest.mark.parametrize(
     "settings",
     [
@@ -33,17 +39,17 @@ def captions(layout, batch=3, seed=0):
 )
 def test_cached_equals_uncached(gpt, layout, settings):
     ids = captions(layout)
-    cached = sample_codes(gpt, layout, ids, settings, torch.Generator().manual_seed(7), use_cache=True)
-    uncached = sample_codes(gpt, layout, ids, settings, torch.Generator().manual_seed(7), use_cache=False)
+    cached = draw(gpt, layout, ids, settings, seed=7, use_cache=True)
+    uncached = draw(gpt, layout, ids, settings, seed=7, use_cache=False)
     assert cached.shape == (3, *layout.grid)
     assert torch.equal(cached, uncached)
 
 
 def test_seed_reproducible_and_seeds_differ(gpt, layout):
     ids = captions(layout)
-    a = sample_codes(gpt, layout, ids, SamplingSettings(), torch.Generator().manual_seed(1))
-    b = sample_codes(gpt, layout, ids, SamplingSettings(), torch.Generator().manual_seed(1))
-    c = sample_codes(gpt, layout, ids, SamplingSettings(), torch.Generator().manual_seed(2))
+    a = draw(gpt, layout, ids, seed=1)
+    b = draw(gpt, layout, ids, seed=1)
+    c = draw(gpt, layout, ids, seed=2)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -51,20 +57,20 @@ def test_seed_reproducible_and_seeds_differ(gpt, layout):
 def test_cfg_scale_one_equals_conditional(gpt, layout):
     # Scale 1 must not change the distribution: same draws as plain conditional sampling.
     ids = captions(layout)
-    plain = sample_codes(gpt, layout, ids, SamplingSettings(cfg_scale=1.0), torch.Generator().manual_seed(3))
+    plain = draw(gpt, layout, ids, SamplingSettings(cfg_scale=1.0), seed=3)
     cond = torch.randn(4, 50)
     uncond = torch.randn(4, 50)
     assert torch.allclose(apply_cfg(cond, uncond, 1.0), cond)
     assert torch.allclose(apply_cfg(cond, uncond, 0.0), uncond)
     # The batched guided rows mixed at scale 1 pick what the conditional rows pick alone.
-    logits = torch.randn(8, 64, generator=torch.Generator().manual_seed(4))
+    hidden = torch.randn(8, gpt.config.n_embd, generator=torch.Generator().manual_seed(4))
     uniform = draw_uniform(4, torch.Generator().manual_seed(5), "cpu")
     for settings in (SamplingSettings(cfg_scale=1.0), SamplingSettings(temperature=0, cfg_scale=1.0)):
         knobs = Knobs.of(settings, "cpu")
-        assert torch.equal(mix_and_pick(logits, uniform, knobs), mix_and_pick(logits[:4], uniform, knobs))
+        assert torch.equal(next_codes(gpt, layout, hidden, uniform, knobs), next_codes(gpt, layout, hidden[:4], uniform, knobs))
     assert not SamplingSettings(cfg_scale=1.0).guided
     # And guidance with scale ≠ 1 is a different draw on an untrained model.
-    guided = sample_codes(gpt, layout, ids, SamplingSettings(cfg_scale=4.0), torch.Generator().manual_seed(3))
+    guided = draw(gpt, layout, ids, SamplingSettings(cfg_scale=4.0), seed=3)
     assert not torch.equal(plain, guided)
 
 
@@ -75,19 +81,37 @@ def test_only_image_codes_are_drawn(layout, gpt):
     with torch.no_grad():
         biased.lm_head.weight[: layout.text_vocab_size] *= 50
         biased.lm_head.weight[layout.text_vocab_size + layout.codebook_size :] += 5
-    codes = sample_codes(biased.eval(), layout, captions(layout), SamplingSettings(temperature=2.0), torch.Generator().manual_seed(0))
+    codes = draw(biased.eval(), layout, captions(layout), SamplingSettings(temperature=2.0))
     assert codes.min() >= 0 and codes.max() < layout.codebook_size
 
 
 def test_prefix_codes_are_kept(gpt, layout):
     prefix = torch.randint(0, layout.codebook_size, (3, layout.grid[1]))
-    codes = sample_codes(gpt, layout, captions(layout), SamplingSettings(), torch.Generator().manual_seed(0), prefix_codes=prefix)
+    codes = draw(gpt, layout, captions(layout), prefix=prefix)
     assert torch.equal(codes.reshape(3, -1)[:, : layout.grid[1]], prefix)
 
 
 def test_iter_codes_yields_every_step(gpt, layout):
-    steps = list(iter_codes(gpt, layout, captions(layout, batch=1), SamplingSettings(temperature=0)))
-    assert [s.shape[1] for s in steps] == list(range(1, layout.image_len + 1))
+    for use_cache in (True, False):
+        drawer = CodeDrawer(gpt, layout, DecodeOptions(use_cache=use_cache))
+        steps = list(drawer.iter_codes(captions(layout, batch=1), SamplingSettings(temperature=0)))
+        assert [s.shape[1] for s in steps] == list(range(1, layout.image_len + 1))
+    with pytest.raises(ValueError, match="before its image was whole"):
+        sample_codes(steps[:-1], layout)
+
+
+def test_guidance_on_hidden_states_equals_guidance_on_logits(gpt, layout):
+    # The LM head is linear: mixing the last hidden states, then one head, gives the mixed logits.
+    hidden = torch.randn(6, gpt.config.n_embd, generator=torch.Generator().manual_seed(0))
+    cond, uncond = hidden.chunk(2)
+    for scale in (0.0, 2.5, 7.0):
+        mixed_logits = apply_cfg(image_logits(gpt, layout, cond), image_logits(gpt, layout, uncond), scale)
+        logits_of_mixed = image_logits(gpt, layout, apply_cfg(cond, uncond, scale))
+        torch.testing.assert_close(logits_of_mixed, mixed_logits, rtol=1e-5, atol=1e-5)
+    # So the guided rows pick from the mixed logits' distribution, row for row.
+    knobs = Knobs.of(SamplingSettings(temperature=0, cfg_scale=2.5), "cpu")
+    picked = next_codes(gpt, layout, hidden, torch.zeros(3, 1), knobs)
+    assert torch.equal(picked, apply_cfg(image_logits(gpt, layout, cond), image_logits(gpt, layout, uncond), 2.5).argmax(-1))
 
 
 def test_filter_logits():
@@ -103,6 +127,18 @@ def test_settings_validation():
         SamplingSettings(top_p=0)
     with pytest.raises(ValueError, match="temperature"):
         SamplingSettings(temperature=-1)
+    with pytest.raises(ValueError, match="use_cache"):
+        DecodeOptions(compile=True, use_cache=False)
+
+
+def test_compiled_knobs_keep_filters_that_keep_everything_as_numbers():
+    # Tensors let new filter values reuse a compiled step; numbers let it skip the codebook sort.
+    plain = Knobs.of(SamplingSettings(temperature=0.7, cfg_scale=2.0), "cpu", compiled=True)
+    assert (plain.top_k, plain.top_p) == (0, 1.0) and not isinstance(plain.top_k, torch.Tensor)
+    filtered = Knobs.of(SamplingSettings(top_k=5), "cpu", compiled=True)
+    assert isinstance(filtered.top_k, torch.Tensor) and isinstance(filtered.top_p, torch.Tensor)
+    assert int(filtered.top_k) == 5 and float(filtered.top_p) == 1.0
+    assert not isinstance(Knobs.of(SamplingSettings(top_k=5), "cpu").top_k, torch.Tensor)
 
 
 # ------------------------------------------------------------------------------ the fast sampler
@@ -120,9 +156,8 @@ def test_static_cache_equals_reference_loop(gpt, layout, settings):
     ids = captions(layout)
     prefix = torch.randint(0, layout.codebook_size, (3, 5), generator=torch.Generator().manual_seed(1))
     for start in (None, prefix):
-        drawer = CodeDrawer(gpt, layout)
-        fast = sample_codes(gpt, layout, ids, settings, torch.Generator().manual_seed(7), start, drawer=drawer)
-        slow = sample_codes(gpt, layout, ids, settings, torch.Generator().manual_seed(7), start, use_cache=False)
+        fast = draw(gpt, layout, ids, settings, seed=7, prefix=start)
+        slow = draw(gpt, layout, ids, settings, seed=7, prefix=start, use_cache=False)
         assert torch.equal(fast, slow)
 
 
@@ -139,26 +174,28 @@ def test_compiled_step_equals_reference_and_is_reused(gpt, layout):
 
     drawer = CodeDrawer(gpt, layout, DecodeOptions(compile=True, backend=counting_aot_eager))
     ids = captions(layout)  # 3 captions: padded to a batch of 4 inside the compiled drawer
-    for settings in (SETTINGS[2], SamplingSettings(temperature=1.3, top_k=5, cfg_scale=1.5)):
-        fast = sample_codes(gpt, layout, ids, settings, torch.Generator().manual_seed(11), drawer=drawer)
-        slow = sample_codes(gpt, layout, ids, settings, torch.Generator().manual_seed(11), use_cache=False)
+    filtering = (SETTINGS[2], SamplingSettings(temperature=1.3, top_k=5, cfg_scale=1.5))
+    for settings in (*filtering, SamplingSettings(temperature=0.9, cfg_scale=2.0)):
+        fast = draw(gpt, layout, ids, settings, seed=11, drawer=drawer)
+        slow = draw(gpt, layout, ids, settings, seed=11, use_cache=False)
         assert torch.equal(fast, slow)
-    # Other settings are tensors fed to the same graph: one compilation, one kept cache (4 × 2 rows).
-    assert len(graphs) == 1
+    # Other filter values are tensors fed to the same graph; settings that filter nothing compile
+    # a second graph, without the filter. One kept cache (4 × 2 rows).
+    assert len(graphs) == 2
     assert list(drawer._caches) == [(8, torch.float32, torch.device("cpu"))]
 
 
 def test_whole_prefix_is_returned_as_is(gpt, layout):
     prefix = torch.randint(0, layout.codebook_size, (2, layout.image_len))
-    steps = list(iter_codes(gpt, layout, captions(layout, batch=2), SamplingSettings(), prefix_codes=prefix))
+    steps = list(CodeDrawer(gpt, layout).iter_codes(captions(layout, batch=2), prefix_codes=prefix))
     assert len(steps) == 1 and torch.equal(steps[0], prefix)
 
 
 def test_bad_prefix_is_refused(gpt, layout):
     with pytest.raises(ValueError, match="prefix codes must be in"):
-        sample_codes(gpt, layout, captions(layout), prefix_codes=torch.full((3, 2), layout.codebook_size))
+        draw(gpt, layout, captions(layout), prefix=torch.full((3, 2), layout.codebook_size))
     with pytest.raises(ValueError, match="rows"):
-        sample_codes(gpt, layout, captions(layout), prefix_codes=torch.zeros(2, 2, dtype=torch.long))
+        draw(gpt, layout, captions(layout), prefix=torch.zeros(2, 2, dtype=torch.long))
 
 
 def test_pick_codes_draws_from_the_filtered_distribution():

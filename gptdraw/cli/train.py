@@ -100,9 +100,10 @@ def run(args: argparse.Namespace) -> int:
         sampling=SamplingSettings(cfg_scale=args.cfg_scale),
         init_model=init_model,
     )
-    print(f"step {result.step}: loss {result.train_loss:.4f}"
-          + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
-          + f"; model directory: {args.out}")
+    if result.main_process:  # under `accelerate launch` every process returns the same figures
+        print(f"step {result.step}: loss {result.train_loss:.4f}"
+              + (f", eval loss {result.eval_loss:.4f}" if result.eval_loss is not None else "")
+              + f"; model directory: {args.out}")
     return 0
 
 
