@@ -43,9 +43,10 @@ logger = logging.getLogger(__name__)
 class QuickstartConfig:
     """Sizes of the quickstart run; the defaults finish in about ten minutes on two CPU cores."""
 
-    image_size: int = 32
-    """Canvas size of the shapes images (32 px with the f4 VQGAN gives an 8×8 code grid)."""
-    vq_preset: str = "shapes-f4"
+    image_size: int = 48
+    """Canvas size of the shapes images (48 px with the f8 VQGAN gives a 6×6 code grid: each
+    cell of the shapes' 3×3 layout is 2×2 codes, and a sequence is 20 + 36 tokens)."""
+    vq_preset: str = "shapes-f8"
     """Image tokenizer architecture (gptdraw.vqgan presets)."""
     train_examples: int = 16_000
     """Image–caption pairs generated for training the GPT."""
@@ -53,14 +54,14 @@ class QuickstartConfig:
     """Pairs kept out of training for the eval loss."""
     vq_images: int = 6_000
     """Images the VQGAN is trained on (a prefix of the training set)."""
-    vq_steps: int = 900
+    vq_steps: int = 800
     """VQGAN optimiser steps."""
-    vq_lr: float = 3e-3
+    vq_lr: float = 2e-3
     """VQGAN peak learning rate."""
-    vq_autoencoder_warmup: float = 0.0
+    vq_autoencoder_warmup: float = 0.5
     """Fraction of the VQGAN steps trained as a plain autoencoder before the codebook starts
-    (helps f8; cost the f4 tokenizer about 1.5 dB PSNR in bench/vq_train.py)."""
-    gpt_steps: int = 500
+    (helps f8; for shapes-f4 use 0: it cost that tokenizer about 1.5 dB PSNR in bench/vq_train.py)."""
+    gpt_steps: int = 800
     """GPT optimiser steps."""
     gpt_batch: int = 48
     """Sequences per GPT step."""
