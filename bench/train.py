@@ -11,8 +11,17 @@ MFU = achieved model FLOP/s ÷ peak FLOP/s. Model FLOPs per token are 6·N + 12�
 The peak is the device's stated dense bf16 tensor peak on known GPUs, and on a CPU the bf16
 matmul rate measured here (a 4096² matmul, best of several).
 
+Peak memory (--memory): on a GPU, torch.cuda.max_memory_allocated over the timed run; on a
+CPU, the live tensor bytes of two more training steps, replayed from the CPU allocator's events
+(bench/memory.py) — the figure max_memory_allocated would give on a GPU, split into parameters,
+gradients, optimizer state and activations. --memory-only skips the timing; --memory-depths
+measures the preset at smaller depths and extrapolates to its own (for models too big or slow
+for the machine at hand).
+
     python bench/train.py --preset tiny --steps 20                    # < 1 minute on a laptop CPU
     python bench/train.py --preset gpt-draw --micro-batch 16 --steps 50 --compile   # a GPU
+    python bench/train.py --preset gpt-draw --micro-batch 16 --memory-only           # CPU, minutes
+    python bench/train.py --preset gpt-draw-large --micro-batch 16 --memory-only --memory-depths 2 4
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import resource
 import tempfile
@@ -36,8 +46,9 @@ from gptdraw.model import build_model
 from gptdraw.sequence import SequenceLayout
 from gptdraw.text import CaptionTokenizer
 from gptdraw.data.loader import EpochBatches
-from gptdraw.train import micro_batch_indices, train
+from gptdraw.train import micro_batch_indices, resolve_mixed_precision, train
 from gptdraw.vqgan import ImageTokenizer, VQConfig
+from memory import GIB, extrapolate_by_depth, highest, measure_training_memory  # bench/memory.py, beside this script
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets (FLOP/s, no sparsity).
 STATED_PEAKS = {
@@ -90,16 +101,17 @@ def random_dataset(root: Path, layout: SequenceLayout, examples: int, seed: int 
     return ShardDataset(root)
 
 
-def baseline_tokens_per_s(config: TrainConfig, layout: SequenceLayout, data: ShardDataset, steps: int, warmup: int, device) -> float:
-    """Plain transformers training: fp32, labels=ids, torch AdamW, no compile."""
+def baseline_tokens_per_s(config: TrainConfig, layout: SequenceLayout, data: ShardDataset, steps: int, warmup: int, device) -> tuple[float, float]:
+    """Plain transformers training: fp32, labels=ids, torch AdamW, no compile.
+    Returns tokens per second of wall time and of process CPU time."""
     gpt = build_model(config.model, layout, seed=0).to(device).train()
     optimizer = torch.optim.AdamW(gpt.parameters(), lr=config.lr)
     order = EpochBatches(len(data), config.micro_batch_size, seed=0)
-    started = None
+    started = cpu_started = None
     for step in range(warmup + steps):
         if step == warmup:
             synchronize(device)
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
         for micro in range(config.grad_accum):
             captions, codes = data.get_batch(micro_batch_indices(order, step * config.grad_accum + micro))
             ids = layout.pack(captions, codes).to(device)
@@ -107,7 +119,8 @@ def baseline_tokens_per_s(config: TrainConfig, layout: SequenceLayout, data: Sha
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     synchronize(device)
-    return steps * config.grad_accum * config.micro_batch_size * (layout.seq_len - 1) / (time.perf_counter() - started)
+    tokens = steps * config.grad_accum * config.micro_batch_size * (layout.seq_len - 1)
+    return tokens / (time.perf_counter() - started), tokens / (time.process_time() - cpu_started)
 
 
 def synchronize(device: torch.device) -> None:
@@ -115,10 +128,43 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_memory_bytes(device: torch.device) -> int:
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """(peak bytes, what they are) of everything run so far, without the tracker."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+        return torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
+    # Linux reports KiB; the whole process (Python, libraries, data) and not only tensors.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process max RSS (not tensor memory: use --memory)"
+
+
+def tracked_memory(config: TrainConfig, data, caption_tokenizer, vq, work_dir: Path, depths: list[int]) -> dict:
+    """Peak tensor memory of two training steps on this CPU (bench/memory.py), measured at the
+    preset's depth, or at `depths` and extrapolated to it (each phase on its own)."""
+    if not depths:
+        peaks = measure_training_memory(config, data, caption_tokenizer, vq, work_dir / "memory")
+        method = "CPU allocator events of 2 training steps, 512-byte blocks (bench/memory.py)"
+        measured = None
+    else:
+        points = {}
+        for depth in depths:
+            shallow = replace(config, model=replace(config.model, n_layer=depth))
+            points[depth] = measure_training_memory(shallow, data, caption_tokenizer, vq, work_dir / f"memory-{depth}")
+            print(f"depth {depth}: peak {highest(points[depth]).peak_bytes / GIB:.3f} GiB ({highest(points[depth]).where})")
+        phases = set.intersection(*(set(point) for point in points.values()))
+        peaks = {phase: extrapolate_by_depth({d: point[phase] for d, point in points.items()}, config.model.n_layer)
+                 for phase in phases}
+        method = (f"CPU allocator events of 2 training steps at depths {sorted(points)}, extrapolated linearly "
+                  f"to {config.model.n_layer} layers, 512-byte blocks (bench/memory.py)")
+        measured = {str(depth): highest(point).peak_bytes / GIB for depth, point in sorted(points.items())}
+    peak = highest(peaks)
+    return {
+        "peak_memory_gib": peak.peak_bytes / GIB,
+        "peak_memory_method": method,
+        "peak_memory_breakdown_gib": {k: v for k, v in peak.gib().items() if k != "peak_bytes"},
+        "peak_memory_where": peak.where,
+        "peak_memory_in_step": peak.optimizer_steps_before + 1,
+        "peak_memory_by_phase_gib": {phase: p.gib() for phase, p in sorted(peaks.items())},
+        "peak_memory_at_depths": measured,
+    }
 
 
 def main() -> None:
@@ -135,7 +181,14 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile gptdraw's training forward")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16"])
+    parser.add_argument("--loss-chunk", type=int, default=TrainConfig.loss_chunk,
+                        help="token positions per cross-entropy chunk (memory of the loss ∝ chunk × vocabulary)")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--memory", action="store_true",
+                        help="also report peak training memory (on a CPU: two more steps under bench/memory.py's tracker)")
+    parser.add_argument("--memory-only", action="store_true", help="report peak training memory, without timing")
+    parser.add_argument("--memory-depths", type=int, nargs="+", default=[], metavar="N",
+                        help="CPU: measure memory at these depths and extrapolate to the preset's (implies --memory)")
     parser.add_argument("--json", default="bench/out/train.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -144,13 +197,17 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
+    load_at_start = os.getloadavg()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if args.memory_depths and (device.type == "cuda" or min(args.memory_depths) < 1 or len(set(args.memory_depths)) < 2):
+        parser.error("--memory-depths takes two or more different depths ≥ 1, and only on a CPU (a GPU measures directly)")
+    track_memory = device.type == "cpu" and (args.memory or args.memory_only or bool(args.memory_depths))
     layout = SequenceLayout(text_vocab_size=args.text_vocab, pad_id=0, codebook_size=args.codebook,
                             text_len=args.text_len, grid=(args.grid, args.grid))
     config = TrainConfig(
         model=model_preset(args.preset), max_steps=args.warmup + args.steps, micro_batch_size=args.micro_batch,
         grad_accum=args.grad_accum, warmup_steps=1, mixed_precision=args.mixed_precision, compile=args.compile,
-        gradient_checkpointing=args.gradient_checkpointing, caption_dropout=0.1, log_every=1,
+        gradient_checkpointing=args.gradient_checkpointing, loss_chunk=args.loss_chunk, caption_dropout=0.1, log_every=1,
         eval_every=0, sample_every=0, checkpoint_every=10**9,
     )
     peak, peak_source = device_peak(device)
@@ -168,15 +225,31 @@ def main() -> None:
             up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=8, vq_embed_dim=8,
             num_vq_embeddings=args.codebook, mid_block_add_attention=False,
         ))
+        tokens_per_s = baseline = cpu_tokens_per_s = baseline_cpu = None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        train(config, data, tmp / "run", caption_tokenizer, vq, progress=True)
-        peak_memory = peak_memory_bytes(device)
-        rows = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
-        timed = [row["tokens_per_s"] for row in rows if row["step"] > args.warmup]
-        # Each row's rate covers one step (log_every=1); the harmonic mean is total tokens ÷ total time.
-        tokens_per_s = len(timed) / sum(1 / rate for rate in timed)
-        baseline = None if args.skip_baseline else baseline_tokens_per_s(config, layout, data, args.steps, args.warmup, device)
+        if not args.memory_only:
+            cpu_clock = {}  # step → process CPU seconds when it ended
+
+            def note_cpu_time(done: int, loss: float) -> None:
+                cpu_clock[done] = time.process_time()
+
+            train(config, data, tmp / "run", caption_tokenizer, vq, progress=True, on_step=note_cpu_time)
+            rows = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
+            timed = [row["tokens_per_s"] for row in rows if row["step"] > args.warmup]
+            # Each row's rate covers one step (log_every=1); the harmonic mean is total tokens ÷ total time.
+            tokens_per_s = len(timed) / sum(1 / rate for rate in timed)
+            if args.warmup in cpu_clock:
+                tokens = args.steps * config.grad_accum * config.micro_batch_size * (layout.seq_len - 1)
+                cpu_tokens_per_s = tokens / (cpu_clock[config.max_steps] - cpu_clock[args.warmup])
+        elif device.type == "cuda":  # the second step is the first with the optimizer state alive throughout
+            train(replace(config, max_steps=2), data, tmp / "run", caption_tokenizer, vq, progress=True)
+        peak_bytes, peak_method = peak_memory(device)  # before the baseline adds its own
+        memory = {"peak_memory_gib": peak_bytes / GIB, "peak_memory_method": peak_method}
+        if not (args.memory_only or args.skip_baseline):
+            baseline, baseline_cpu = baseline_tokens_per_s(config, layout, data, args.steps, args.warmup, device)
+        if track_memory:
+            memory = tracked_memory(config, data, caption_tokenizer, vq, tmp, args.memory_depths)
 
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)",
@@ -186,17 +259,28 @@ def main() -> None:
         "seq_len": layout.seq_len,
         "vocab_size": layout.vocab_size,
         "mixed_precision": args.mixed_precision,
+        "mixed_precision_used": resolve_mixed_precision(args.mixed_precision),
         "compile": args.compile,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "loss_chunk": args.loss_chunk,
         "tokens_per_s": tokens_per_s,
         "baseline_tokens_per_s": baseline,
-        "speedup": tokens_per_s / baseline if baseline else None,
+        "speedup": tokens_per_s / baseline if tokens_per_s and baseline else None,
+        # The same per second of process CPU time: on a machine shared with other work, where the
+        # two loops may get different shares of the cores, this ratio moves less than the one above.
+        "cpu_tokens_per_s": cpu_tokens_per_s,
+        "baseline_cpu_tokens_per_s": baseline_cpu,
+        "speedup_cpu_time": cpu_tokens_per_s / baseline_cpu if cpu_tokens_per_s and baseline_cpu else None,
         "flops_per_token": per_token,
         "peak_flops": peak,
         "peak_flops_source": peak_source,
-        "mfu": tokens_per_s * per_token / peak,
+        "mfu": tokens_per_s * per_token / peak if tokens_per_s else None,
         "baseline_mfu": baseline * per_token / peak if baseline else None,
-        "peak_memory_gib": peak_memory / 2**30,
-        "reference_epoch_minutes": 881e6 / tokens_per_s / 60,
+        **memory,
+        "reference_epoch_minutes": 881e6 / tokens_per_s / 60 if tokens_per_s else None,
+        # Other work on the machine slows a CPU run: judge the figures by the load beside them.
+        "loadavg_start": load_at_start,
+        "loadavg_end": os.getloadavg(),
     }
     print(json.dumps(result, indent=2))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -82,6 +82,14 @@ class LossOutput:
     """Number of image-code targets."""
 
 
+def logsumexp_(x: torch.Tensor) -> torch.Tensor:
+    """`torch.logsumexp(x, dim=-1)` of a (n, V) tensor, bit for bit (the same steps as ATen's),
+    without its (n, V) temporary: `x` is overwritten with exp(x − row max)."""
+    maxes = x.amax(dim=-1, keepdim=True)  # (n, 1)
+    maxes.masked_fill_(maxes.abs() == float("inf"), 0)
+    return x.sub_(maxes).exp_().sum(dim=-1).log_().add_(maxes.squeeze(-1))
+
+
 class LinearCrossEntropy(torch.autograd.Function):
     """Summed cross-entropy of `hidden @ weight.T` against targets, computed in chunks of rows.
 
@@ -103,20 +111,29 @@ class LinearCrossEntropy(torch.autograd.Function):
             for start in range(0, targets.numel(), chunk):
                 rows = slice(start, start + chunk)
                 h, t = h_all[rows], targets[rows]
-                logits = (h @ w.t()).float()  # (n, V)
+                scores = h @ w.t()  # (n, V) in the compute dtype
+                # The fp32 logits get a buffer of their own (copied even from fp32 scores): the
+                # softmax and its gradient are made in it in place, and the logits again from the
+                # scores in between, so no other (n, V) fp32 tensor is ever allocated.
+                logits = scores.to(torch.float32, copy=True)
                 valid = t != -100
                 safe = t.clamp(min=0)
-                log_norm = torch.logsumexp(logits, dim=-1)  # (n,)
                 picked = logits.gather(1, safe[:, None]).squeeze(1)
+                log_norm = logsumexp_(logits)  # (n,)
                 total += ((log_norm - picked) * valid).sum()
-                if needs_grad:
-                    # d(sum CE)/d logits = softmax − one_hot(target), zero on ignored rows.
-                    grad_logits = torch.exp(logits - log_norm[:, None])
-                    grad_logits[torch.arange(len(t), device=t.device), safe] -= 1
-                    grad_logits *= valid[:, None]
-                    grad_logits = grad_logits.to(compute_dtype)
-                    grad_hidden[rows] = (grad_logits @ w).to(hidden.dtype)
-                    grad_weight += (grad_logits.t() @ h).float()
+                if not needs_grad:
+                    del scores, logits  # before the next chunk makes its own
+                    continue
+                # d(sum CE)/d logits = softmax − one_hot(target), zero on ignored rows.
+                grad_logits = logits.copy_(scores).sub_(log_norm[:, None]).exp_()
+                grad_logits[torch.arange(len(t), device=t.device), safe] -= 1
+                grad_logits *= valid[:, None]
+                if compute_dtype != torch.float32:
+                    grad_logits = scores.copy_(grad_logits)  # cast into the scores' buffer
+                del scores, logits
+                grad_hidden[rows] = (grad_logits @ w).to(hidden.dtype)
+                grad_weight += (grad_logits.t() @ h).float()
+                del grad_logits  # before the next chunk makes its own
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if needs_grad else None)
         return total
 
