@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import bisect
 import gc
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ from torch._C._profiler import _EventType
 from gptdraw.config import TrainConfig
 from gptdraw.model import build_model
 from gptdraw.sequence import SequenceLayout
+from gptdraw.train import train
 
 CUDA_BLOCK = 512
 """The CUDA caching allocator hands out multiples of 512 bytes."""
@@ -67,8 +68,9 @@ class MemoryPeak:
     """Optimizer steps completed before the peak (1: the peak is in the second step)."""
 
     def gib(self) -> dict[str, float]:
-        """The byte counts in GiB."""
-        return {key: value / GIB for key, value in asdict(self).items() if isinstance(value, int) and key != "optimizer_steps_before"}
+        """The peak and its parts in GiB."""
+        parts = ("parameters", "gradients", "optimizer_states", "activations")
+        return {"peak": self.peak_bytes / GIB, **{part: getattr(self, part) / GIB for part in parts}}
 
 
 def highest(peaks: dict[str, MemoryPeak]) -> MemoryPeak:
@@ -77,6 +79,7 @@ def highest(peaks: dict[str, MemoryPeak]) -> MemoryPeak:
 
 
 def round_block(size: int, block: int = CUDA_BLOCK) -> int:
+    """`size` rounded up to a whole number of allocator blocks."""
     return (size + block - 1) // block * block
 
 
@@ -193,12 +196,12 @@ class MemoryTracker:
         step_starts = [start for start, _ in steps]
         totals = {"gradients": 0, "optimizer_states": 0, "activations": 0}
         best: dict[str, tuple[int, dict, dict]] = {}  # phase → (total, totals, record that reached it)
-        for time, delta, record in changes:
+        for moment, delta, record in changes:
             totals[record["category"]] += delta
             if delta <= 0:
                 continue
-            index = bisect.bisect_right(step_starts, time) - 1
-            phase = OPTIMIZER_STEP if index >= 0 and time <= steps[index][1] else FORWARD_BACKWARD
+            index = bisect.bisect_right(step_starts, moment) - 1
+            phase = OPTIMIZER_STEP if index >= 0 and moment <= steps[index][1] else FORWARD_BACKWARD
             current = sum(totals.values())
             if current > best.get(phase, (-1,))[0]:
                 best[phase] = (current, dict(totals), record)
@@ -226,6 +229,7 @@ def _mark_gradient(parameter: torch.Tensor) -> None:
 
 
 def _optimizer_scope(event):
+    """The optimizer step a profiler event happened in, or None."""
     parent = event.parent
     while parent is not None:
         if parent.name.startswith(OPTIMIZER_SCOPE):
@@ -235,6 +239,7 @@ def _optimizer_scope(event):
 
 
 def _where(event) -> str:
+    """The names of the operators around a profiler event, outermost first."""
     names = []
     parent = event.parent
     while parent is not None:
@@ -280,8 +285,6 @@ def measure_training_memory(
     Two steps by default: the second is the first whose forward and backward passes run with
     the optimizer's state alive, as every later step does.
     """
-    from gptdraw.train import train
-
     if any(Path(out_dir).glob("*")):
         raise ValueError(f"{out_dir} is not empty: the trainer would resume from it; use a new directory")
     layout = SequenceLayout(  # as the trainer builds it

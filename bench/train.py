@@ -3,20 +3,25 @@
 Both loops read the same memory-mapped shards (random codes and captions written here), so
 data loading is inside the measured step loop. gptdraw's loop is `gptdraw.train.train`
 itself (bf16 autocast where the hardware has it, chunked cross-entropy, fused AdamW on
-CUDA, optionally torch.compile); the baseline is transformers' GPT2LMHeadModel called with
-labels, fp32, torch's AdamW, no compile.
+CUDA, optionally torch.compile). Two baselines: transformers' GPT2LMHeadModel called with
+labels, torch's AdamW, no compile, in fp32 (what the model does out of the box) and under bf16
+autocast (what a user gets with one line; on hardware without bf16 it is left out).
 
 MFU = achieved model FLOP/s ÷ peak FLOP/s. Model FLOPs per token are 6·N + 12·L·C·T
 (N: parameters that do matmuls, the tied LM head included; L layers, C width, T context).
 The peak is the device's stated dense bf16 tensor peak on known GPUs, and on a CPU the bf16
 matmul rate measured here (a 4096² matmul, best of several).
 
-Peak memory (--memory): on a GPU, torch.cuda.max_memory_allocated over the timed run; on a
-CPU, the live tensor bytes of two more training steps, replayed from the CPU allocator's events
-(bench/memory.py) — the figure max_memory_allocated would give on a GPU, split into parameters,
-gradients, optimizer state and activations. --memory-only skips the timing; --memory-depths
-measures the preset at smaller depths and extrapolates to its own (for models too big or slow
-for the machine at hand).
+Rates are per second of wall time, and on a CPU also per second of process CPU time: on a
+machine shared with other work the two loops may get different shares of the cores, and the
+CPU-time ratio then moves less than the wall-time one. The load average is recorded beside them.
+
+Peak memory: on a GPU, torch.cuda.max_memory_allocated over the timed run (always reported).
+On a CPU with --memory, the live tensor bytes of two more training steps, replayed from the CPU
+allocator's events (bench/memory.py): the figure max_memory_allocated would give on a GPU, split
+into parameters, gradients, optimizer state and activations, in the forward and backward passes
+and in the optimizer step. --memory-only skips the timing; --memory-depths measures the preset
+at smaller depths and extrapolates to its own (for models too big or slow for the machine).
 
     python bench/train.py --preset tiny --steps 20                    # < 1 minute on a laptop CPU
     python bench/train.py --preset gpt-draw --micro-batch 16 --steps 50 --compile   # a GPU
@@ -52,7 +57,8 @@ from memory import GIB, extrapolate_by_depth, highest, measure_training_memory  
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets (FLOP/s, no sparsity).
 STATED_PEAKS = {
-    "H100 SXM": 989e12, "H100 PCIe": 756e12, "H100 NVL": 835e12, "H200": 989e12,
+    # The first key whose words are all in the device's name counts: specific names first.
+    "H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12,
     "A100": 312e12, "L40S": 362e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "RTX 3060": 51e12,
 }
 
@@ -101,9 +107,11 @@ def random_dataset(root: Path, layout: SequenceLayout, examples: int, seed: int 
     return ShardDataset(root)
 
 
-def baseline_tokens_per_s(config: TrainConfig, layout: SequenceLayout, data: ShardDataset, steps: int, warmup: int, device) -> tuple[float, float]:
-    """Plain transformers training: fp32, labels=ids, torch AdamW, no compile.
-    Returns tokens per second of wall time and of process CPU time."""
+def baseline_tokens_per_s(
+    config: TrainConfig, layout: SequenceLayout, data: ShardDataset, steps: int, warmup: int, device, bf16: bool = False
+) -> tuple[float, float]:
+    """Plain transformers training: labels=ids, torch AdamW, no compile; fp32, or under bf16
+    autocast with `bf16`. Returns tokens per second of wall time and of process CPU time."""
     gpt = build_model(config.model, layout, seed=0).to(device).train()
     optimizer = torch.optim.AdamW(gpt.parameters(), lr=config.lr)
     order = EpochBatches(len(data), config.micro_batch_size, seed=0)
@@ -115,11 +123,14 @@ def baseline_tokens_per_s(config: TrainConfig, layout: SequenceLayout, data: Sha
         for micro in range(config.grad_accum):
             captions, codes = data.get_batch(micro_batch_indices(order, step * config.grad_accum + micro))
             ids = layout.pack(captions, codes).to(device)
-            (gpt(input_ids=ids, labels=ids).loss / config.grad_accum).backward()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = gpt(input_ids=ids, labels=ids).loss
+            (loss / config.grad_accum).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     synchronize(device)
     tokens = steps * config.grad_accum * config.micro_batch_size * (layout.seq_len - 1)
+    del gpt, optimizer  # before the next loop allocates its own
     return tokens / (time.perf_counter() - started), tokens / (time.process_time() - cpu_started)
 
 
@@ -140,12 +151,14 @@ def tracked_memory(config: TrainConfig, data, caption_tokenizer, vq, work_dir: P
     """Peak tensor memory of two training steps on this CPU (bench/memory.py), measured at the
     preset's depth, or at `depths` and extrapolated to it (each phase on its own)."""
     if not depths:
+        print(f"measuring peak memory of 2 training steps ({config.model.n_layer} layers)", flush=True)
         peaks = measure_training_memory(config, data, caption_tokenizer, vq, work_dir / "memory")
         method = "CPU allocator events of 2 training steps, 512-byte blocks (bench/memory.py)"
         measured = None
     else:
         points = {}
         for depth in depths:
+            print(f"measuring peak memory of 2 training steps ({depth} layers)", flush=True)
             shallow = replace(config, model=replace(config.model, n_layer=depth))
             points[depth] = measure_training_memory(shallow, data, caption_tokenizer, vq, work_dir / f"memory-{depth}")
             print(f"depth {depth}: peak {highest(points[depth]).peak_bytes / GIB:.3f} GiB ({highest(points[depth]).where})")
@@ -159,7 +172,7 @@ def tracked_memory(config: TrainConfig, data, caption_tokenizer, vq, work_dir: P
     return {
         "peak_memory_gib": peak.peak_bytes / GIB,
         "peak_memory_method": method,
-        "peak_memory_breakdown_gib": {k: v for k, v in peak.gib().items() if k != "peak_bytes"},
+        "peak_memory_breakdown_gib": {k: v for k, v in peak.gib().items() if k != "peak"},
         "peak_memory_where": peak.where,
         "peak_memory_in_step": peak.optimizer_steps_before + 1,
         "peak_memory_by_phase_gib": {phase: p.gib() for phase, p in sorted(peaks.items())},
@@ -179,6 +192,7 @@ def main() -> None:
     parser.add_argument("--codebook", type=int, default=16384)
     parser.add_argument("--text-vocab", type=int, default=50258)
     parser.add_argument("--compile", action="store_true", help="torch.compile gptdraw's training forward")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: no code generated)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16"])
     parser.add_argument("--loss-chunk", type=int, default=TrainConfig.loss_chunk,
@@ -207,6 +221,7 @@ def main() -> None:
     config = TrainConfig(
         model=model_preset(args.preset), max_steps=args.warmup + args.steps, micro_batch_size=args.micro_batch,
         grad_accum=args.grad_accum, warmup_steps=1, mixed_precision=args.mixed_precision, compile=args.compile,
+        compile_backend=args.compile_backend,
         gradient_checkpointing=args.gradient_checkpointing, loss_chunk=args.loss_chunk, caption_dropout=0.1, log_every=1,
         eval_every=0, sample_every=0, checkpoint_every=10**9,
     )
@@ -225,7 +240,7 @@ def main() -> None:
             up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=8, vq_embed_dim=8,
             num_vq_embeddings=args.codebook, mid_block_add_attention=False,
         ))
-        tokens_per_s = baseline = cpu_tokens_per_s = baseline_cpu = None
+        tokens_per_s = baseline = cpu_tokens_per_s = baseline_cpu = baseline_bf16 = baseline_bf16_cpu = None
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         if not args.memory_only:
@@ -248,6 +263,9 @@ def main() -> None:
         memory = {"peak_memory_gib": peak_bytes / GIB, "peak_memory_method": peak_method}
         if not (args.memory_only or args.skip_baseline):
             baseline, baseline_cpu = baseline_tokens_per_s(config, layout, data, args.steps, args.warmup, device)
+            if resolve_mixed_precision("auto") == "bf16":
+                baseline_bf16, baseline_bf16_cpu = baseline_tokens_per_s(
+                    config, layout, data, args.steps, args.warmup, device, bf16=True)
         if track_memory:
             memory = tracked_memory(config, data, caption_tokenizer, vq, tmp, args.memory_depths)
 
@@ -266,16 +284,22 @@ def main() -> None:
         "tokens_per_s": tokens_per_s,
         "baseline_tokens_per_s": baseline,
         "speedup": tokens_per_s / baseline if tokens_per_s and baseline else None,
+        "baseline_bf16_tokens_per_s": baseline_bf16,
+        "speedup_over_bf16_baseline": tokens_per_s / baseline_bf16 if tokens_per_s and baseline_bf16 else None,
         # The same per second of process CPU time: on a machine shared with other work, where the
         # two loops may get different shares of the cores, this ratio moves less than the one above.
         "cpu_tokens_per_s": cpu_tokens_per_s,
         "baseline_cpu_tokens_per_s": baseline_cpu,
         "speedup_cpu_time": cpu_tokens_per_s / baseline_cpu if cpu_tokens_per_s and baseline_cpu else None,
+        "baseline_bf16_cpu_tokens_per_s": baseline_bf16_cpu,
+        "speedup_over_bf16_baseline_cpu_time": cpu_tokens_per_s / baseline_bf16_cpu
+        if cpu_tokens_per_s and baseline_bf16_cpu else None,
         "flops_per_token": per_token,
         "peak_flops": peak,
         "peak_flops_source": peak_source,
         "mfu": tokens_per_s * per_token / peak if tokens_per_s else None,
         "baseline_mfu": baseline * per_token / peak if baseline else None,
+        "baseline_bf16_mfu": baseline_bf16 * per_token / peak if baseline_bf16 else None,
         **memory,
         "reference_epoch_minutes": 881e6 / tokens_per_s / 60 if tokens_per_s else None,
         # Other work on the machine slows a CPU run: judge the figures by the load beside them.

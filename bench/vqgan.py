@@ -76,14 +76,16 @@ def timed(function, device: torch.device) -> tuple[float, object]:
     return time.perf_counter() - start, output
 
 
-def build_tokenizer(preset: str, image_size: int, variant: Variant, device: torch.device) -> ImageTokenizer:
+def build_tokenizer(
+    preset: str, image_size: int, variant: Variant, device: torch.device, backend: str = "inductor"
+) -> ImageTokenizer:
     torch.manual_seed(0)
     tokenizer = ImageTokenizer(vq_preset(preset, image_size=image_size)).to(device).eval()
     if variant.channels_last:
         tokenizer.to(memory_format=torch.channels_last)
     if variant.compile:
-        tokenizer.model.encoder.compile()
-        tokenizer.model.decoder.compile()
+        tokenizer.model.encoder.compile(backend=backend)
+        tokenizer.model.decoder.compile(backend=backend)
     return tokenizer
 
 
@@ -124,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: %(default)s)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile backend of +compile variants (aot_eager: trace without generating code)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/vqgan.json"), help="JSON results file")
     args = parser.parse_args(argv)
 
@@ -153,19 +157,19 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     results: list[Result] = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     for variant in variants:
-        tokenizer = build_tokenizer(args.preset, args.image_size, variant, device)
+        tokenizer = build_tokenizer(args.preset, args.image_size, variant, device, args.compile_backend)
         for batch_size in batch_sizes:
             result = bench_variant(tokenizer, variant, batch_size, args.image_size, args.repeats, args.warmup, device)
             results.append(result)
             print(f"{result.variant:<18} {batch_size:>5} {result.encode_images_per_s:>13.2f} "
                   f"{result.decode_images_per_s:>13.2f} {result.first_call_s:>13.2f}", flush=True)
+            # Written after every measurement: a run stopped at its time limit keeps what it measured.
+            environment["load_average_1min_end"] = round(os.getloadavg()[0], 2)
+            args.out.write_text(json.dumps({"environment": environment, "results": [asdict(r) for r in results]},
+                                           indent=2) + "\n")
         del tokenizer
-
-    environment["load_average_1min_end"] = round(os.getloadavg()[0], 2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"environment": environment, "results": [asdict(r) for r in results]}, indent=2)
-                        + "\n")
     print(f"wrote {args.out}")
     return 0
 

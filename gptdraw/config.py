@@ -80,6 +80,8 @@ class TrainConfig:
     """auto: bf16 where the hardware has it (recent CPUs and GPUs), else fp32."""
     compile: bool = False
     """torch.compile the model (worth it on GPUs for long runs)."""
+    compile_backend: str = "inductor"
+    """torch.compile backend; "aot_eager" traces the same graphs without generating code (to debug)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to fit big micro-batches in little memory."""
     caption_dropout: float = 0.1

@@ -20,13 +20,14 @@ graph) holds no random state and a seed means the same codes on every path.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from transformers import GPT2LMHeadModel, StaticCache
+from transformers import GPT2LMHeadModel, GPT2Model, StaticCache
 
 from .sequence import SequenceLayout
 
@@ -178,8 +179,14 @@ def last_hidden(gpt: GPT2LMHeadModel, tokens: torch.Tensor, cache: StaticCache |
     which the model was trained to read).
     """
     embeds = gpt.get_input_embeddings()(tokens)  # (R, n, C)
-    out = gpt.transformer(inputs_embeds=embeds, cache=cache, use_cache=cache is not None)
+    out = gpt.transformer(inputs_embeds=embeds, use_cache=cache is not None, **{CACHE_ARGUMENT: cache})
     return out.last_hidden_state[:, -1]
+
+
+# transformers renamed GPT2Model.forward's `past_key_values` to `cache` (5.2x). The other name
+# would vanish into **kwargs without an error and draw every step without the cache, so the
+# name is read off the installed version's signature.
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(GPT2Model.forward).parameters else "past_key_values"
 
 
 def next_codes(
@@ -263,6 +270,15 @@ def compiled_batch_size(batch: int) -> int:
 COMPILATION_LIMIT = 32
 
 
+def recompile_options() -> dict:
+    """torch.compile's per-call recompile settings where this torch has them (newer versions): each drawer
+    compiles up to COMPILATION_LIMIT shapes of its own. Older versions share torch's global limit
+    (8 per code object) between drawers; past it the step raises under fullgraph."""
+    wanted = {"recompile_limit": COMPILATION_LIMIT, "isolate_recompiles": True}
+    accepted = inspect.signature(torch.compile).parameters
+    return {name: value for name, value in wanted.items() if name in accepted}
+
+
 class CodeDrawer:
     """Draws image codes for one GPT: static KV caches, batched guidance, an optional compiled step.
 
@@ -289,7 +305,7 @@ class CodeDrawer:
                 mode = "reduce-overhead"
             self._step = torch.compile(
                 self._decode_step, backend=options.backend, mode=mode, fullgraph=True, dynamic=False,
-                recompile_limit=COMPILATION_LIMIT, isolate_recompiles=True,
+                **recompile_options(),
             )
 
     @property

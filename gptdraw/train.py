@@ -418,6 +418,9 @@ def train(
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not sharded and accelerator.is_main_process:
         # Accelerate turns FSDP on only over GPU-like devices; on CPUs it quietly runs DDP.
         logger.warning("FSDP was asked for, but Accelerate trains with %s on %s", accelerator.distributed_type, accelerator.device)
+    if accelerator.is_main_process:
+        logger.info("training with %s on %d process(es), %s, precision %s", accelerator.distributed_type.value, world,
+                    accelerator.device, accelerator.mixed_precision)
     set_seed(config.seed)
 
     gpt = init_model if init_model is not None else build_model(config.model, layout, seed=config.seed)
@@ -425,6 +428,9 @@ def train(
     if config.gradient_checkpointing:
         gpt.gradient_checkpointing_enable()
     gpt.train()
+    if not sharded:
+        # On the device before the optimiser is made, so that it picks its fused CUDA kernel.
+        gpt.to(accelerator.device)
     optimizer = make_optimizer(gpt, config)
     # Checkpoints number the optimiser's parameters as torch does; loading them into a
     # sharded optimiser needs their names.
@@ -444,7 +450,7 @@ def train(
     export_gpt = copy.deepcopy(gpt) if sharded and accelerator.is_main_process else gpt
     forward = TrainingForward(gpt, layout, config.loss_chunk)
     if config.compile:
-        forward = torch.compile(forward)
+        forward = torch.compile(forward, backend=config.compile_backend)
     forward, optimizer = accelerator.prepare(forward, optimizer)
     if gpt.config.tie_word_embeddings and gpt.get_output_embeddings().weight is not gpt.get_input_embeddings().weight:
         # A head cut loose from the embedding would get no optimiser updates: refuse to train.
@@ -489,17 +495,18 @@ def train(
             # Load the step's micro-batches first: the loss is normalised by the token counts of
             # the whole step on all processes, so that accumulating k micro-batches, or splitting
             # a batch over processes, gives exactly the gradient of the one big batch.
-            micro_batches = []
+            micro_batches, text_targets = [], 0
             for micro in range(config.grad_accum):
                 micro_step = step * config.grad_accum + micro
                 captions, codes = train_data.get_batch(micro_batch_indices(order, micro_step))
                 ids = blank_captions(layout.pack(captions, codes), layout, config.caption_dropout, config.seed, micro_step, rank, world)
-                micro_batches.append(ids.to(accelerator.device))
+                # Counted on the CPU: counting on the GPU would wait for it at every micro-batch.
+                text_targets += int((split_targets(ids, layout)[0] != -100).sum())
+                micro_batches.append(ids.to(accelerator.device, non_blocking=True))
             counts = torch.tensor(
-                [sum(int((split_targets(ids, layout)[0] != -100).sum()) for ids in micro_batches),
-                 sum(ids.shape[0] * layout.image_len for ids in micro_batches)],
-                dtype=torch.float32, device=accelerator.device,
-            )
+                [text_targets, sum(ids.shape[0] * layout.image_len for ids in micro_batches)],
+                dtype=torch.float32,
+            ).to(accelerator.device)
             counts = accelerator.reduce(counts, reduction="sum").clamp(min=1)
             sums = torch.zeros(2, device=accelerator.device)  # text, image loss sums
             for micro, ids in enumerate(micro_batches):
