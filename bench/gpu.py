@@ -18,8 +18,8 @@ figures are wanted:
                   and not, with the taming f16-16384 decode, beside GPT2LMHeadModel.generate; also
                   whether the compiled step draws the eager step's codes
   encode          bench/vqgan.py: 256 px images → f16-16384 codes in bf16 (autocast, channels-last)
-  checks          bench/correctness.py: bf16 losses against fp32, stop-and-resume, `accelerate launch`
-                  on the one GPU plainly and with FSDP2
+  checks          bench/correctness.py: bf16 losses against fp32, stop-and-resume
+  launch          bench/correctness.py: `accelerate launch` on the one GPU, plainly and with FSDP2
   train-large     bench/train.py eager at micro-batch 64: how MFU grows with work per launch
   encode-compile  bench/vqgan.py with torch.compile
   draw-fp32       the compiled-against-eager drawing check in fp32, where no rounding can differ
@@ -74,13 +74,14 @@ def full_parts() -> list[Part]:
     train = ["--preset", "gpt-draw", "--micro-batch", "16", "--mixed-precision", "bf16", *REFERENCE]
     return [
         Part("ceilings", 60, "ceilings.py"),
-        Part("train", 120, "train.py", [*train, "--steps", "30", "--warmup", "5"]),
+        Part("train", 120, "train.py", [*train, "--steps", "30", "--warmup", "5", "--profile", "5"]),
         Part("train-compile", 240, "train.py", [*train, "--steps", "50", "--warmup", "5", "--compile", "--skip-baseline"]),
         Part("draw", 240, "generate.py", ["--preset", "gpt-draw", "--batch", "16", *REFERENCE, "--vq", "taming",
                                           "--cfg-scale", "3", "--compile", "--warmup", "1", "--repeats", "3"], "--out"),
         Part("encode", 120, "vqgan.py", ["--image-size", "256", "--batch-sizes", "64,256", "--variants", "bf16,bf16+cl",
                                          "--warmup", "1", "--repeats", "3"], "--out"),
-        Part("checks", 180, "correctness.py", ["precision", "resume", "launch", "--preset", "gpt-draw", "--steps", "20"]),
+        Part("checks", 120, "correctness.py", ["precision", "resume", "--preset", "gpt-draw", "--steps", "20"]),
+        Part("launch", 120, "correctness.py", ["launch", "--preset", "gpt-draw", "--steps", "4"]),
         Part("train-large", 90, "train.py", ["--preset", "gpt-draw", "--micro-batch", "64", "--mixed-precision", "bf16",
                                              *REFERENCE, "--steps", "15", "--warmup", "3", "--skip-baseline"]),
         Part("encode-compile", 180, "vqgan.py", ["--image-size", "256", "--batch-sizes", "256",
@@ -97,14 +98,16 @@ def dry_parts() -> list[Part]:
     draw = ["--preset", "tiny", "--batch", "2", *TINY, "--compile-backend", "aot_eager", "--threads", "1"]
     return [
         Part("ceilings", 60, "ceilings.py", ["--size", "256", "--copy-mib", "16", "--repeats", "2"]),
-        Part("train", 90, "train.py", [*train, "--steps", "2", "--warmup", "1"]),
+        Part("train", 90, "train.py", [*train, "--steps", "2", "--warmup", "1", "--profile", "1"]),
         Part("train-compile", 120, "train.py", [*train, "--steps", "2", "--warmup", "1", "--compile",
                                                 "--compile-backend", "aot_eager", "--skip-baseline"]),
         Part("draw", 90, "generate.py", [*draw, "--vq", "small", "--compile", "--warmup", "0", "--repeats", "1"], "--out"),
         Part("encode", 60, "vqgan.py", ["--image-size", "32", "--batch-sizes", "2", "--variants", "bf16,bf16+cl",
                                         "--repeats", "1"], "--out"),
-        Part("checks", 180, "correctness.py", ["precision", "resume", "launch", "--preset", "tiny", "--steps", "4",
+        Part("checks", 120, "correctness.py", ["precision", "resume", "--preset", "tiny", "--steps", "4",
                                                "--micro-batch", "8", "--examples", "64"]),
+        Part("launch", 120, "correctness.py", ["launch", "--preset", "tiny", "--steps", "4", "--micro-batch", "8",
+                                               "--examples", "64"]),
         Part("train-large", 60, "train.py", [*train, "--micro-batch", "8", "--steps", "1", "--warmup", "1",
                                              "--skip-baseline"]),
         Part("encode-compile", 90, "vqgan.py", ["--image-size", "32", "--batch-sizes", "2", "--variants",
@@ -180,6 +183,12 @@ def table(parts: dict[str, dict]) -> str:
             rows.append(("baseline bf16 autocast: tokens/s", _number(r["baseline_bf16_tokens_per_s"]),
                          f"gptdraw {r['speedup_over_bf16_baseline']:.2f}× faster, "
                          f"baseline MFU {100 * r['baseline_bf16_mfu']:.1f} %"))
+        if r.get("profile"):
+            profile = r["profile"]
+            busy = profile["device_busy_fraction"]
+            top = ", ".join(f"{op['name'][:40]} {op['self_ms_per_step']:.1f}" for op in profile["top_ops"][:4])
+            rows.append((f"{label}: ms per step (profiled)", f"{profile['wall_ms_per_step']:.1f}",
+                         (f"device busy {100 * busy:.0f} %; " if busy is not None else "") + f"top ms/step: {top}"))
     if (r := result("draw")) is not None:
         images = r["batch"]
         rows.append((f"draw {images} images, compiled, with decode", f"{r['seconds']:.3f} s",
@@ -200,8 +209,9 @@ def table(parts: dict[str, dict]) -> str:
                      f"{100 * check['equal_fraction']:.1f} % of codes equal, first difference at step "
                      f"{check['first_difference_step']}"))
     for name in ("encode", "encode-compile"):
+        size = ((result(name) or {}).get("environment") or {}).get("image_size")
         for item in (result(name) or {}).get("results", []):
-            rows.append((f"encode 256 px, {item['variant']}, batch {item['batch_size']}",
+            rows.append((f"encode {size} px, {item['variant']}, batch {item['batch_size']}",
                          f"{item['encode_images_per_s']:,.0f} images/s", f"decode {item['decode_images_per_s']:,.0f} images/s"))
     if (r := result("checks")) is not None:
         if "precision" in r:
@@ -214,12 +224,12 @@ def table(parts: dict[str, dict]) -> str:
             rows.append(("stop and resume", "pass" if p["passed"] else "FAIL",
                          f"bit-identical {p['bit_identical']}, max relative difference {p['max_relative_difference']:.1e} "
                          f"(run-to-run {p['run_to_run_relative_difference']:.1e}, tolerance {p['tolerance']})"))
-        if "launch" in r:
-            p = r["launch"]
-            for name in ("plain", "fsdp2"):
-                if name in p:
-                    rows.append((f"accelerate launch, {name}", "pass" if p[name]["passed"] else "FAIL",
-                                 f"ran as {p[name]['distributed_type']}, {p[name]['seconds']:.0f} s"))
+    if (r := result("launch")) is not None and "launch" in r:
+        p = r["launch"]
+        for name in ("plain", "fsdp2"):
+            if name in p:
+                rows.append((f"accelerate launch, {name}", "pass" if p[name]["passed"] else "FAIL",
+                             f"ran as {p[name]['distributed_type']}, {p[name]['seconds']:.0f} s"))
     for name, record in parts.items():
         if record["status"] != "ok":
             rows.append((f"part {name}", record["status"], f"after {record.get('seconds', 0)} s"))
@@ -236,8 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", nargs="+", help="run only these parts (default: all, in order)")
     parser.add_argument("--jobs", type=int, default=0,
                         help="parts run at once (default: 1, or 2 for a dry run, which times nothing)")
+    parser.add_argument("--table", action="store_true", help="only write and print the table of OUT/gpu.json again")
     args = parser.parse_args(argv)
-    parts = dry_parts() if args.dry_run else full_parts()
+    if args.table:
+        markdown = table(json.loads((Path(args.out) / "gpu.json").read_text())["parts"])
+        (Path(args.out) / "gpu.md").write_text(markdown + "\n")
+        print(markdown)
+        return 0
+    parts = every_part = dry_parts() if args.dry_run else full_parts()
     if args.parts:
         unknown = set(args.parts) - {part.name for part in parts}
         if unknown:
@@ -247,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + args.budget
     records: dict[str, dict] = {}
+    if args.parts and (out_dir / "gpu.json").exists():
+        # Rerunning some parts keeps the others' records from the earlier run (with its date).
+        earlier = json.loads((out_dir / "gpu.json").read_text())
+        records = {name: {**record, "date": record.get("date", earlier.get("date"))}
+                   for name, record in earlier["parts"].items() if name not in args.parts}
+    all_parts = every_part
     lock = threading.Lock()
 
     def run(part: Part) -> None:
@@ -260,9 +282,10 @@ def main(argv: list[str] | None = None) -> int:
             # Parts side by side share the cores: one thread each, instead of each taking them all.
             record = run_part(part, out_dir, min(part.cap_s, left), threads=1 if jobs > 1 else None)
             print(f"[gpu] {part.name}: {record['status']} in {record['seconds']} s", flush=True)
+        record["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         with lock:
             records[part.name] = record
-            ordered = {p.name: records[p.name] for p in parts if p.name in records}
+            ordered = {p.name: records[p.name] for p in all_parts if p.name in records}
             summary = {"dry_run": args.dry_run, "budget_s": args.budget, "jobs": jobs,
                        "ran": [name for name, r in ordered.items() if r["status"] != "skipped"],
                        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "parts": ordered}
@@ -272,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = args.jobs or (2 if args.dry_run else 1)
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(run, parts))
-    records = {part.name: records[part.name] for part in parts}
+    records = {part.name: records[part.name] for part in all_parts if part.name in records}
     markdown = table(records)
     (out_dir / "gpu.md").write_text(markdown + "\n")
     print(markdown)

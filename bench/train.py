@@ -134,6 +134,44 @@ def baseline_tokens_per_s(
     return tokens / (time.perf_counter() - started), tokens / (time.process_time() - cpu_started)
 
 
+def profile_steps(config: TrainConfig, data, caption_tokenizer, vq, work_dir: Path, warmup: int, steps: int,
+                  device: torch.device, top: int = 25) -> dict:
+    """Where the time of `steps` training steps goes (after `warmup` untimed ones): torch.profiler's
+    operators by their own device time (CPU time on a CPU), per step, and the share of the wall
+    time the device was busy (well under 1: the device waits for Python to launch work)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    clock: dict[int, float] = {}
+    with profile(activities=activities, schedule=schedule(wait=warmup, warmup=1, active=steps, repeat=1)) as profiler:
+        def step_done(done: int, loss: float) -> None:
+            synchronize(device)
+            clock[done] = time.perf_counter()
+            profiler.step()
+
+        train(replace(config, max_steps=warmup + 1 + steps), data, work_dir, caption_tokenizer, vq, progress=False,
+              on_step=step_done)
+    wall = clock[warmup + 1 + steps] - clock[warmup + 1]
+    averages = profiler.key_averages()
+    # The device's own events (kernels, copies) once each; an operator's "self device time" is the
+    # time of the kernels it launched, so adding both would count every kernel twice.
+    device_events = [event for event in averages if event.device_type != DeviceType.CPU]
+    operators = [event for event in averages if event.device_type == DeviceType.CPU and not event.key.startswith("ProfilerStep")]
+    own = (lambda event: event.self_device_time_total) if cuda else (lambda event: event.self_cpu_time_total)
+    busy = sum(event.self_device_time_total for event in device_events) / 1e6
+    rows = sorted(operators, key=own, reverse=True)[:top]
+    return {
+        "steps": steps,
+        "wall_ms_per_step": 1e3 * wall / steps,
+        "device_busy_fraction": busy / wall if cuda else None,
+        "device_launches_per_step": sum(event.count for event in device_events) / steps if cuda else None,
+        "top_ops": [{"name": event.key, "self_ms_per_step": own(event) / 1e3 / steps,
+                     "calls_per_step": event.count / steps} for event in rows],
+    }
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -203,6 +241,8 @@ def main() -> None:
     parser.add_argument("--memory-only", action="store_true", help="report peak training memory, without timing")
     parser.add_argument("--memory-depths", type=int, nargs="+", default=[], metavar="N",
                         help="CPU: measure memory at these depths and extrapolate to the preset's (implies --memory)")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="also profile this many steps of gptdraw's loop (a separate run, after the timing)")
     parser.add_argument("--json", default="bench/out/train.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -268,6 +308,11 @@ def main() -> None:
                     config, layout, data, args.steps, args.warmup, device, bf16=True)
         if track_memory:
             memory = tracked_memory(config, data, caption_tokenizer, vq, tmp, args.memory_depths)
+        profiled = None
+        if args.profile:
+            profiled = profile_steps(config, data, caption_tokenizer, vq, tmp / "profile", args.warmup, args.profile, device)
+            for row in profiled["top_ops"][:12]:
+                print(f"{row['self_ms_per_step']:9.3f} ms/step {row['calls_per_step']:7.1f} calls  {row['name']}")
 
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)",
@@ -301,6 +346,7 @@ def main() -> None:
         "baseline_mfu": baseline * per_token / peak if baseline else None,
         "baseline_bf16_mfu": baseline_bf16 * per_token / peak if baseline_bf16 else None,
         **memory,
+        "profile": profiled,
         "reference_epoch_minutes": 881e6 / tokens_per_s / 60 if tokens_per_s else None,
         # Other work on the machine slows a CPU run: judge the figures by the load beside them.
         "loadavg_start": load_at_start,

@@ -117,10 +117,34 @@ def filter_logits(
     probs = sorted_logits.masked_fill(outside_k, float("-inf")).softmax(dim=-1)
     # Drop a code when the codes before it already reach top_p; the first always stays.
     # (top_p = 1 drops nothing: a cumulative sum that rounds past 1 must not cut the tail.)
-    outside_p = (probs.cumsum(dim=-1) - probs >= top_p) & (top_p < 1.0)
+    outside_p = (cumulative_sum(probs) - probs >= top_p) & (top_p < 1.0)
     drop_sorted = outside_k | outside_p
     drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
     return logits.masked_fill(drop, float("-inf"))
+
+
+SCAN_BLOCK = 128
+"""Length of the short scans that cumulative_sum is made of."""
+
+
+def cumulative_sum(values: torch.Tensor) -> torch.Tensor:
+    """The running sum of (B, V) values along V, as torch.cumsum, made of short scans: a scan
+    within each block of SCAN_BLOCK values, then one over the block totals.
+
+    Why: torch.compile (inductor, torch 2.11, CUDA) picks a split scan kernel for a long scan
+    over few rows, such as a (16, 16384) cumsum, and fails to generate it; a scan this short
+    over many rows is a plain kernel. Each block starts from the sum through the one before, so
+    that a cdf made of it rises from block to block as a plain cumsum's does.
+    """
+    batch, length = values.shape
+    blocks = -(-length // SCAN_BLOCK)
+    padding = blocks * SCAN_BLOCK - length  # zeros at the end, which change no sum
+    padded = F.pad(values, (0, padding)) if padding else values  # (B, blocks·block)
+    within = padded.reshape(batch, blocks, SCAN_BLOCK).cumsum(dim=-1)  # (B, blocks, block)
+    through = within[..., -1].cumsum(dim=-1)  # (B, blocks): the sum through each block's end
+    before = F.pad(through[:, :-1], (1, 0))  # (B, blocks): the sum before each block
+    sums = (within + before[..., None]).reshape(batch, -1)  # (B, blocks·block)
+    return sums[:, :length] if padding else sums  # (B, V)
 
 
 def apply_cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
@@ -143,12 +167,15 @@ def pick_codes(logits: torch.Tensor, uniform: torch.Tensor, knobs: Knobs) -> tor
     greedy = logits.argmax(dim=-1)
     temperature = torch.where(knobs.temperature > 0, knobs.temperature, 1.0)
     probs = filter_logits(logits / temperature, knobs.top_k, knobs.top_p).softmax(dim=-1)
-    cdf = probs.cumsum(dim=-1)  # (B, K)
+    cdf = cumulative_sum(probs)  # (B, K)
     total = cdf[:, -1:]
     # Strictly below the total: the first cdf entry above the target is then a code with p > 0
     # (filtered codes add nothing to the sum, so they never make it rise).
     target = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
-    sampled = torch.searchsorted(cdf, target, right=True).squeeze(-1)  # (B,)
+    # The number of cdf entries at or below the target is the index of the first one above it
+    # (searchsorted's answer, as one plain reduction: inductor in torch 2.11 could not lower
+    # searchsorted over a cdf made by cumulative_sum).
+    sampled = (cdf <= target).sum(dim=-1)  # (B,)
     return torch.where(knobs.temperature > 0, sampled, greedy)
 
 

@@ -7,6 +7,7 @@ from gptdraw.sampling import (
     Knobs,
     SamplingSettings,
     apply_cfg,
+    cumulative_sum,
     draw_uniform,
     filter_logits,
     image_logits,
@@ -227,3 +228,12 @@ def test_filter_logits_with_tensor_settings_matches_numbers():
         assert torch.equal(by_number, by_tensor)
         kept = torch.isfinite(by_number).sum(dim=-1)
         assert (kept >= 1).all() and (kept <= (top_k or 50)).all()
+
+
+@pytest.mark.parametrize("length", [1, 100, 128, 300, 16384])
+def test_cumulative_sum_is_cumsum(length):
+    probs = torch.rand(3, length, generator=torch.Generator().manual_seed(length)).softmax(dim=-1)
+    cdf = cumulative_sum(probs)
+    assert cdf.shape == probs.shape
+    torch.testing.assert_close(cdf, probs.cumsum(dim=-1), rtol=1e-5, atol=1e-6)
+    assert (cdf.diff(dim=-1) >= 0).all()  # a cdf never falls
