@@ -38,7 +38,8 @@ from gptdraw.data.prepare import prepare
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import ShapesSource
 from gptdraw.text import CaptionTokenizer
-from gptdraw.train import resolve_mixed_precision, train
+from gptdraw.runtime import resolve_mixed_precision
+from gptdraw.train import train
 from gptdraw.vqgan import ImageTokenizer, vq_preset
 
 PRECISION_TOLERANCE = 0.02

@@ -46,7 +46,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from gptdraw.config import model_preset
 from gptdraw.model import build_model
-from gptdraw.pipeline import resolve_device, resolve_dtype
+from gptdraw.runtime import native_bf16, resolve_device, resolve_dtype
 from gptdraw.sampling import CodeDrawer, DecodeOptions, SamplingSettings, sample_codes
 from gptdraw.sequence import SequenceLayout
 from gptdraw.vqgan import ImageTokenizer, vq_preset
@@ -210,9 +210,13 @@ def main(argv: list[str] | None = None) -> dict:
         )
         return (ids[:, layout.text_len :] - layout.image_offset).reshape(args.batch, args.grid, args.grid)
 
+    # As GPTDrawPipeline decides: with dtype auto, a CPU that runs bf16 natively decodes under bf16 autocast.
+    decode_in_bf16 = args.dtype == "auto" and device.type == "cpu" and native_bf16(device)
+
     @torch.inference_mode()
     def decode(codes: torch.Tensor) -> torch.Tensor:
-        return tokenizer.decode(codes)  # one batched call for all images
+        with torch.autocast(device.type, torch.bfloat16, enabled=decode_in_bf16):
+            return tokenizer.decode(codes)  # one batched call for all images
 
     # The first fast draw compiles a compiled step: timed on its own, never in the median.
     first, fast_runs, baseline_runs, decode_runs = Timing(), Timing(), Timing(), Timing()
@@ -265,6 +269,7 @@ def main(argv: list[str] | None = None) -> dict:
         "layout": {"text_len": layout.text_len, "text_vocab": layout.text_vocab_size, "grid": list(layout.grid),
                    "codebook": layout.codebook_size},
         "vq": args.vq,
+        "decode_in_bf16": decode_in_bf16,
         "settings": settings.to_dict(),
         "seconds": total,
         "baseline_seconds": baseline_total,

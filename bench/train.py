@@ -51,7 +51,8 @@ from gptdraw.model import build_model
 from gptdraw.sequence import SequenceLayout
 from gptdraw.text import CaptionTokenizer
 from gptdraw.data.loader import EpochBatches
-from gptdraw.train import micro_batch_indices, resolve_mixed_precision, train
+from gptdraw.runtime import resolve_mixed_precision
+from gptdraw.train import micro_batch_indices, train
 from gptdraw.vqgan import ImageTokenizer, VQConfig
 from memory import GIB, extrapolate_by_depth, highest, measure_training_memory  # bench/memory.py, beside this script
 

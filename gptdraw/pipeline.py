@@ -26,6 +26,7 @@ from transformers import GPT2LMHeadModel
 
 from .images import tensor_to_pil
 from .model import check_model_fits_layout, load_transformer, save_transformer
+from .runtime import native_bf16, resolve_device, resolve_dtype
 from .sampling import CodeDrawer, DecodeOptions, SamplingSettings
 from .sequence import SequenceLayout
 from .text import CaptionTokenizer
@@ -51,27 +52,6 @@ class DrawingStep:
     """(B, codes_drawn) the codes so far."""
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """"auto": bfloat16 on a GPU that has it (drawing is memory- and launch-bound), else float32."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if bf16 else torch.float32
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
 class GPTDrawPipeline:
     """Draws pictures for captions with a trained gptdraw model."""
 
@@ -83,7 +63,10 @@ class GPTDrawPipeline:
         layout: SequenceLayout,
         default_settings: SamplingSettings = SamplingSettings(),
         decode_options: DecodeOptions = DecodeOptions(),
+        decode_in_bf16: bool = False,
     ):
+        """decode_in_bf16: turn codes into pixels under bf16 autocast (on a CPU with AMX about
+        twice as fast as fp32; the pixels differ from fp32's by rounding)."""
         check_model_fits_layout(gpt, layout, "pipeline")
         if image_tokenizer.codebook_size != layout.codebook_size:
             raise ValueError(
@@ -102,6 +85,7 @@ class GPTDrawPipeline:
         self.image_tokenizer = image_tokenizer.eval()
         self.layout = layout
         self.default_settings = default_settings
+        self.decode_in_bf16 = decode_in_bf16
         # The fast sampler keeps its KV caches (and compiled step) between drawings.
         self.drawer = CodeDrawer(self.gpt, layout, decode_options)
 
@@ -146,7 +130,8 @@ class GPTDrawPipeline:
     ) -> "GPTDrawPipeline":
         """Loads a model directory; a missing or incomplete one is a clear error.
 
-        dtype: "auto" (bfloat16 on a GPU that has it, else float32), "float32", "bfloat16".
+        dtype: "auto" (bfloat16 on a GPU that has it, else float32, with the images decoded
+        under bf16 autocast on a CPU that runs bf16 natively), "float32", "bfloat16".
         compile: torch.compile the decode step (CUDA graphs on a GPU; the first drawing of
         each batch size then takes a while longer).
         """
@@ -165,6 +150,7 @@ class GPTDrawPipeline:
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ValueError(f"{directory / MODEL_CONFIG_NAME} is not a valid model config: {error}") from None
         device = resolve_device(device)
+        decode_in_bf16 = dtype in (None, "auto") and device.type == "cpu" and native_bf16(device)
         dtype = resolve_dtype(dtype, device)
         return cls(
             gpt=load_transformer(directory / "transformer", device).to(dtype),
@@ -173,6 +159,7 @@ class GPTDrawPipeline:
             layout=layout,
             default_settings=settings,
             decode_options=DecodeOptions(compile=compile),
+            decode_in_bf16=decode_in_bf16,
         )
 
     # ----------------------------------------------------------------- drawing
@@ -265,7 +252,7 @@ class GPTDrawPipeline:
         h, w = self.layout.grid
         full = torch.zeros(batch, h * w, dtype=torch.long, device=codes.device)
         full[:, :drawn] = codes
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(codes.device.type, torch.bfloat16, enabled=self.decode_in_bf16):
             pixels = self.image_tokenizer.decode(full.reshape(batch, h, w))  # (B, 3, H, W)
         if drawn < h * w:
             known = torch.zeros(h * w, device=pixels.device)

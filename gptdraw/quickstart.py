@@ -29,7 +29,8 @@ from .data.prepare import prepare
 from .data.shards import ShardDataset
 from .data.sources import ShapesSource
 from .evaluate import evaluate_shapes
-from .pipeline import GPTDrawPipeline, resolve_device
+from .pipeline import GPTDrawPipeline
+from .runtime import resolve_device
 from .sampling import SamplingSettings
 from .text import CaptionTokenizer
 from .train import train

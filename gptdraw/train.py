@@ -43,6 +43,7 @@ from .data.loader import EpochBatches
 from .images import make_grid
 from .model import TrainingForward, build_model, check_model_fits_layout, split_targets, weighted_loss
 from .pipeline import GPTDrawPipeline
+from .runtime import resolve_mixed_precision
 from .sampling import SamplingSettings
 from .sequence import SequenceLayout
 from .text import CaptionTokenizer
@@ -288,19 +289,6 @@ def plot_losses(metrics_path: Path, out_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- the loop
-def resolve_mixed_precision(choice: str) -> str:
-    """auto → bf16 where the hardware runs it natively (CUDA with bf16, CPUs with AMX/AVX512-BF16)."""
-    if choice != "auto":
-        return choice
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "no"
-    return "bf16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "no"
-
-
 def evaluate(model, dataset, layout: SequenceLayout, config: TrainConfig, accelerator) -> float:
     """Mean loss over the first eval_batches micro-batches of the held-out split.
 

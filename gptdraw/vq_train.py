@@ -50,6 +50,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from gptdraw.images import make_grid, tensor_to_pil, uint8_to_tensor
+from gptdraw.runtime import native_bf16
 from gptdraw.vq_config import VQTrainConfig  # noqa: F401  (re-exported: the config lives in a torch-free module)
 from gptdraw.vqgan import CONFIG_FILE, ImageTokenizer, read_config, vq_preset
 
@@ -276,14 +277,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """"auto" → "bf16" where the hardware runs bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else "fp32"."""
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu" and torch.backends.mkldnn.is_available():
-        try:
-            return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-        except (AttributeError, RuntimeError):
-            return "fp32"
-    return "fp32"
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 @contextlib.contextmanager

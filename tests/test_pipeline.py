@@ -17,7 +17,8 @@ def pipe(gpt, caption_tokenizer, image_tokenizer, layout):
 
 def test_save_load_draws_identical_images(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "model")
-    loaded = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu")
+    # float32 throughout, as `pipe` was made (auto may decode in bf16 on this CPU: see below).
+    loaded = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", dtype="float32")
     assert loaded.default_settings == pipe.default_settings
     a = pipe(["a red circle", "a blue square at the top"], num_images_per_prompt=2, seed=5)
     b = loaded(["a red circle", "a blue square at the top"], num_images_per_prompt=2, seed=5)
@@ -85,7 +86,7 @@ def test_bfloat16_and_compiled_pipelines_load_and_draw(pipe, tmp_path, layout):
 
 
 def test_resolve_dtype():
-    from gptdraw.pipeline import resolve_dtype
+    from gptdraw.runtime import resolve_dtype
 
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
@@ -95,3 +96,20 @@ def test_resolve_dtype():
 def test_without_a_seed_each_drawing_is_new(pipe):
     first, second = pipe("a red circle"), pipe("a red circle")
     assert first[0].tobytes() != second[0].tobytes()
+
+
+def test_bf16_decode_on_cpus_that_have_it(pipe, tmp_path):
+    from gptdraw.runtime import native_bf16
+
+    pipe.save_pretrained(tmp_path / "model")
+    auto = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu")
+    assert auto.decode_in_bf16 == native_bf16(torch.device("cpu"))
+    assert next(auto.gpt.parameters()).dtype == torch.float32  # only the pixels, never the codes
+    fp32 = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", dtype="float32")
+    assert not fp32.decode_in_bf16
+    fp32.decode_in_bf16 = True  # bf16 autocast runs (emulated) on any CPU
+    codes = torch.randint(0, pipe.layout.codebook_size, (3, pipe.layout.image_len))
+    exact = [np.asarray(image, dtype=float) for image in pipe.decode_partial(codes)]
+    rounded = [np.asarray(image, dtype=float) for image in fp32.decode_partial(codes)]
+    differences = np.abs(np.stack(exact) - np.stack(rounded))
+    assert differences.mean() < 2.0 and differences.max() <= 16  # 0–255 pixel levels
