@@ -33,20 +33,20 @@ from pathlib import Path
 
 import torch
 
-from gptdraw.config import TrainConfig, model_preset
+from gptdraw.gpt.config import TrainConfig, model_preset
 from gptdraw.data.prepare import prepare
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import ShapesSource
-from gptdraw.text import CaptionTokenizer
+from gptdraw.captions import CaptionTokenizer
 from gptdraw.runtime import resolve_mixed_precision
-from gptdraw.train import train
-from gptdraw.vqgan import ImageTokenizer, vq_preset
+from gptdraw.gpt.train import train
+from gptdraw.vq.model import ImageTokenizer, vq_preset
 
 PRECISION_TOLERANCE = 0.02
 """bf16 against fp32: the largest relative difference of a step's loss that passes."""
 RESUME_TOLERANCE = 1e-3
 """Resumed against uninterrupted: the largest relative difference of a later step's loss that passes."""
-FSDP_FALLBACK = "FSDP was asked for, but"  # gptdraw.train's warning when Accelerate runs DDP instead
+FSDP_FALLBACK = "FSDP was asked for, but"  # gptdraw.gpt.train's warning when Accelerate runs DDP instead
 CHECKS = ("precision", "resume", "launch")
 
 

@@ -44,12 +44,12 @@ from pathlib import Path
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from gptdraw.config import model_preset
-from gptdraw.model import build_model
+from gptdraw.gpt.config import model_preset
+from gptdraw.gpt.model import build_model
 from gptdraw.runtime import native_bf16, resolve_device, resolve_dtype
-from gptdraw.sampling import CodeDrawer, DecodeOptions, SamplingSettings, sample_codes
+from gptdraw.gpt.sampling import CodeDrawer, DecodeOptions, SamplingSettings, sample_codes
 from gptdraw.sequence import SequenceLayout
-from gptdraw.vqgan import ImageTokenizer, vq_preset
+from gptdraw.vq.model import ImageTokenizer, vq_preset
 
 
 class ImageCodesOnly(LogitsProcessor):
@@ -132,7 +132,7 @@ def first_difference(codes: torch.Tensor, reference: torch.Tensor) -> int | None
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="gpt-draw", help="model preset (gptdraw.config): tiny, gpt-draw, …")
+    parser.add_argument("--preset", default="gpt-draw", help="model preset (gptdraw.gpt.config): tiny, gpt-draw, …")
     parser.add_argument("--batch", type=int, default=16, help="prompts per batch (one image each)")
     parser.add_argument("--text-len", type=int, default=64, help="caption tokens")
     parser.add_argument("--text-vocab", type=int, default=50258, help="caption vocabulary (GPT-2's + pad by default)")

@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 from torch._C._profiler import _EventType
 
-from gptdraw.config import TrainConfig
-from gptdraw.model import build_model
+from gptdraw.gpt.config import TrainConfig
+from gptdraw.gpt.model import build_model
 from gptdraw.sequence import SequenceLayout
-from gptdraw.train import train
+from gptdraw.gpt.train import train
 
 CUDA_BLOCK = 512
 """The CUDA caching allocator hands out multiples of 512 bytes."""
@@ -278,7 +278,7 @@ def extrapolate_by_depth(points: dict[int, MemoryPeak], n_layer: int) -> MemoryP
 def measure_training_memory(
     config: TrainConfig, train_data, caption_tokenizer, image_tokenizer, out_dir: str | Path, steps: int = 2
 ) -> dict[str, MemoryPeak]:
-    """Peak CPU tensor memory of gptdraw's own trainer (`gptdraw.train.train`) over its first
+    """Peak CPU tensor memory of gptdraw's own trainer (`gptdraw.gpt.train.train`) over its first
     `steps` optimizer steps, in the forward and backward passes and in the optimizer steps
     (`highest` gives the peak); `out_dir` must be new (the trainer would resume from it).
 

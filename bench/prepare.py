@@ -66,7 +66,7 @@ def bench_encode(preset: str, images: int, batch_size: int) -> dict:
     """Images/s of VQ encoding alone (random weights, fp32 on CPU)."""
     import torch
 
-    from gptdraw.vqgan import ImageTokenizer, vq_preset
+    from gptdraw.vq.model import ImageTokenizer, vq_preset
 
     torch.manual_seed(0)
     tokenizer = ImageTokenizer(vq_preset(preset)).eval()
@@ -87,8 +87,8 @@ def bench_prepare(folder: Path, preset: str, count: int, batch_size: int, worker
     import torch
 
     from gptdraw.data.prepare import prepare
-    from gptdraw.text import CaptionTokenizer
-    from gptdraw.vqgan import ImageTokenizer, vq_preset
+    from gptdraw.captions import CaptionTokenizer
+    from gptdraw.vq.model import ImageTokenizer, vq_preset
 
     torch.manual_seed(0)
     tokenizer = ImageTokenizer(vq_preset(preset)).eval()

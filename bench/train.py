@@ -1,7 +1,7 @@
 """Training throughput: gptdraw's training loop against a plain eager baseline, in one run.
 
 Both loops read the same memory-mapped shards (random codes and captions written here), so
-data loading is inside the measured step loop. gptdraw's loop is `gptdraw.train.train`
+data loading is inside the measured step loop. gptdraw's loop is `gptdraw.gpt.train.train`
 itself (bf16 autocast where the hardware has it, chunked cross-entropy, fused AdamW on
 CUDA, optionally torch.compile). Two baselines: transformers' GPT2LMHeadModel called with
 labels, torch's AdamW, no compile, in fp32 (what the model does out of the box) and under bf16
@@ -45,15 +45,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gptdraw.config import TrainConfig, model_preset
+from gptdraw.gpt.config import TrainConfig, model_preset
 from gptdraw.data.shards import FORMAT_NAME, FORMAT_VERSION, ShardContent, ShardDataset, write_json_atomic, write_shard
-from gptdraw.model import build_model
+from gptdraw.gpt.model import build_model
 from gptdraw.sequence import SequenceLayout
-from gptdraw.text import CaptionTokenizer
+from gptdraw.captions import CaptionTokenizer
 from gptdraw.data.loader import EpochBatches
 from gptdraw.runtime import resolve_mixed_precision
-from gptdraw.train import micro_batch_indices, train
-from gptdraw.vqgan import ImageTokenizer, VQConfig
+from gptdraw.gpt.train import micro_batch_indices, train
+from gptdraw.vq.model import ImageTokenizer, VQConfig
 from memory import GIB, extrapolate_by_depth, highest, measure_training_memory  # bench/memory.py, beside this script
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets (FLOP/s, no sparsity).

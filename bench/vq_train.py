@@ -24,8 +24,8 @@ import torch
 
 from gptdraw.data import shapes
 from gptdraw.images import tensor_to_pil, uint8_to_tensor
-from gptdraw.vq_train import VQTrainConfig, train_vq, zero_init_residuals
-from gptdraw.vqgan import ImageTokenizer, VQConfig, vq_preset
+from gptdraw.vq.train import VQTrainConfig, train_vq, zero_init_residuals
+from gptdraw.vq.model import ImageTokenizer, VQConfig, vq_preset
 
 
 def parse_override(text: str, fields: dict[str, dataclasses.Field]) -> tuple[str, object]:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from gptdraw.vqgan import ImageTokenizer, vq_preset
+from gptdraw.vq.model import ImageTokenizer, vq_preset
 
 DEFAULT_VARIANTS = "fp32,bf16,fp32+cl,bf16+cl,fp32+compile"
 

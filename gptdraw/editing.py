@@ -23,10 +23,10 @@ import torch
 from PIL import Image
 from transformers import GPT2LMHeadModel
 
-from .images import pil_to_tensor
-from .pipeline import DrawingStep, GPTDrawPipeline
-from .sampling import code_tokens, image_logits, model_rows
-from .sequence import SequenceLayout
+from gptdraw.images import pil_to_tensor
+from gptdraw.pipeline import DrawingStep, GPTDrawPipeline
+from gptdraw.gpt.sampling import code_tokens, image_logits, model_rows
+from gptdraw.sequence import SequenceLayout
 
 logger = logging.getLogger(__name__)
 

@@ -24,13 +24,13 @@ import torch
 from PIL import Image
 from transformers import GPT2LMHeadModel
 
-from .images import tensor_to_pil
-from .model import check_model_fits_layout, load_transformer, save_transformer
-from .runtime import native_bf16, resolve_device, resolve_dtype
-from .sampling import CodeDrawer, DecodeOptions, SamplingSettings
-from .sequence import SequenceLayout
-from .text import CaptionTokenizer
-from .vqgan import ImageTokenizer
+from gptdraw.images import tensor_to_pil
+from gptdraw.gpt.model import check_model_fits_layout, load_transformer, save_transformer
+from gptdraw.runtime import native_bf16, resolve_device, resolve_dtype
+from gptdraw.gpt.sampling import CodeDrawer, DecodeOptions, SamplingSettings
+from gptdraw.sequence import SequenceLayout
+from gptdraw.captions import CaptionTokenizer
+from gptdraw.vq.model import ImageTokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ import logging
 import pytest
 import torch
 
-from gptdraw.config import ModelConfig
-from gptdraw.model import build_model
+from gptdraw.gpt.config import ModelConfig
+from gptdraw.gpt.model import build_model
 from gptdraw.sequence import SequenceLayout
-from gptdraw.text import CaptionTokenizer
-from gptdraw.vqgan import ImageTokenizer, VQConfig
+from gptdraw.captions import CaptionTokenizer
+from gptdraw.vq.model import ImageTokenizer, VQConfig
 
 CAPTIONS = [
     "a small red circle in the top left",

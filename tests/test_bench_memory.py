@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gptdraw.config import ModelConfig, TrainConfig
+from gptdraw.gpt.config import ModelConfig, TrainConfig
 from gptdraw.data.shards import FORMAT_NAME, FORMAT_VERSION, ShardContent, ShardDataset, write_json_atomic, write_shard
 
 MIB = 2**20

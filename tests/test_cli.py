@@ -7,7 +7,7 @@ from PIL import Image
 
 from gptdraw.cli import main
 from gptdraw.pipeline import GPTDrawPipeline
-from gptdraw.sampling import SamplingSettings
+from gptdraw.gpt.sampling import SamplingSettings
 
 
 @pytest.fixture(scope="module")

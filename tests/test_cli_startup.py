@@ -87,7 +87,7 @@ def test_argument_errors_import_no_heavy_library(argv):
 
 
 def test_train_vq_options_left_out_take_the_recipe_defaults(tmp_path):
-    from gptdraw.vq_train import VQTrainConfig
+    from gptdraw.vq.train import VQTrainConfig
 
     out = tmp_path / "vq"
     argv = ["train-vq", "--out", str(out), "--steps", "2", "--batch-size", "4", "--shapes-count", "16",

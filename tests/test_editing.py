@@ -16,7 +16,7 @@ from gptdraw.editing import (
     variations,
 )
 from gptdraw.pipeline import GPTDrawPipeline
-from gptdraw.sampling import SamplingSettings
+from gptdraw.gpt.sampling import SamplingSettings
 
 
 @pytest.fixture

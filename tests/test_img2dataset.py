@@ -21,8 +21,8 @@ from gptdraw.data.prepare import prepare
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import detect_format, open_source
 from gptdraw.images import uint8_to_tensor
-from gptdraw.text import CaptionTokenizer
-from gptdraw.vqgan import ImageTokenizer, vq_preset
+from gptdraw.captions import CaptionTokenizer
+from gptdraw.vq.model import ImageTokenizer, vq_preset
 
 SIZE = 32
 

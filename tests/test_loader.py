@@ -11,8 +11,8 @@ from gptdraw.data.loader import EpochBatches
 from gptdraw.data.prepare import prepare
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import open_source
-from gptdraw.text import CaptionTokenizer
-from gptdraw.vqgan import ImageTokenizer, vq_preset
+from gptdraw.captions import CaptionTokenizer
+from gptdraw.vq.model import ImageTokenizer, vq_preset
 
 
 def stream(batches, count):

@@ -2,8 +2,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gptdraw.config import ModelConfig
-from gptdraw.model import adapt_pretrained_gpt2, build_model, check_model_fits_layout, sequence_loss
+from gptdraw.gpt.config import ModelConfig
+from gptdraw.gpt.model import adapt_pretrained_gpt2, build_model, check_model_fits_layout, sequence_loss
 from gptdraw.sequence import SequenceLayout
 
 
@@ -81,7 +81,7 @@ def test_adapt_refuses_foreign_tokenizer(tmp_path):
 
 
 def test_linear_cross_entropy_gradients_match_autograd():
-    from gptdraw.model import LinearCrossEntropy
+    from gptdraw.gpt.model import LinearCrossEntropy
 
     torch.manual_seed(0)
     hidden = torch.randn(37, 16, requires_grad=True)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from gptdraw.pipeline import GPTDrawPipeline
-from gptdraw.sampling import SamplingSettings
-from gptdraw.vqgan import ImageTokenizer
+from gptdraw.gpt.sampling import SamplingSettings
+from gptdraw.vq.model import ImageTokenizer
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ from gptdraw.data.prepare import EvalSplit, prepare
 from gptdraw.data.shards import ChecksumError, ShardDataset
 from gptdraw.data.sources import open_source
 from gptdraw.images import uint8_to_tensor
-from gptdraw.text import CaptionTokenizer
-from gptdraw.vqgan import ImageTokenizer, vq_preset
+from gptdraw.captions import CaptionTokenizer
+from gptdraw.vq.model import ImageTokenizer, vq_preset
 
 SIZE = 32
 
@@ -229,8 +229,8 @@ KILL_SCRIPT = textwrap.dedent("""
     from gptdraw.data import shards
     from gptdraw.data.prepare import prepare
     from gptdraw.data.sources import open_source
-    from gptdraw.text import CaptionTokenizer
-    from gptdraw.vqgan import ImageTokenizer
+    from gptdraw.captions import CaptionTokenizer
+    from gptdraw.vq.model import ImageTokenizer
 
     vq_dir, text_dir, out = sys.argv[1:4]
     save = shards._save_npy

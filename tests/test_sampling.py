@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gptdraw.sampling import (
+from gptdraw.gpt.sampling import (
     CodeDrawer,
     DecodeOptions,
     Knobs,

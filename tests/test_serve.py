@@ -9,8 +9,8 @@ import pytest
 
 from gptdraw import cli
 from gptdraw.pipeline import GPTDrawPipeline
-from gptdraw.sampling import SamplingSettings
-from gptdraw.serve import RequestError, ServeConfig, check_request
+from gptdraw.gpt.sampling import SamplingSettings
+from gptdraw.apps.serve import RequestError, ServeConfig, check_request
 
 WAIT_SECONDS = 60  # the longest any test waits for the server
 
@@ -33,7 +33,7 @@ class Served:
 def served(tmp_path_factory, gpt, caption_tokenizer, image_tokenizer, layout):
     """A running server on 127.0.0.1 for a model directory made from the tiny fixtures."""
     pytest.importorskip("gradio", reason="the web app needs gradio (pip install 'gptdraw[serve]')")
-    from gptdraw.serve import launch
+    from gptdraw.apps.serve import launch
 
     root = tmp_path_factory.mktemp("serve")
     settings = SamplingSettings(top_k=20, cfg_scale=2.0)
@@ -179,8 +179,8 @@ def test_serve_command_refuses_bad_arguments(command, tmp_path, capsys):
 
 
 def test_warm_up_compiles_every_batch_size_a_request_can_use(gpt, caption_tokenizer, image_tokenizer, layout):
-    from gptdraw.sampling import DecodeOptions
-    from gptdraw.serve import warm_up
+    from gptdraw.gpt.sampling import DecodeOptions
+    from gptdraw.apps.serve import warm_up
 
     options = DecodeOptions(compile=True, backend="eager")  # dynamo traces; no code generation
     pipe = GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, SamplingSettings(cfg_scale=2.0), options)

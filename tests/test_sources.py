@@ -17,8 +17,8 @@ from gptdraw.data.prepare import prepare
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import SourceItem, detect_format, open_source
 from gptdraw.images import pil_to_tensor
-from gptdraw.text import CaptionTokenizer
-from gptdraw.vqgan import ImageTokenizer, vq_preset
+from gptdraw.captions import CaptionTokenizer
+from gptdraw.vq.model import ImageTokenizer, vq_preset
 
 SIZE = 32
 

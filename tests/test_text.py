@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from gptdraw.text import CaptionTokenizer
+from gptdraw.captions import CaptionTokenizer
 
 
 def test_fixed_length_padding_and_truncation(caption_tokenizer):

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from conftest import tiny_vq_config
-from gptdraw.config import ModelConfig, TrainConfig
+from gptdraw.gpt.config import ModelConfig, TrainConfig
 from gptdraw.data.prepare import prepare
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import ShapesSource
 from gptdraw.pipeline import GPTDrawPipeline
-from gptdraw.train import learning_rate, list_checkpoints, train
-from gptdraw.vqgan import ImageTokenizer
+from gptdraw.gpt.train import learning_rate, list_checkpoints, train
+from gptdraw.vq.model import ImageTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +110,9 @@ def test_schedules():
 
 
 def test_non_finite_loss_stops_with_a_clear_message(dataset, caption_tokenizer, tmp_path):
-    from gptdraw.model import build_model
+    from gptdraw.gpt.model import build_model
     from gptdraw.sequence import SequenceLayout
-    from gptdraw.train import NonFiniteLossError
+    from gptdraw.gpt.train import NonFiniteLossError
 
     train_data, _, vq = dataset
     config = tiny_config(max_steps=8, checkpoint_every=2)

@@ -86,7 +86,7 @@ def runs(tmp_path_factory, caption_tokenizer):
     from gptdraw.cli import main
     from gptdraw.data.prepare import prepare
     from gptdraw.data.sources import ShapesSource
-    from gptdraw.vqgan import ImageTokenizer
+    from gptdraw.vq.model import ImageTokenizer
 
     root = tmp_path_factory.mktemp("fsdp")
     torch.manual_seed(0)
@@ -144,9 +144,9 @@ def test_fsdp_checkpoint_resumes_on_one_process(runs):
 def test_fsdp_checkpoint_and_model_are_whole_and_single_process_readable(runs):
     from safetensors.torch import load_file
 
-    from gptdraw.config import TrainConfig, model_preset
+    from gptdraw.gpt.config import TrainConfig, model_preset
     from gptdraw.pipeline import GPTDrawPipeline
-    from gptdraw.train import list_checkpoints, make_optimizer
+    from gptdraw.gpt.train import list_checkpoints, make_optimizer
 
     fsdp_checkpoint, one_checkpoint = list_checkpoints(runs / "straight")[-1], list_checkpoints(runs / "one")[-1]
     assert fsdp_checkpoint.name == one_checkpoint.name == "step-00000006"

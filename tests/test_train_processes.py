@@ -14,7 +14,7 @@ import torch
 from conftest import tiny_vq_config
 from gptdraw.data.prepare import prepare
 from gptdraw.data.sources import ShapesSource
-from gptdraw.vqgan import ImageTokenizer
+from gptdraw.vq.model import ImageTokenizer
 
 TRAIN_FLAGS = [
     "--preset", "tiny", "--max-steps", "6", "--lr", "3e-3", "--warmup-steps", "2", "--mixed-precision", "no",

@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from conftest import tiny_vq_config
-from gptdraw.config import ModelConfig, TrainConfig
+from gptdraw.gpt.config import ModelConfig, TrainConfig
 from gptdraw.data.prepare import prepare
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import ShapesSource
-from gptdraw.train import NonFiniteLossError, list_checkpoints, train
-from gptdraw.vqgan import ImageTokenizer
+from gptdraw.gpt.train import NonFiniteLossError, list_checkpoints, train
+from gptdraw.vq.model import ImageTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_offline_run_logs_the_losses_and_a_resume_continues_it(dataset, caption_
 
 
 def test_failed_training_finishes_the_wandb_run_as_failed(dataset, caption_tokenizer, tmp_path, offline_wandb):
-    from gptdraw.model import build_model
+    from gptdraw.gpt.model import build_model
     from gptdraw.sequence import SequenceLayout
 
     train_data, vq = dataset

@@ -13,8 +13,8 @@ from PIL import Image
 
 import gptdraw.cli
 from gptdraw.images import pil_to_tensor, tensor_to_pil
-from gptdraw.vq_eval import codebook_stats, frechet_distance, gaussian_window, psnr, ssim
-from gptdraw.vqgan import ImageTokenizer, VQConfig
+from gptdraw.vq.metrics import codebook_stats, frechet_distance, gaussian_window, psnr, ssim
+from gptdraw.vq.model import ImageTokenizer, VQConfig
 
 
 @pytest.fixture

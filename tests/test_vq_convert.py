@@ -23,14 +23,14 @@ import yaml
 from diffusers import VQModel
 from torch import nn
 
-from gptdraw.vq_convert import (
+from gptdraw.vq.convert import (
     convert_to_directory,
     convert_vq,
     infer_taming_config,
     load_restricted_checkpoint,
     read_flax_msgpack,
 )
-from gptdraw.vqgan import ImageTokenizer
+from gptdraw.vq.model import ImageTokenizer
 
 # A tiny taming architecture: ch 32, ch_mult (1, 1, 2), attention at the lowest level (8 px
 # for 32 px images), z_channels 8, a 64-entry codebook of 8-dim vectors. taming's norms are
@@ -636,7 +636,7 @@ def test_hub_id_without_download_is_a_clear_error():
 
 def test_inferred_reference_f16_architecture_matches_the_preset():
     # The architecture read from f16-16384-shaped weights is the preset DESIGN.md pins down.
-    from gptdraw.vqgan import vq_preset
+    from gptdraw.vq.model import vq_preset
 
     arch = dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, resolution=256, attn_resolutions=(16,),
                 z_channels=256, embed_dim=256, n_embed=16384)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 import gptdraw.cli
-from gptdraw.vq_train import (
+from gptdraw.vq.train import (
     CodebookEMA,
     VQTrainConfig,
     evaluate_tokenizer,
@@ -20,7 +20,7 @@ from gptdraw.vq_train import (
     train_vq,
     zero_init_residuals,
 )
-from gptdraw.vqgan import ImageTokenizer, vq_preset
+from gptdraw.vq.model import ImageTokenizer, vq_preset
 
 SIZE = 32
 # A 3-stage f4 network small enough for a few dozen CPU steps in seconds.

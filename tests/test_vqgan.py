@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gptdraw.images import make_grid, pil_to_tensor, tensor_to_pil
-from gptdraw.vqgan import (
+from gptdraw.vq.model import (
     ImageTokenizer,
     VQConfig,
     load_state_dict_strict,

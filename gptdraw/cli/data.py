@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _caption_tokenizer(args: argparse.Namespace, source, out: Path, state):
     from gptdraw.data.shards import TEXT_TOKENIZER_DIR
-    from gptdraw.text import CaptionTokenizer
+    from gptdraw.captions import CaptionTokenizer
 
     choice = args.text_tokenizer
     if choice != "train":
@@ -108,7 +108,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
     from gptdraw.data.prepare import prepare
     from gptdraw.data.sources import open_source
-    from gptdraw.vqgan import ImageTokenizer
+    from gptdraw.vq.model import ImageTokenizer
 
     for name in ("text_len", "vocab_size", "train_captions", "shard_size", "batch_size"):
         if getattr(args, name) < 1:
@@ -209,7 +209,7 @@ def write_grid(dataset, out: str, vq_dir: str | None, count: int) -> None:
 
     from gptdraw.data.prepare import image_tokenizer_identity
     from gptdraw.images import make_grid, tensor_to_pil
-    from gptdraw.vqgan import ImageTokenizer
+    from gptdraw.vq.model import ImageTokenizer
 
     if not vq_dir or not Path(vq_dir).is_dir():
         raise UserError(f"no image tokenizer to decode with ({vq_dir or 'none recorded'}): pass --vq VQDIR")

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import UserError
+from gptdraw.cli import UserError
 
 # PIL, torch and transformers load inside the handlers, so that `--help` and argument errors stay fast.
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def _open_image(path: str) -> Image.Image:
 
 
 def _load(args: argparse.Namespace):
-    from ..pipeline import GPTDrawPipeline
+    from gptdraw.pipeline import GPTDrawPipeline
 
     return GPTDrawPipeline.from_pretrained(args.model, device=args.device)
 
@@ -89,7 +89,7 @@ def _write(out: Path, stem: str, images: list[Image.Image], record: dict, extra:
 
 
 def run_complete(args: argparse.Namespace) -> int:
-    from ..editing import complete
+    from gptdraw.editing import complete
 
     image = _open_image(args.image)
     pipe = _load(args)
@@ -102,7 +102,7 @@ def run_complete(args: argparse.Namespace) -> int:
 
 
 def run_vary(args: argparse.Namespace) -> int:
-    from ..editing import variations
+    from gptdraw.editing import variations
 
     image = _open_image(args.image)
     pipe = _load(args)
@@ -115,7 +115,7 @@ def run_vary(args: argparse.Namespace) -> int:
 
 
 def run_best_of(args: argparse.Namespace) -> int:
-    from ..editing import best_of
+    from gptdraw.editing import best_of
 
     pipe = _load(args)
     settings = pipe.settings(**_settings(args))

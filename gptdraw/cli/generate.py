@@ -31,8 +31,8 @@ def slug(text: str, limit: int = 60) -> str:
 
 def run(args: argparse.Namespace) -> int:
     # torch and transformers load here, not at import, so that `--help` and argument errors stay fast.
-    from ..animate import save_gif
-    from ..pipeline import GPTDrawPipeline
+    from gptdraw.apps.animate import save_gif
+    from gptdraw.pipeline import GPTDrawPipeline
 
     if args.num_images < 1:
         raise ValueError(f"--num-images must be at least 1, got {args.num_images}")

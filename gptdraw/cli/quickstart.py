@@ -6,7 +6,7 @@ import argparse
 
 # Heavy libraries (torch, transformers, diffusers) load inside the handler, so that building
 # the parser, `--help` and argument errors stay fast. Options left out keep QuickstartConfig's
-# defaults, which live in gptdraw.quickstart (a module that imports torch).
+# defaults, which live in gptdraw.apps.quickstart (a module that imports torch).
 OVERRIDES = ("train_examples", "eval_examples", "vq_images", "vq_steps", "gpt_steps", "images_per_prompt",
              "seed", "device")
 
@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from ..quickstart import QuickstartConfig, run_quickstart
+    from gptdraw.apps.quickstart import QuickstartConfig, run_quickstart
 
     given = {name: getattr(args, name) for name in OVERRIDES if getattr(args, name) is not None}
     config = replace(QuickstartConfig(), **given)

@@ -7,7 +7,7 @@ import importlib.util
 import logging
 from pathlib import Path
 
-from . import UserError
+from gptdraw.cli import UserError
 
 
 def register(subparsers) -> None:
@@ -35,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"model directory {args.model} does not exist")
     if importlib.util.find_spec("gradio") is None:
         raise UserError("gptdraw serve needs Gradio: pip install 'gptdraw[serve]'")
-    from ..pipeline import GPTDrawPipeline
-    from ..serve import ServeConfig, launch
+    from gptdraw.pipeline import GPTDrawPipeline
+    from gptdraw.apps.serve import ServeConfig, launch
 
     config = ServeConfig(
         out_dir=args.out, max_images=args.max_images, queue_size=args.queue_size, frames_per_image=args.frames

@@ -6,13 +6,13 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-# gptdraw.config holds only dataclasses, so its presets can fill the parser. The modules that
+# gptdraw.gpt.config holds only dataclasses, so its presets can fill the parser. The modules that
 # import torch and transformers load inside the handler, so that `--help` and argument errors
 # stay fast.
-from ..config import TRAIN_PRESETS, model_preset, train_preset
+from gptdraw.gpt.config import TRAIN_PRESETS, model_preset, train_preset
 
 if TYPE_CHECKING:
-    from ..vqgan import ImageTokenizer
+    from gptdraw.vq.model import ImageTokenizer
 
 
 def register(subparsers) -> None:
@@ -57,12 +57,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.shards import ShardDataset
-    from ..model import adapt_pretrained_gpt2
-    from ..sampling import SamplingSettings
-    from ..sequence import SequenceLayout
-    from ..text import CaptionTokenizer
-    from ..train import train
+    from gptdraw.data.shards import ShardDataset
+    from gptdraw.gpt.model import adapt_pretrained_gpt2
+    from gptdraw.gpt.sampling import SamplingSettings
+    from gptdraw.sequence import SequenceLayout
+    from gptdraw.captions import CaptionTokenizer
+    from gptdraw.gpt.train import train
 
     data_dir = Path(args.data)
     config = train_preset(
@@ -109,8 +109,8 @@ def run(args: argparse.Namespace) -> int:
 
 def dataset_image_tokenizer(data_dir: Path, manifest: dict, vq: str | None) -> ImageTokenizer:
     """The image tokenizer a dataset was encoded with; refuses one whose weights differ."""
-    from ..data.prepare import image_tokenizer_identity
-    from ..vqgan import ImageTokenizer
+    from gptdraw.data.prepare import image_tokenizer_identity
+    from gptdraw.vq.model import ImageTokenizer
 
     recorded = manifest.get("image_tokenizer_path")
     path = Path(vq) if vq else (Path(recorded) if recorded else None)

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from gptdraw.cli import UserError
-from gptdraw.vq_config import PRECISIONS, VQ_PRESETS, VQTrainConfig, vq_preset
+from gptdraw.vq.config import PRECISIONS, VQ_PRESETS, VQTrainConfig, vq_preset
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def run_train_vq(args: argparse.Namespace) -> int:
     import torch
 
     from gptdraw.images import load_image_folder
-    from gptdraw.vq_train import shapes_images, train_vq
+    from gptdraw.vq.train import shapes_images, train_vq
 
     for name in ("steps", "batch_size", "shapes_count", "image_size"):
         value = getattr(args, name)

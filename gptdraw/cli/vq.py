@@ -104,7 +104,7 @@ def _positive(name: str, value: int | None) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from gptdraw.vq_convert import convert_to_directory
+    from gptdraw.vq.convert import convert_to_directory
 
     _positive("--image-size", args.image_size)
     tokenizer, converted = convert_to_directory(
@@ -131,8 +131,8 @@ def run_encode(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from gptdraw.images import pil_to_tensor
-    from gptdraw.vq_eval import load_images
-    from gptdraw.vqgan import ImageTokenizer
+    from gptdraw.vq.metrics import load_images
+    from gptdraw.vq.model import ImageTokenizer
 
     _positive("--batch-size", args.batch_size)
     _positive("--image-size", args.image_size)
@@ -175,7 +175,7 @@ def run_decode(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from gptdraw.images import tensor_to_pil
-    from gptdraw.vqgan import ImageTokenizer
+    from gptdraw.vq.model import ImageTokenizer
 
     _positive("--batch-size", args.batch_size)
     if not args.codes.is_file():
@@ -204,8 +204,8 @@ def run_decode(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from gptdraw.vq_eval import evaluate_reconstruction, list_images
-    from gptdraw.vqgan import ImageTokenizer
+    from gptdraw.vq.metrics import evaluate_reconstruction, list_images
+    from gptdraw.vq.model import ImageTokenizer
 
     _positive("--batch-size", args.batch_size)
     _positive("--image-size", args.image_size)

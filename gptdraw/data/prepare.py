@@ -177,8 +177,8 @@ def prepare(
 ) -> PrepareResult:
     """Pre-encode `source` into a dataset folder at `out_dir` (resuming whatever is already done).
 
-    image_tokenizer: a gptdraw.vqgan.ImageTokenizer; images are encoded at its config.image_size.
-    caption_tokenizer: a gptdraw.text.CaptionTokenizer; it is saved to out_dir/text_tokenizer.
+    image_tokenizer: a gptdraw.vq.model.ImageTokenizer; images are encoded at its config.image_size.
+    caption_tokenizer: a gptdraw.captions.CaptionTokenizer; it is saved to out_dir/text_tokenizer.
     workers: decoding processes (0 = decode in this process; default all cores but one).
     device/dtype: where and in which autocast dtype to encode (default: CUDA if present, bf16 there).
     eval_fraction / eval_count: the share or number of items kept out for out_dir/eval.

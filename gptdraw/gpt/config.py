@@ -2,7 +2,7 @@
 
 Presets are plain dataclass instances: `model_preset("tiny")` for a CPU run in minutes,
 `model_preset("gpt-draw")` for the reference recipe, larger ones for those who outgrow it.
-Image-tokenizer presets live in `gptdraw.vqgan`.
+Image-tokenizer presets live in `gptdraw.vq.model`.
 """
 
 from __future__ import annotations

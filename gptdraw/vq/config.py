@@ -1,8 +1,8 @@
 """Configs of the image tokenizer and of its training, with the named presets.
 
 These are plain dataclasses with no torch import, so that the command line can show
-their defaults and preset names without loading torch (gptdraw.vqgan builds the network
-from a VQConfig; gptdraw.vq_train trains it from a VQTrainConfig).
+their defaults and preset names without loading torch (gptdraw.vq.model builds the network
+from a VQConfig; gptdraw.vq.train trains it from a VQTrainConfig).
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ PRECISIONS = ("auto", "bf16", "fp32")
 class VQTrainConfig:
     """How to train an image tokenizer; the defaults are the tested shapes-f8 recipe."""
 
-    preset: str = "shapes-f8"  # VQ architecture preset (gptdraw.vqgan.vq_preset)
+    preset: str = "shapes-f8"  # VQ architecture preset (gptdraw.vq.model.vq_preset)
     image_size: int | None = None  # training resolution; None: the preset's image_size
     steps: int = 800  # optimiser steps
     batch_size: int = 32  # images per step

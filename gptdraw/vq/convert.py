@@ -1,6 +1,6 @@
 """Load the pretrained VQGANs people use and turn them into gptdraw image tokenizers.
 
-Sources, all mapped onto diffusers' VQModel (gptdraw.vqgan.ImageTokenizer):
+Sources, all mapped onto diffusers' VQModel (gptdraw.vq.model.ImageTokenizer):
 
     taming-transformers .ckpt   Lightning pickle, taming key names        (e.g. vqgan_imagenet_f16_16384)
     ai-forever MoVQGAN .ckpt    plain pickled state dict, taming names     (movqgan_67M / 102M / 270M)
@@ -31,7 +31,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from gptdraw.vqgan import ImageTokenizer, VQConfig, load_state_dict_strict
+from gptdraw.vq.model import ImageTokenizer, VQConfig, load_state_dict_strict
 
 # Pixel ranges the published models were trained with.
 TAMING_INPUT_RANGE = (-1.0, 1.0)  # taming-transformers and ai-forever MoVQGAN: x / 127.5 - 1

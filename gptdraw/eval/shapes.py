@@ -8,9 +8,9 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data.shapes import score
-from .images import make_grid
-from .pipeline import GPTDrawPipeline
+from gptdraw.data.shapes import score
+from gptdraw.images import make_grid
+from gptdraw.pipeline import GPTDrawPipeline
 
 
 def draw_prompts(

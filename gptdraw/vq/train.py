@@ -51,8 +51,8 @@ from tqdm.auto import tqdm
 
 from gptdraw.images import make_grid, tensor_to_pil, uint8_to_tensor
 from gptdraw.runtime import native_bf16
-from gptdraw.vq_config import VQTrainConfig  # noqa: F401  (re-exported: the config lives in a torch-free module)
-from gptdraw.vqgan import CONFIG_FILE, ImageTokenizer, read_config, vq_preset
+from gptdraw.vq.config import VQTrainConfig  # noqa: F401  (re-exported: the config lives in a torch-free module)
+from gptdraw.vq.model import CONFIG_FILE, ImageTokenizer, read_config, vq_preset
 
 # A batch source: (batch_size, rng) → uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1].
 BatchSource = Callable[[int, np.random.Generator], "np.ndarray | torch.Tensor"]

@@ -27,10 +27,10 @@ from typing import Any, Iterator
 import torch
 from PIL import Image
 
-from .animate import enlarge
-from .images import make_grid
-from .pipeline import GPTDrawPipeline
-from .sampling import compiled_batch_size
+from gptdraw.apps.animate import enlarge
+from gptdraw.images import make_grid
+from gptdraw.pipeline import GPTDrawPipeline
+from gptdraw.gpt.sampling import compiled_batch_size
 
 logger = logging.getLogger(__name__)
 

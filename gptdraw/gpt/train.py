@@ -38,16 +38,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .config import TrainConfig
-from .data.loader import EpochBatches
-from .images import make_grid
-from .model import TrainingForward, build_model, check_model_fits_layout, split_targets, weighted_loss
-from .pipeline import GPTDrawPipeline
-from .runtime import resolve_mixed_precision
-from .sampling import SamplingSettings
-from .sequence import SequenceLayout
-from .text import CaptionTokenizer
-from .vqgan import ImageTokenizer
+from gptdraw.gpt.config import TrainConfig
+from gptdraw.data.loader import EpochBatches
+from gptdraw.images import make_grid
+from gptdraw.gpt.model import TrainingForward, build_model, check_model_fits_layout, split_targets, weighted_loss
+from gptdraw.pipeline import GPTDrawPipeline
+from gptdraw.runtime import resolve_mixed_precision
+from gptdraw.gpt.sampling import SamplingSettings
+from gptdraw.sequence import SequenceLayout
+from gptdraw.captions import CaptionTokenizer
+from gptdraw.vq.model import ImageTokenizer
 
 logger = logging.getLogger(__name__)
 

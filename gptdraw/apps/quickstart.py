@@ -22,20 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .animate import save_gif
-from .config import train_preset
-from .data import shapes
-from .data.prepare import prepare
-from .data.shards import ShardDataset
-from .data.sources import ShapesSource
-from .evaluate import evaluate_shapes
-from .pipeline import GPTDrawPipeline
-from .runtime import resolve_device
-from .sampling import SamplingSettings
-from .text import CaptionTokenizer
-from .train import train
-from .vq_train import VQTrainConfig, train_vq
-from .vqgan import ImageTokenizer
+from gptdraw.apps.animate import save_gif
+from gptdraw.gpt.config import train_preset
+from gptdraw.data import shapes
+from gptdraw.data.prepare import prepare
+from gptdraw.data.shards import ShardDataset
+from gptdraw.data.sources import ShapesSource
+from gptdraw.eval.shapes import evaluate_shapes
+from gptdraw.pipeline import GPTDrawPipeline
+from gptdraw.runtime import resolve_device
+from gptdraw.gpt.sampling import SamplingSettings
+from gptdraw.captions import CaptionTokenizer
+from gptdraw.gpt.train import train
+from gptdraw.vq.train import VQTrainConfig, train_vq
+from gptdraw.vq.model import ImageTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class QuickstartConfig:
     """Canvas size of the shapes images (48 px with the f8 VQGAN gives a 6×6 code grid: each
     cell of the shapes' 3×3 layout is 2×2 codes, and a sequence is 20 + 36 tokens)."""
     vq_preset: str = "shapes-f8"
-    """Image tokenizer architecture (gptdraw.vqgan presets)."""
+    """Image tokenizer architecture (gptdraw.vq.model presets)."""
     train_examples: int = 16_000
     """Image–caption pairs generated for training the GPT."""
     eval_examples: int = 512

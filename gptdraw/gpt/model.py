@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from .config import ModelConfig
-from .sequence import SequenceLayout
+from gptdraw.gpt.config import ModelConfig
+from gptdraw.sequence import SequenceLayout
 
 
 def gpt2_config(model: ModelConfig, layout: SequenceLayout) -> GPT2Config:

@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 # The configs and presets live in a torch-free module; they are re-exported here.
-from gptdraw.vq_config import VQ_PRESETS, VQConfig, vq_preset  # noqa: F401
+from gptdraw.vq.config import VQ_PRESETS, VQConfig, vq_preset  # noqa: F401
 
 FORMAT_NAME = "gptdraw-vq"
 FORMAT_VERSION = 1

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2LMHeadModel, GPT2Model, StaticCache
 
-from .sequence import SequenceLayout
+from gptdraw.sequence import SequenceLayout
 
 
 @dataclass(frozen=True)

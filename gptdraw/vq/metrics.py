@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from gptdraw.images import make_grid, pil_to_tensor, tensor_to_pil
-from gptdraw.vqgan import ImageTokenizer
+from gptdraw.vq.model import ImageTokenizer
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""What users run on top of the library: the quickstart, the web page, the drawing animation."""
