@@ -5,41 +5,18 @@ The public tensor convention of gptdraw is float32 (B, 3, H, W) with values in [
 
 from __future__ import annotations
 
-import logging
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
-from tqdm.auto import tqdm
 
-logger = logging.getLogger(__name__)
-
-# File name endings read as images when scanning a folder.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-
-def resize_and_crop(image: Image.Image, size: int) -> Image.Image:
-    """Resize so that the shorter side is `size` (bicubic), then crop the centre square."""
-    if size <= 0:
-        raise ValueError(f"size must be positive, got {size}")
-    image = image.convert("RGB")
-    width, height = image.size
-    if (width, height) != (size, size):
-        scale = size / min(width, height)
-        # Round up so that the shorter side is never a pixel short of `size` before the crop.
-        new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
-        # Pillow's bicubic filter widens its support when downscaling, so it also antialiases.
-        image = image.resize(new_size, Image.Resampling.BICUBIC)
-        left = (new_size[0] - size) // 2
-        top = (new_size[1] - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    return image
+from gptdraw.data.decode import BadInput, decode_image, to_rgb
 
 
 def pil_to_tensor(images: list[Image.Image], size: int | None = None) -> torch.Tensor:
-    """Stack PIL images (any mode) into a float32 (B, 3, H, W) tensor in [0, 1].
+    """Stack PIL images (any mode) into a float32 (B, 3, H, W) tensor in [0, 1], read as
+    `prepare` reads them (gptdraw.data.decode: upright, transparent pixels on white).
 
     With `size`, each image is resized (shorter side to `size`) and centre-cropped to
     size × size; without it, all images must already have the same size.
@@ -48,11 +25,13 @@ def pil_to_tensor(images: list[Image.Image], size: int | None = None) -> torch.T
         raise ValueError("pil_to_tensor needs at least one image")
     arrays = []
     for index, image in enumerate(images):
-        image = resize_and_crop(image, size) if size is not None else image.convert("RGB")
-        array = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
+        try:
+            array = decode_image(image, size, min_size=1) if size is not None else np.asarray(to_rgb(image), dtype=np.uint8)
+        except BadInput as error:
+            raise ValueError(f"image {index} cannot be used: {error}") from None  # (H, W, 3) above
         if arrays and array.shape != arrays[0].shape:
             raise ValueError(
-                f"image {index} has size {image.size[0]}x{image.size[1]} but image 0 has "
+                f"image {index} has size {array.shape[1]}x{array.shape[0]} but image 0 has "
                 f"{arrays[0].shape[1]}x{arrays[0].shape[0]}; pass size= to resize them"
             )
         arrays.append(array)
@@ -122,26 +101,3 @@ def make_grid(
         for line_index, line in enumerate(wrapped[index] if wrapped else []):
             draw.text((x, y + tile_height + line_index * line_height), line, fill="black", font=font)
     return sheet
-
-
-def load_image_folder(folder: str | Path, size: int, progress: bool = True) -> tuple[np.ndarray, int]:
-    """Every image file under `folder` (recursively, sorted by path), resized and centre-cropped.
-
-    Returns (uint8 array (N, size, size, 3), number of files skipped because Pillow could
-    not decode them). Each skipped file is logged; the whole set is held in memory.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    paths = sorted(path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS)
-    arrays, skipped = [], 0
-    for path in tqdm(paths, desc="read images", unit="img", disable=not progress):
-        try:
-            with Image.open(path) as image:
-                arrays.append(np.asarray(resize_and_crop(image, size), dtype=np.uint8))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-            skipped += 1
-            logger.warning("skipped %s: %s", path, error)
-    if not arrays:
-        return np.zeros((0, size, size, 3), dtype=np.uint8), skipped
-    return np.stack(arrays), skipped

@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_train_vq(args: argparse.Namespace) -> int:
     import torch
 
-    from gptdraw.images import load_image_folder
+    from gptdraw.data.decode import image_files, load_images
     from gptdraw.vq.train import shapes_images, train_vq
 
     for name in ("steps", "batch_size", "shapes_count", "image_size"):
@@ -68,9 +68,11 @@ def run_train_vq(args: argparse.Namespace) -> int:
         raise UserError(f"unknown device {args.device!r}: {error}") from error
 
     if args.images is not None:
-        images, skipped = load_image_folder(args.images, image_size)
+        images, _, skipped = load_images(image_files(args.images), image_size)
+        for problem in skipped:
+            logger.warning("skipped %s", problem)
         if skipped:
-            logger.warning("skipped %d undecodable image file(s) under %s", skipped, args.images)
+            logger.warning("skipped %d undecodable image file(s) under %s", len(skipped), args.images)
         if len(images) == 0:
             raise UserError(f"no readable images under {args.images}")
     else:

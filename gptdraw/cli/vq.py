@@ -130,8 +130,8 @@ def run_encode(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from gptdraw.images import pil_to_tensor
-    from gptdraw.vq.metrics import load_images
+    from gptdraw.data.decode import load_images
+    from gptdraw.images import uint8_to_tensor
     from gptdraw.vq.model import ImageTokenizer
 
     _positive("--batch-size", args.batch_size)
@@ -149,13 +149,13 @@ def run_encode(args: argparse.Namespace) -> int:
     codes, encoded = [], []
     with tqdm(total=len(args.images), desc="vq encode", unit="img") as progress:
         for start in range(0, len(args.images), args.batch_size):
-            images, kept, bad = load_images(args.images[start:start + args.batch_size])
+            pixels, kept, bad = load_images(args.images[start:start + args.batch_size], size)
             for problem in bad:
                 print(f"skipped unreadable image {problem}")
-            if images:
-                codes.append(tokenizer.encode(pil_to_tensor(images, size=size).to(device)).cpu().numpy())
+            if kept:
+                codes.append(tokenizer.encode(uint8_to_tensor(pixels).to(device)).cpu().numpy())
                 encoded.extend(kept)
-            progress.update(len(images) + len(bad))
+            progress.update(len(kept) + len(bad))
     if not codes:
         raise UserError("none of the images could be read")
     array = np.concatenate(codes).astype(np.int64)  # (N, h, w)
@@ -204,13 +204,14 @@ def run_decode(args: argparse.Namespace) -> int:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from gptdraw.vq.metrics import evaluate_reconstruction, list_images
+    from gptdraw.data.decode import image_files
+    from gptdraw.vq.metrics import evaluate_reconstruction
     from gptdraw.vq.model import ImageTokenizer
 
     _positive("--batch-size", args.batch_size)
     _positive("--image-size", args.image_size)
     _positive("--limit", args.limit)
-    paths = list_images(args.images_dir)
+    paths = image_files(args.images_dir, recursive=False)
     if args.limit:
         paths = paths[: args.limit]
     if not paths:

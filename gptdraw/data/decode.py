@@ -14,11 +14,17 @@ with a short reason key (counted per reason by `gptdraw prepare`) instead of a c
 
 `decode_parallel` runs `decode_image` in a pool of processes, in order, with a bounded
 amount of work in flight so memory stays flat however long the source is.
+
+This is the one way gptdraw reads a picture: `prepare`, `train-vq --images`, `vq encode|eval`,
+`complete` and `vary` all come through `decode_image` (or `to_rgb`, for a picture kept at its
+own size), so that a transparent PNG or a phone photo taken sideways gives the same codes to
+training and to editing.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import unicodedata
 import warnings
 from collections import deque
@@ -26,6 +32,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -37,6 +44,8 @@ DEFAULT_MIN_SIZE = 32
 DEFAULT_MAX_PIXELS = 64_000_000
 # Items sent to a worker at once: enough to amortise pickling, small enough to keep order cheap.
 DEFAULT_CHUNK_SIZE = 32
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+"""File name endings read as images when a folder is scanned."""
 
 
 class BadInput(Exception):
@@ -122,8 +131,7 @@ def _to_square(image: Image.Image, options: DecodeOptions) -> np.ndarray:
         # Let libjpeg decode at a reduced scale (1/2 … 1/8) that still covers size × size
         # on both axes, so a rotation below cannot make the shorter side too short.
         image.draft(image.mode, (size, size))
-    image = ImageOps.exif_transpose(image)  # photos taken sideways carry an orientation tag
-    image = _to_rgb(image)
+    image = to_rgb(image)
     width, height = image.size
     if (width, height) == (size, size):
         pixels = np.asarray(image, dtype=np.uint8)
@@ -136,7 +144,10 @@ def _to_square(image: Image.Image, options: DecodeOptions) -> np.ndarray:
     return np.ascontiguousarray(pixels)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An opened image as upright RGB: EXIF orientation applied, transparent pixels on white,
+    16-bit values scaled (not clipped), palettes and CMYK converted."""
+    image = ImageOps.exif_transpose(image)  # photos taken sideways carry an orientation tag
     mode = image.mode
     if mode == "RGB":
         image.load()
@@ -154,6 +165,29 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def image_files(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """The image files in `folder` (under it, with `recursive`), sorted by path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(path for path in found if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file())
+
+
+def load_images(paths: Iterable[str | os.PathLike], size: int, min_size: int = 1) -> tuple[np.ndarray, list[Path], list[str]]:
+    """Image files → (uint8 (N, size, size, 3) squares, the paths read, "path: reason" of each
+    file skipped). A file that cannot be used is skipped and reported, never fatal."""
+    arrays, kept, skipped = [], [], []
+    for path in map(Path, paths):
+        try:
+            arrays.append(decode_image(str(path), size, min_size=min_size))
+            kept.append(path)
+        except BadInput as error:
+            skipped.append(f"{path}: {error}")
+    pixels = np.stack(arrays) if arrays else np.zeros((0, size, size, 3), dtype=np.uint8)
+    return pixels, kept, skipped
 
 
 # Unicode categories dropped from captions: invisible format characters (soft hyphens,

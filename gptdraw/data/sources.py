@@ -41,7 +41,8 @@ from typing import Any, Iterator, Mapping
 
 from PIL import Image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+from gptdraw.data.decode import IMAGE_EXTENSIONS, image_files
+
 # Column names tried, in order, when the caller names no image or text column.
 IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "img", "image_path", "path", "file", "filename", "file_name", "url")
 TEXT_COLUMNS = ("caption", "txt", "text", "prompt", "captions", "description", "title", "sentence")
@@ -141,11 +142,7 @@ class FolderSource(Source):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder not found: {self.root}")
-        self._paths = sorted(
-            path.relative_to(self.root).as_posix()
-            for path in self.root.rglob("*")
-            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-        )
+        self._paths = [path.relative_to(self.root).as_posix() for path in image_files(self.root)]
         if not self._paths:
             raise ValueError(f"{self.root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
 

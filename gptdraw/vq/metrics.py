@@ -21,15 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from gptdraw.images import make_grid, pil_to_tensor, tensor_to_pil
+from gptdraw.data.decode import load_images
+from gptdraw.images import make_grid, tensor_to_pil, uint8_to_tensor
 from gptdraw.vq.model import ImageTokenizer
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MAX_PSNR = 100.0  # reported for a perfect reconstruction (MSE 0), so the mean stays finite
 
 
@@ -151,28 +150,6 @@ def _gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # ---- evaluating a tokenizer on a folder of images ----------------------------------------------
 
 
-def list_images(directory: str | Path) -> list[Path]:
-    """Image files directly inside `directory` (by suffix), sorted by name."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"image folder not found: {directory}")
-    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def load_images(paths: list[Path]) -> tuple[list[Image.Image], list[Path], list[str]]:
-    """Open images as RGB; unreadable files are skipped and reported ("path: reason"), not fatal."""
-    loaded, kept, skipped = [], [], []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                image.load()
-                loaded.append(image.convert("RGB"))
-            kept.append(path)
-        except (OSError, UnidentifiedImageError, ValueError) as error:
-            skipped.append(f"{path}: {error}")
-    return loaded, kept, skipped
-
-
 @dataclass
 class ReconstructionReport:
     """Reconstruction quality of an image tokenizer on a set of images."""
@@ -218,14 +195,14 @@ def evaluate_reconstruction(
     real_features, fake_features, grid_pairs = [], [], []
     progress = tqdm(total=len(image_paths), desc="vq eval", unit="img")
     for start in range(0, len(image_paths), batch_size):
-        pil_images, _, bad = load_images(image_paths[start:start + batch_size])
+        pixels, _, bad = load_images(image_paths[start:start + batch_size], size)
         for problem in bad:
             logger.warning("skipped unreadable image %s", problem)
         skipped += len(bad)
-        progress.update(len(pil_images) + len(bad))
-        if not pil_images:
+        progress.update(len(pixels) + len(bad))
+        if not len(pixels):
             continue
-        batch = pil_to_tensor(pil_images, size=size).to(device)  # (B, 3, size, size)
+        batch = uint8_to_tensor(pixels).to(device)  # (B, 3, size, size)
         codes = tokenizer.encode(batch)
         reconstructions = tokenizer.decode(codes)
         psnrs.append(psnr(batch, reconstructions).cpu())
