@@ -12,17 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from common import add_out_option, device_name, machine, synchronize, write_result  # bench/common.py
 
 
 def median_seconds(function, device: torch.device, repeats: int, warmup: int = 2) -> float:
@@ -65,11 +60,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=8192, help="square matmul size")
     parser.add_argument("--copy-mib", type=int, default=4096, help="MiB copied (several times the L2 cache)")
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--json", default="bench/out/ceilings.json")
+    add_out_option(parser, "ceilings")
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     result = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "machine": machine(device),
+        "device": device_name(device),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "matmul_size": args.size,
@@ -87,8 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     except ImportError:
         pass
     print(json.dumps(result, indent=2))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
     return result
 
 

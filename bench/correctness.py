@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from common import add_out_option, device_name, machine, write_result  # bench/common.py
 from gptdraw.gpt.config import TrainConfig, model_preset
 from gptdraw.data.prepare import prepare
 from gptdraw.data.shards import ShardDataset
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=20, help="optimiser steps of each run")
     parser.add_argument("--micro-batch", type=int, default=16)
     parser.add_argument("--examples", type=int, default=512, help="shapes pairs to pre-encode")
-    parser.add_argument("--json", default="bench/out/correctness.json")
+    add_out_option(parser, "correctness")
     args = parser.parse_args(argv)
     from transformers.utils import logging as hf_logging
 
@@ -169,7 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
         model=model_preset(args.preset), max_steps=args.steps, micro_batch_size=args.micro_batch, lr=3e-4,
         warmup_steps=10, eval_every=0, sample_every=0, log_every=1, checkpoint_every=args.steps, seed=1,
     )
-    result = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "preset": args.preset}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    result = {"machine": machine(device), "device": device_name(device), "preset": args.preset}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data_dir = make_data(work, args.examples)
@@ -184,8 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
             result[check] = {**outcome, "seconds": time.perf_counter() - started}
             print(f"{check}: {json.dumps(result[check])}", flush=True)
     result["passed"] = all(result[check].get("passed", True) for check in args.checks)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
     return result
 
 

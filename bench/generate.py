@@ -35,19 +35,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from common import add_out_option, device_name, machine, synchronize, write_result  # bench/common.py
 from gptdraw.gpt.config import model_preset
 from gptdraw.gpt.model import build_model
 from gptdraw.runtime import native_bf16, resolve_device, resolve_dtype
-from gptdraw.gpt.sampling import CodeDrawer, DecodeOptions, SamplingSettings, sample_codes
+from gptdraw.gpt.sampling import CodeDrawer, DrawerOptions, SamplingSettings, sample_codes
 from gptdraw.sequence import SequenceLayout
 from gptdraw.vq.model import ImageTokenizer, vq_preset
 
@@ -78,11 +76,6 @@ def image_tokenizer_for(kind: str, grid: int, codebook: int, seed: int = 0) -> I
     return ImageTokenizer(config).eval()
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class Timing:
     """Wall-clock and process CPU seconds of the runs of one thing."""
 
@@ -104,24 +97,6 @@ class Timing:
 
     def median_cpu(self) -> float:
         return statistics.median(self.cpu) if self.cpu else 0.0
-
-
-def loadavg() -> list[float] | None:
-    """The 1, 5 and 15-minute load averages (Linux), to judge how shared the CPU was."""
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return None
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def first_difference(codes: torch.Tensor, reference: torch.Tensor) -> int | None:
@@ -157,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
                         help="CPU threads for torch (0: torch's default); 1 is steadier on a shared machine")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip transformers' generate (speedups are then null): for quick runs of the fast loop")
-    parser.add_argument("--out", default="bench/out/generate.json", help="JSON file to write")
+    add_out_option(parser, "generate")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -181,8 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
     caption_ids = caption_ids.to(device)
     blank = torch.full_like(caption_ids, layout.pad_id)
 
-    load_before = loadavg()
-    drawer = CodeDrawer(gpt, layout, DecodeOptions(
+    measured_on = machine(device)
+    drawer = CodeDrawer(gpt, layout, DrawerOptions(
         compile=args.compile, backend=args.compile_backend, mode=args.compile_mode
     ))
 
@@ -258,8 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
     baseline_total = None if baseline_sampling is None else baseline_sampling + decoding
     result = {
         "benchmark": "generate",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-        else f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)",
+        "machine": measured_on,
+        "device": device_name(device),
         "dtype": str(dtype).removeprefix("torch."),
         "compile": args.compile,
         "compile_backend": args.compile_backend if args.compile else None,
@@ -292,15 +267,12 @@ def main(argv: list[str] | None = None) -> dict:
         "compiled_check": check,
         "runs": {"first": first.wall, "fast": fast_runs.wall, "baseline": baseline_runs.wall, "decode": decode_runs.wall,
                  "fast_cpu": fast_runs.cpu, "baseline_cpu": baseline_runs.cpu},
-        "loadavg": {"before": load_before, "after": loadavg(), "cpus": os.cpu_count()},
         "baseline": "GPT2LMHeadModel.generate, guidance_scale + negative_prompt_ids (blank caption), "
                     "logits processor masking all but image codes, same dtype, batch and settings",
         "torch": torch.__version__,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
+    write_result(result, args.out)
     return result
 
 

@@ -60,9 +60,7 @@ class Part:
     script: str
     """The bench script beside this file."""
     args: list[str] = field(default_factory=list)
-    """Its arguments, less the JSON path, which the suite adds."""
-    json_flag: str = "--json"
-    """How the script is told where to write its JSON."""
+    """Its arguments, less the JSON path (`--out`), which the suite adds."""
 
 
 # Reference layout: 64 caption tokens (GPT-2's 50,257 + a pad id) + 16×16 codes of 16,384.
@@ -77,18 +75,18 @@ def full_parts() -> list[Part]:
         Part("train", 120, "train.py", [*train, "--steps", "30", "--warmup", "5", "--profile", "5"]),
         Part("train-compile", 240, "train.py", [*train, "--steps", "50", "--warmup", "5", "--compile", "--skip-baseline"]),
         Part("draw", 240, "generate.py", ["--preset", "gpt-draw", "--batch", "16", *REFERENCE, "--vq", "taming",
-                                          "--cfg-scale", "3", "--compile", "--warmup", "1", "--repeats", "3"], "--out"),
+                                          "--cfg-scale", "3", "--compile", "--warmup", "1", "--repeats", "3"]),
         Part("encode", 120, "vqgan.py", ["--image-size", "256", "--batch-sizes", "64,256", "--variants", "bf16,bf16+cl",
-                                         "--warmup", "1", "--repeats", "3"], "--out"),
+                                         "--warmup", "1", "--repeats", "3"]),
         Part("checks", 120, "correctness.py", ["precision", "resume", "--preset", "gpt-draw", "--steps", "20"]),
         Part("launch", 120, "correctness.py", ["launch", "--preset", "gpt-draw", "--steps", "4"]),
         Part("train-large", 90, "train.py", ["--preset", "gpt-draw", "--micro-batch", "64", "--mixed-precision", "bf16",
                                              *REFERENCE, "--steps", "15", "--warmup", "3", "--skip-baseline"]),
         Part("encode-compile", 180, "vqgan.py", ["--image-size", "256", "--batch-sizes", "256",
-                                                 "--variants", "bf16+cl+compile", "--warmup", "1", "--repeats", "3"], "--out"),
+                                                 "--variants", "bf16+cl+compile", "--warmup", "1", "--repeats", "3"]),
         Part("draw-fp32", 150, "generate.py", ["--preset", "gpt-draw", "--batch", "16", *REFERENCE, "--vq", "none",
                                                "--dtype", "float32", "--compile", "--no-baseline", "--warmup", "0",
-                                               "--repeats", "1"], "--out"),
+                                               "--repeats", "1"]),
     ]
 
 
@@ -101,9 +99,9 @@ def dry_parts() -> list[Part]:
         Part("train", 90, "train.py", [*train, "--steps", "2", "--warmup", "1", "--profile", "1"]),
         Part("train-compile", 120, "train.py", [*train, "--steps", "2", "--warmup", "1", "--compile",
                                                 "--compile-backend", "aot_eager", "--skip-baseline"]),
-        Part("draw", 90, "generate.py", [*draw, "--vq", "small", "--compile", "--warmup", "0", "--repeats", "1"], "--out"),
+        Part("draw", 90, "generate.py", [*draw, "--vq", "small", "--compile", "--warmup", "0", "--repeats", "1"]),
         Part("encode", 60, "vqgan.py", ["--image-size", "32", "--batch-sizes", "2", "--variants", "bf16,bf16+cl",
-                                        "--repeats", "1"], "--out"),
+                                        "--repeats", "1"]),
         Part("checks", 120, "correctness.py", ["precision", "resume", "--preset", "tiny", "--steps", "4",
                                                "--micro-batch", "8", "--examples", "64"]),
         Part("launch", 120, "correctness.py", ["launch", "--preset", "tiny", "--steps", "4", "--micro-batch", "8",
@@ -111,10 +109,9 @@ def dry_parts() -> list[Part]:
         Part("train-large", 60, "train.py", [*train, "--micro-batch", "8", "--steps", "1", "--warmup", "1",
                                              "--skip-baseline"]),
         Part("encode-compile", 90, "vqgan.py", ["--image-size", "32", "--batch-sizes", "2", "--variants",
-                                                "bf16+cl+compile", "--repeats", "1", "--compile-backend", "aot_eager"],
-             "--out"),
+                                                "bf16+cl+compile", "--repeats", "1", "--compile-backend", "aot_eager"]),
         Part("draw-fp32", 90, "generate.py", [*draw, "--vq", "none", "--dtype", "float32", "--compile",
-                                              "--no-baseline", "--warmup", "0", "--repeats", "1"], "--out"),
+                                              "--no-baseline", "--warmup", "0", "--repeats", "1"]),
     ]
 
 
@@ -124,7 +121,7 @@ def run_part(part: Part, out_dir: Path, cap_s: float, threads: int | None = None
     threads: CPU threads for torch in the part (default: torch's choice)."""
     result_path = out_dir / f"{part.name}.json"
     result_path.unlink(missing_ok=True)
-    command = [sys.executable, str(HERE / part.script), *part.args, part.json_flag, str(result_path)]
+    command = [sys.executable, str(HERE / part.script), *part.args, "--out", str(result_path)]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
                    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if threads:

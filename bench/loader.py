@@ -11,8 +11,6 @@ least 2,000 sequences/s. Prints the figures and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import add_out_option, machine, write_result  # bench/common.py
 from gptdraw.data import shards as fmt
 from gptdraw.data.loader import EpochBatches
 
@@ -69,10 +68,11 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--out", default="bench/out/loader.json")
+    add_out_option(parser, "loader")
     args = parser.parse_args()
 
     torch.set_num_threads(1)  # one core, as the target says
+    measured_on = machine(torch.device("cpu"))
     with tempfile.TemporaryDirectory() as directory:
         started = time.perf_counter()
         build_dataset(Path(directory), args.examples, args.grid, args.text_len, args.shard_size)
@@ -86,15 +86,13 @@ def main() -> None:
     result = {
         "benchmark": "loader", "examples": args.examples, "grid": [args.grid, args.grid], "text_len": args.text_len,
         "shard_size": args.shard_size, "build_seconds": build_seconds, "open_with_checksums_seconds": open_seconds,
-        "runs": runs, "cpu_count": os.cpu_count(), "target_sequences_per_s": 2000,
+        "runs": runs, "machine": measured_on, "target_sequences_per_s": 2000,
     }
     for run in runs:
         print(f"global batch {run['batch_size']:5d} over {run['world_size']} rank(s): "
               f"{run['sequences_per_s']:,.0f} sequences/s ({run['tokens_per_s']:,.0f} tokens/s) on one core")
     print(f"opening {args.examples:,} examples with checksum verification: {open_seconds:.2f} s")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
+from common import add_out_option, machine, write_result  # bench/common.py
 from gptdraw.data.decode import decode_parallel
 from gptdraw.data.sources import SourceItem, open_source
 
@@ -114,11 +114,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--taming-images", type=int, default=16, help="images through the taming-f16 encoder")
     parser.add_argument("--no-taming", action="store_true")
-    parser.add_argument("--out", default="bench/out/prepare.json")
+    add_out_option(parser, "prepare")
     args = parser.parse_args()
 
     jpegs = photo_jpegs(args.images, args.width, args.height)
-    result = {"benchmark": "prepare", "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
+    result = {"benchmark": "prepare", "machine": machine(torch.device("cpu")),
               "jpeg": {"width": args.width, "height": args.height, "mean_bytes": float(np.mean([len(j) for j in jpegs]))},
               "decode": [], "encode": [], "prepare": []}
     for workers in args.workers:
@@ -150,9 +150,7 @@ def main() -> None:
             print(f"prepare (decode + encode + write, one process) with {preset} at {run['image_size']} px: "
                   f"{run['images_per_s']:.1f} images/s on CPU")
 
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import resource
 import tempfile
 import time
@@ -54,6 +52,7 @@ from gptdraw.data.loader import EpochBatches
 from gptdraw.runtime import resolve_mixed_precision
 from gptdraw.gpt.train import micro_batch_indices, train
 from gptdraw.vq.model import ImageTokenizer, VQConfig
+from common import add_out_option, device_name, machine, synchronize, write_result  # bench/common.py
 from memory import GIB, extrapolate_by_depth, highest, measure_training_memory  # bench/memory.py, beside this script
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets (FLOP/s, no sparsity).
@@ -173,11 +172,6 @@ def profile_steps(config: TrainConfig, data, caption_tokenizer, vq, work_dir: Pa
     }
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def peak_memory(device: torch.device) -> tuple[int, str]:
     """(peak bytes, what they are) of everything run so far, without the tracker."""
     if device.type == "cuda":
@@ -244,7 +238,7 @@ def main() -> None:
                         help="CPU: measure memory at these depths and extrapolate to the preset's (implies --memory)")
     parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
                         help="also profile this many steps of gptdraw's loop (a separate run, after the timing)")
-    parser.add_argument("--json", default="bench/out/train.json")
+    add_out_option(parser, "train")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     from transformers.utils import logging as hf_logging
@@ -252,8 +246,8 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
-    load_at_start = os.getloadavg()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    measured_on = machine(device)
     if args.memory_depths and (device.type == "cuda" or min(args.memory_depths) < 1 or len(set(args.memory_depths)) < 2):
         parser.error("--memory-depths takes two or more different depths ≥ 1, and only on a CPU (a GPU measures directly)")
     track_memory = device.type == "cpu" and (args.memory or args.memory_only or bool(args.memory_depths))
@@ -316,7 +310,8 @@ def main() -> None:
                 print(f"{row['self_ms_per_step']:9.3f} ms/step {row['calls_per_step']:7.1f} calls  {row['name']}")
 
     result = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)",
+        "machine": measured_on,
+        "device": device_name(device),
         "preset": args.preset,
         "micro_batch": args.micro_batch,
         "grad_accum": args.grad_accum,
@@ -349,13 +344,9 @@ def main() -> None:
         **memory,
         "profile": profiled,
         "reference_epoch_minutes": 881e6 / tokens_per_s / 60 if tokens_per_s else None,
-        # Other work on the machine slows a CPU run: judge the figures by the load beside them.
-        "loadavg_start": load_at_start,
-        "loadavg_end": os.getloadavg(),
     }
     print(json.dumps(result, indent=2))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.out)
 
 
 if __name__ == "__main__":

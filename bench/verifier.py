@@ -15,12 +15,13 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageFilter
 from tqdm import tqdm
 
+from common import add_out_option, machine, write_result  # bench/common.py
 from gptdraw.data import shapes
 
 Degrade = Callable[[Image.Image, np.random.Generator], Image.Image | np.ndarray]
@@ -107,12 +108,12 @@ def main() -> None:
         "--render-count", type=int, default=10_000, help="images for the 48 px render rate"
     )
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--out", type=Path, default=Path("bench/out/verifier.json"))
+    add_out_option(parser, "verifier")
     args = parser.parse_args()
     for size in args.sizes:
         shapes.check_image_size(size)
 
-    report: dict = {"count": args.count, "render_per_s": {}, "verifier": {}}
+    report: dict = {"machine": machine(torch.device("cpu")), "count": args.count, "render_per_s": {}, "verifier": {}}
     report["render_per_s"]["48"] = render_rate(48, args.render_count, args.seed)
     for size in args.sizes:
         report["render_per_s"].setdefault(
@@ -128,9 +129,7 @@ def main() -> None:
     for size, by_condition in report["verifier"].items():
         cells = " ".join(f"{by_condition[name]['accuracy']:>15.3f}" for name in names)
         print(f"{size:>5} {cells} {by_condition['clean']['verify_per_s']:>9.0f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    write_result(report, args.out)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from common import add_out_option, machine, write_result  # bench/common.py
 from gptdraw.data import shapes
 from gptdraw.images import tensor_to_pil, uint8_to_tensor
 from gptdraw.vq.train import VQTrainConfig, train_vq, zero_init_residuals
@@ -78,7 +76,7 @@ def main() -> None:
                         help="override a VQConfig or VQTrainConfig field (repeatable)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--save", default=None, help="also save the tokenizer to this directory")
-    parser.add_argument("--json", default="bench/out/vq_train.json", help="where to write the figures")
+    add_out_option(parser, "vq_train")
     args = parser.parse_args()
 
     if args.threads:
@@ -107,7 +105,7 @@ def main() -> None:
     tokenizer = ImageTokenizer(vq_config)
     if config.zero_init_residuals:
         zero_init_residuals(tokenizer.model)  # what train_vq does for the tokenizers it builds
-    load_before = os.getloadavg()[0]
+    measured_on = machine(torch.device("cpu"))
     cpu_before = time.process_time()
     result = train_vq(config, images, args.save, tokenizer=tokenizer)
     cpu_seconds = time.process_time() - cpu_before
@@ -139,22 +137,16 @@ def main() -> None:
         "data_seconds": round(data_seconds, 2),
         **result.to_dict(),
         "cpu_seconds": round(cpu_seconds, 1),
-        "load_average_before": round(load_before, 2),
-        "load_average_after": round(os.getloadavg()[0], 2),
+        "machine": measured_on,
         **interior_colour_error(heldout, recon_uint8),
         "verifier_accuracy_reconstructions": round(float(np.mean(verified)), 4),
         "verifier_accuracy_originals": round(float(np.mean(originals_verified)), 4),
         "verifier_failures": dict(sorted(reasons.items(), key=lambda item: -item[1])[:12]),
-        "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
         "command": " ".join(sys.argv),
     }
     print(json.dumps({k: v for k, v in figures.items() if k not in ("vq_config", "train_config")}, indent=2))
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(figures, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_result(figures, args.out)
 
 
 if __name__ == "__main__":

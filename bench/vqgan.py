@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
+from common import add_out_option, machine, synchronize, write_result  # bench/common.py
 from gptdraw.vq.model import ImageTokenizer, vq_preset
 
 DEFAULT_VARIANTS = "fp32,bf16,fp32+cl,bf16+cl,fp32+compile"
@@ -61,11 +58,6 @@ class Result:
     encode_s: float  # median seconds per encode call
     decode_s: float  # median seconds per decode call
     first_call_s: float  # first encode + decode (includes compilation for +compile)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(function, device: torch.device) -> tuple[float, object]:
@@ -128,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile backend of +compile variants (aot_eager: trace without generating code)")
-    parser.add_argument("--out", type=Path, default=Path("bench/out/vqgan.json"), help="JSON results file")
+    add_out_option(parser, "vqgan")
     args = parser.parse_args(argv)
 
     try:
@@ -142,22 +134,20 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
+    measured_on = machine(device)
     environment = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": measured_on["device"],
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "preset": args.preset,
         "image_size": args.image_size,
         "repeats": args.repeats,
-        # Other work on the machine skews CPU figures: record how busy it was.
-        "load_average_1min": round(os.getloadavg()[0], 2),
     }
     print(" ".join(f"{key}={value}" for key, value in environment.items()))
     header = f"{'variant':<18} {'batch':>5} {'encode img/s':>13} {'decode img/s':>13} {'first call s':>13}"
     print(header)
     print("-" * len(header))
     results: list[Result] = []
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     for variant in variants:
         tokenizer = build_tokenizer(args.preset, args.image_size, variant, device, args.compile_backend)
         for batch_size in batch_sizes:
@@ -166,11 +156,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{result.variant:<18} {batch_size:>5} {result.encode_images_per_s:>13.2f} "
                   f"{result.decode_images_per_s:>13.2f} {result.first_call_s:>13.2f}", flush=True)
             # Written after every measurement: a run stopped at its time limit keeps what it measured.
-            environment["load_average_1min_end"] = round(os.getloadavg()[0], 2)
-            args.out.write_text(json.dumps({"environment": environment, "results": [asdict(r) for r in results]},
-                                           indent=2) + "\n")
+            write_result({"machine": measured_on, "environment": environment, "results": [asdict(r) for r in results]},
+                         args.out)
         del tokenizer
-    print(f"wrote {args.out}")
     return 0
 
 

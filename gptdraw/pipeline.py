@@ -27,7 +27,7 @@ from transformers import GPT2LMHeadModel
 from gptdraw.images import tensor_to_pil
 from gptdraw.gpt.model import check_model_fits_layout, load_transformer, save_transformer
 from gptdraw.runtime import native_bf16, resolve_device, resolve_dtype
-from gptdraw.gpt.sampling import CodeDrawer, DecodeOptions, SamplingSettings
+from gptdraw.gpt.sampling import CodeDrawer, DrawerOptions, SamplingSettings
 from gptdraw.sequence import SequenceLayout
 from gptdraw.captions import CaptionTokenizer
 from gptdraw.vq.model import ImageTokenizer
@@ -62,7 +62,7 @@ class GPTDrawPipeline:
         image_tokenizer: ImageTokenizer,
         layout: SequenceLayout,
         default_settings: SamplingSettings = SamplingSettings(),
-        decode_options: DecodeOptions = DecodeOptions(),
+        drawer_options: DrawerOptions = DrawerOptions(),
         decode_in_bf16: bool = False,
     ):
         """decode_in_bf16: turn codes into pixels under bf16 autocast (on a CPU with AMX about
@@ -87,7 +87,7 @@ class GPTDrawPipeline:
         self.default_settings = default_settings
         self.decode_in_bf16 = decode_in_bf16
         # The fast sampler keeps its KV caches (and compiled step) between drawings.
-        self.drawer = CodeDrawer(self.gpt, layout, decode_options)
+        self.drawer = CodeDrawer(self.gpt, layout, drawer_options)
 
     @property
     def device(self) -> torch.device:
@@ -158,7 +158,7 @@ class GPTDrawPipeline:
             image_tokenizer=ImageTokenizer.from_pretrained(directory / "image_tokenizer", device, dtype),
             layout=layout,
             default_settings=settings,
-            decode_options=DecodeOptions(compile=compile),
+            drawer_options=DrawerOptions(compile=compile),
             decode_in_bf16=decode_in_bf16,
         )
 

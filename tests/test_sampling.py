@@ -3,7 +3,7 @@ import torch
 
 from gptdraw.gpt.sampling import (
     CodeDrawer,
-    DecodeOptions,
+    DrawerOptions,
     Knobs,
     SamplingSettings,
     apply_cfg,
@@ -25,8 +25,8 @@ def captions(layout, batch=3, seed=0):
 
 
 def draw(gpt, layout, ids, settings=SamplingSettings(), seed=0, prefix=None, drawer=None, **options):
-    """A whole drawing: (B, h, w) codes, by `drawer` or a new CodeDrawer with these DecodeOptions."""
-    drawer = drawer or CodeDrawer(gpt, layout, DecodeOptions(**options))
+    """A whole drawing: (B, h, w) codes, by `drawer` or a new CodeDrawer with these DrawerOptions."""
+    drawer = drawer or CodeDrawer(gpt, layout, DrawerOptions(**options))
     return sample_codes(drawer.iter_codes(ids, settings, torch.Generator().manual_seed(seed), prefix), layout)
 
 
@@ -94,7 +94,7 @@ def test_prefix_codes_are_kept(gpt, layout):
 
 def test_iter_codes_yields_every_step(gpt, layout):
     for use_cache in (True, False):
-        drawer = CodeDrawer(gpt, layout, DecodeOptions(use_cache=use_cache))
+        drawer = CodeDrawer(gpt, layout, DrawerOptions(use_cache=use_cache))
         steps = list(drawer.iter_codes(captions(layout, batch=1), SamplingSettings(temperature=0)))
         assert [s.shape[1] for s in steps] == list(range(1, layout.image_len + 1))
     with pytest.raises(ValueError, match="before its image was whole"):
@@ -129,7 +129,7 @@ def test_settings_validation():
     with pytest.raises(ValueError, match="temperature"):
         SamplingSettings(temperature=-1)
     with pytest.raises(ValueError, match="use_cache"):
-        DecodeOptions(compile=True, use_cache=False)
+        DrawerOptions(compile=True, use_cache=False)
 
 
 def test_compiled_knobs_keep_filters_that_keep_everything_as_numbers():
@@ -173,7 +173,7 @@ def test_compiled_step_equals_reference_and_is_reused(gpt, layout):
         graphs.append(graph_module)
         return lookup_backend("aot_eager")(graph_module, example_inputs)
 
-    drawer = CodeDrawer(gpt, layout, DecodeOptions(compile=True, backend=counting_aot_eager))
+    drawer = CodeDrawer(gpt, layout, DrawerOptions(compile=True, backend=counting_aot_eager))
     ids = captions(layout)  # 3 captions: padded to a batch of 4 inside the compiled drawer
     filtering = (SETTINGS[2], SamplingSettings(temperature=1.3, top_k=5, cfg_scale=1.5))
     for settings in (*filtering, SamplingSettings(temperature=0.9, cfg_scale=2.0)):

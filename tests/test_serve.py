@@ -179,10 +179,10 @@ def test_serve_command_refuses_bad_arguments(command, tmp_path, capsys):
 
 
 def test_warm_up_compiles_every_batch_size_a_request_can_use(gpt, caption_tokenizer, image_tokenizer, layout):
-    from gptdraw.gpt.sampling import DecodeOptions
+    from gptdraw.gpt.sampling import DrawerOptions
     from gptdraw.apps.serve import warm_up
 
-    options = DecodeOptions(compile=True, backend="eager")  # dynamo traces; no code generation
+    options = DrawerOptions(compile=True, backend="eager")  # dynamo traces; no code generation
     pipe = GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, SamplingSettings(cfg_scale=2.0), options)
     warm_up(pipe, max_images=3)
     # Requests of 1, 2 and 3 images run batches of 1, 2 and 4, each as 2× rows for guidance.

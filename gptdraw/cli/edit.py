@@ -13,21 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gptdraw.cli import UserError
+from gptdraw.cli.drawing_options import add_drawing_options
 
 # PIL, torch and transformers load inside the handlers, so that `--help` and argument errors stay fast.
 if TYPE_CHECKING:
     from PIL import Image
-
-
-def add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model directory")
-    parser.add_argument("--out", default="drawings", help="output folder (default: drawings)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed draws the same images")
-    parser.add_argument("--top-k", type=int, help="keep the k most likely codes (default: the model's)")
-    parser.add_argument("--top-p", type=float, help="nucleus sampling threshold (default: the model's)")
-    parser.add_argument("--temperature", type=float, help="softmax temperature, 0 = greedy (default: the model's)")
-    parser.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default: the model's)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: auto)")
 
 
 def register(subparsers) -> None:
@@ -36,7 +26,7 @@ def register(subparsers) -> None:
     complete.add_argument("--image", required=True, help="the image whose top is kept")
     complete.add_argument("--keep-rows", type=int, required=True, help="rows of codes kept from the top")
     complete.add_argument("--num-images", type=int, default=1, help="completions to draw")
-    add_common(complete)
+    add_drawing_options(complete)
     complete.set_defaults(func=run_complete)
 
     vary = subparsers.add_parser("vary", help="variations of an image (top rows kept, the rest redrawn)")
@@ -44,7 +34,7 @@ def register(subparsers) -> None:
     vary.add_argument("--prompt", help="a caption guiding the redraw (default: none)")
     vary.add_argument("--keep-rows", type=int, help="rows of codes kept from the top (default: a quarter)")
     vary.add_argument("--num-images", type=int, default=4, help="variations to draw")
-    add_common(vary)
+    add_drawing_options(vary)
     vary.set_defaults(func=run_vary)
 
     best = subparsers.add_parser("best-of", help="draw N candidates and keep the best")
@@ -52,7 +42,7 @@ def register(subparsers) -> None:
     best.add_argument("--candidates", type=int, default=8, help="candidates to draw (default: 8)")
     best.add_argument("--keep", type=int, default=1, help="best candidates to keep (default: 1)")
     best.add_argument("--clip", help="local CLIP model directory to rank with (default: the guidance score)")
-    add_common(best)
+    add_drawing_options(best)
     best.set_defaults(func=run_best_of)
 
 

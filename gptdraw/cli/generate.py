@@ -7,20 +7,15 @@ import json
 import re
 from pathlib import Path
 
+from gptdraw.cli.drawing_options import add_drawing_options
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("generate", help="draw pictures for prompts with a trained model")
     parser.add_argument("prompts", nargs="+", metavar="PROMPT", help="what to draw")
-    parser.add_argument("--model", required=True, help="model directory (e.g. runs/quickstart/model)")
-    parser.add_argument("--out", default="drawings", help="output folder (default: drawings)")
+    add_drawing_options(parser)
     parser.add_argument("--num-images", type=int, default=1, help="images per prompt")
-    parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed draws the same images")
-    parser.add_argument("--top-k", type=int, help="keep the k most likely codes (default: the model's)")
-    parser.add_argument("--top-p", type=float, help="nucleus sampling threshold (default: the model's)")
-    parser.add_argument("--temperature", type=float, help="softmax temperature, 0 = greedy (default: the model's)")
-    parser.add_argument("--cfg-scale", type=float, help="classifier-free guidance scale (default: the model's)")
     parser.add_argument("--animate", action="store_true", help="also write a GIF of each image being drawn")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: auto)")
     parser.set_defaults(func=run)
 
 

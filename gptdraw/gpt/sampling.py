@@ -7,9 +7,9 @@ It runs one of two loops, which draw the same codes for the same seed:
   one batch of 2B rows (conditional rows, then blank-caption rows) whose last hidden states
   are mixed as `uncond + scale·(cond − uncond)` before the LM head (the head is linear, so
   this is mixing the logits, for half the head's work); logits computed for the image codes
-  only; and a decode step of fixed shapes that can be compiled (`DecodeOptions(compile=True)`:
+  only; and a decode step of fixed shapes that can be compiled (`DrawerOptions(compile=True)`:
   CUDA graphs on a GPU through torch.compile's "reduce-overhead" mode).
-- the plain reference loop (`DecodeOptions(use_cache=False)`), which runs the whole
+- the plain reference loop (`DrawerOptions(use_cache=False)`), which runs the whole
   sequence through the model for every code. It exists to check the fast one.
 
 Both choose codes with the same function, `pick_codes`, from the same random numbers:
@@ -266,7 +266,7 @@ def _check_inputs(layout: SequenceLayout, caption_ids: torch.Tensor, codes: torc
 
 # ------------------------------------------------------------------------------------ the loops
 @dataclass(frozen=True)
-class DecodeOptions:
+class DrawerOptions:
     """How a CodeDrawer runs its steps."""
 
     use_cache: bool = True
@@ -318,7 +318,7 @@ class CodeDrawer:
     (others wait for it); an uncompiled one allocates a cache per drawing.
     """
 
-    def __init__(self, gpt: GPT2LMHeadModel, layout: SequenceLayout, options: DecodeOptions = DecodeOptions()):
+    def __init__(self, gpt: GPT2LMHeadModel, layout: SequenceLayout, options: DrawerOptions = DrawerOptions()):
         self.gpt = gpt
         self.layout = layout
         self.options = options

@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -43,6 +42,7 @@ from gptdraw.data.loader import EpochBatches
 from gptdraw.images import make_grid
 from gptdraw.gpt.model import TrainingForward, build_model, check_model_fits_layout, split_targets, weighted_loss
 from gptdraw.pipeline import GPTDrawPipeline
+from gptdraw import schedule
 from gptdraw.runtime import resolve_mixed_precision
 from gptdraw.gpt.sampling import SamplingSettings
 from gptdraw.sequence import SequenceLayout
@@ -80,17 +80,8 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------- schedule
 def learning_rate(step: int, config: TrainConfig) -> float:
-    """Linear warm-up to lr, then constant, cosine or linear decay to min_lr_ratio·lr."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    if config.schedule == "constant":
-        return config.lr
-    progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
-    progress = min(1.0, progress)
-    floor = config.min_lr_ratio
-    if config.schedule == "cosine":
-        return config.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
-    return config.lr * (1 - (1 - floor) * progress)
+    """The configured schedule's learning rate at `step` (gptdraw.schedule)."""
+    return schedule.learning_rate(step, config.lr, config.warmup_steps, config.max_steps, config.schedule, config.min_lr_ratio)
 
 
 # ----------------------------------------------------------------------------- data order

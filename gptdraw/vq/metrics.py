@@ -35,10 +35,15 @@ MAX_PSNR = 100.0  # reported for a perfect reconstruction (MSE 0), so the mean s
 # ---- metrics -----------------------------------------------------------------------------------
 
 
+def psnr_of_mse(mse: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of pixel values in [0, 1] from their mean squared error
+    (MAX_PSNR for a perfect reconstruction)."""
+    return (10.0 * torch.log10(1.0 / mse.clamp_min(10 ** (-MAX_PSNR / 10)))).clamp_max(MAX_PSNR)
+
+
 def psnr(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
     """Peak signal-to-noise ratio in dB per image, for (B, 3, H, W) tensors in [0, 1] → (B,)."""
-    mse = (images.float() - reconstructions.float()).pow(2).flatten(1).mean(dim=1)
-    return (10.0 * torch.log10(1.0 / mse.clamp_min(10 ** (-MAX_PSNR / 10)))).clamp_max(MAX_PSNR)
+    return psnr_of_mse((images.float() - reconstructions.float()).pow(2).flatten(1).mean(dim=1))
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

@@ -51,6 +51,8 @@ from tqdm.auto import tqdm
 
 from gptdraw.images import make_grid, tensor_to_pil, uint8_to_tensor
 from gptdraw.runtime import native_bf16
+from gptdraw.schedule import learning_rate
+from gptdraw.vq.metrics import psnr_of_mse
 from gptdraw.vq.config import VQTrainConfig  # noqa: F401  (re-exported: the config lives in a torch-free module)
 from gptdraw.vq.model import CONFIG_FILE, ImageTokenizer, read_config, vq_preset
 
@@ -296,12 +298,8 @@ def flush_denormals() -> Iterator[None]:
 
 
 def _learning_rate(step: int, config: VQTrainConfig) -> float:
-    """Linear warm-up, then cosine decay to lr × min_lr_ratio."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return config.lr * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
+    """Linear warm-up, then cosine decay to lr × min_lr_ratio (gptdraw.schedule)."""
+    return learning_rate(step, config.lr, config.warmup_steps, config.steps, "cosine", config.min_lr_ratio)
 
 
 def _reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, config: VQTrainConfig) -> torch.Tensor:
@@ -320,9 +318,8 @@ def _reconstruction_loss(reconstruction: torch.Tensor, target: torch.Tensor, con
 
 
 def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB of images in [0, 1] (reconstruction clamped first)."""
-    mse = F.mse_loss(reconstruction.detach().float().clamp(0.0, 1.0), target.float()).item()
-    return 10.0 * math.log10(1.0 / max(mse, 1e-10))
+    """Peak signal-to-noise ratio in dB of a batch of images in [0, 1] (reconstruction clamped first)."""
+    return float(psnr_of_mse(F.mse_loss(reconstruction.detach().float().clamp(0.0, 1.0), target.float())))
 
 
 # ---- training ------------------------------------------------------------------------------------
@@ -489,7 +486,7 @@ def evaluate_tokenizer(tokenizer: ImageTokenizer, images: torch.Tensor, batch_si
     probabilities = counts[counts > 0].double() / counts.sum()
     entropy = -(probabilities * probabilities.log()).sum().item()
     return {
-        "psnr": round(10.0 * math.log10(1.0 / max(mse, 1e-10)), 3),
+        "psnr": round(float(psnr_of_mse(torch.tensor(mse))), 3),
         "codebook_usage": round(int((counts > 0).sum()) / tokenizer.codebook_size, 4),
         "perplexity": round(math.exp(entropy), 2),
     }
