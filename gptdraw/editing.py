@@ -24,7 +24,7 @@ from PIL import Image
 from transformers import GPT2LMHeadModel
 
 from gptdraw.images import pil_to_tensor
-from gptdraw.pipeline import DrawingStep, GPTDrawPipeline
+from gptdraw.pipeline import DrawingStep, GPTDrawPipeline, evaluation_mode
 from gptdraw.gpt.sampling import code_tokens, image_logits, model_rows
 from gptdraw.sequence import SequenceLayout
 
@@ -54,7 +54,8 @@ def image_to_codes(pipe: GPTDrawPipeline, image: Image.Image | torch.Tensor) -> 
         pixels = image
     else:
         raise ValueError(f"an image prompt must be a PIL image or a tensor, got {type(image).__name__}")
-    return pipe.image_tokenizer.encode(pixels.to(pipe.device))  # (1, h, w)
+    with evaluation_mode(pipe.image_tokenizer):
+        return pipe.image_tokenizer.encode(pixels.to(pipe.device))  # (1, h, w)
 
 
 def kept_codes(pipe: GPTDrawPipeline, image: Image.Image | torch.Tensor, keep_rows: int) -> torch.Tensor:
@@ -247,7 +248,8 @@ def best_of(
     caption_ids = caption_ids.expand(num_candidates, -1)  # (N, text_len)
     final = _last(pipe.stream_ids(caption_ids, seed, every=pipe.layout.image_len, **settings))
     codes = final.codes.reshape(num_candidates, *pipe.layout.grid)  # (N, h, w)
-    guidance = guidance_scores(pipe.gpt, pipe.layout, caption_ids, codes)
+    with evaluation_mode(pipe.gpt):
+        guidance = guidance_scores(pipe.gpt, pipe.layout, caption_ids, codes)
     scorer, message = (clip, "") if isinstance(clip, ClipScorer) else load_clip_scorer(clip, pipe.device)
     clip_scores = scorer.score(final.images, prompt) if scorer is not None else None
     key = clip_scores if clip_scores is not None else guidance

@@ -10,6 +10,7 @@ A model directory holds everything needed to draw:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -52,6 +53,50 @@ class DrawingStep:
     """(B, codes_drawn) the codes so far."""
 
 
+def save_model_directory(
+    directory: str | os.PathLike, gpt: GPT2LMHeadModel, caption_tokenizer: CaptionTokenizer,
+    image_tokenizer: ImageTokenizer, layout: SequenceLayout, sampling: SamplingSettings,
+) -> None:
+    """Writes a model directory: transformer/, text_tokenizer/, image_tokenizer/ and gptdraw.json.
+    Each part is written whole before it replaces the old one, and gptdraw.json comes last."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    writers = {
+        "transformer": lambda d: save_transformer(gpt, d),
+        "text_tokenizer": caption_tokenizer.save_pretrained,
+        "image_tokenizer": image_tokenizer.save_pretrained,
+    }
+    for part, write in writers.items():
+        temporary = Path(tempfile.mkdtemp(prefix=f".{part}-", dir=directory))
+        write(temporary)
+        if (directory / part).exists():
+            shutil.rmtree(directory / part)
+        os.replace(temporary, directory / part)
+    config = {
+        "format": "gptdraw-model",
+        "version": 1,
+        "layout": layout.to_dict(),
+        "sampling": sampling.to_dict(),
+        "text_tokenizer": caption_tokenizer.identity(),
+    }
+    temporary_config = directory / f".{MODEL_CONFIG_NAME}.tmp"
+    temporary_config.write_text(json.dumps(config, indent=2) + "\n")
+    os.replace(temporary_config, directory / MODEL_CONFIG_NAME)
+
+
+@contextlib.contextmanager
+def evaluation_mode(*modules: torch.nn.Module) -> Iterator[None]:
+    """Runs the block with the modules in eval mode (no dropout), then gives each its own mode back."""
+    modes = [module.training for module in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, training in zip(modules, modes):
+            module.train(training)
+
+
 class GPTDrawPipeline:
     """Draws pictures for captions with a trained gptdraw model."""
 
@@ -80,9 +125,11 @@ class GPTDrawPipeline:
             )
         if caption_tokenizer.text_len != layout.text_len or caption_tokenizer.pad_id != layout.pad_id:
             raise ValueError("the caption tokenizer does not match the model's caption layout")
-        self.gpt = gpt.eval()
+        # The models are used as they are handed over (a trainer may still be training the GPT);
+        # drawing puts them in eval mode only while it draws.
+        self.gpt = gpt
         self.caption_tokenizer = caption_tokenizer
-        self.image_tokenizer = image_tokenizer.eval()
+        self.image_tokenizer = image_tokenizer
         self.layout = layout
         self.default_settings = default_settings
         self.decode_in_bf16 = decode_in_bf16
@@ -95,30 +142,9 @@ class GPTDrawPipeline:
 
     # ----------------------------------------------------------------- save / load
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Writes the model directory; each part is written whole before it replaces the old."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        writers = {
-            "transformer": lambda d: save_transformer(self.gpt, d),
-            "text_tokenizer": self.caption_tokenizer.save_pretrained,
-            "image_tokenizer": self.image_tokenizer.save_pretrained,
-        }
-        for part, write in writers.items():
-            temporary = Path(tempfile.mkdtemp(prefix=f".{part}-", dir=directory))
-            write(temporary)
-            if (directory / part).exists():
-                shutil.rmtree(directory / part)
-            os.replace(temporary, directory / part)
-        config = {
-            "format": "gptdraw-model",
-            "version": 1,
-            "layout": self.layout.to_dict(),
-            "sampling": self.default_settings.to_dict(),
-            "text_tokenizer": self.caption_tokenizer.identity(),
-        }
-        temporary_config = directory / f".{MODEL_CONFIG_NAME}.tmp"
-        temporary_config.write_text(json.dumps(config, indent=2) + "\n")
-        os.replace(temporary_config, directory / MODEL_CONFIG_NAME)
+        """Writes the model directory (see save_model_directory)."""
+        save_model_directory(directory, self.gpt, self.caption_tokenizer, self.image_tokenizer, self.layout,
+                             self.default_settings)
 
     @classmethod
     def from_pretrained(
@@ -224,10 +250,11 @@ class GPTDrawPipeline:
         # Without a seed, a fresh one (torch.seed() would also reseed torch's global generator).
         generator.manual_seed(seed if seed is not None else secrets.randbits(63))
         total = self.layout.image_len
-        for codes in self.drawer.iter_codes(caption_ids.to(self.device), sampling, generator, prefix_codes):
-            drawn = codes.shape[1]
-            if drawn == total or drawn % every == 0:
-                yield DrawingStep(drawn, total, self.decode_partial(codes), codes)
+        with evaluation_mode(self.gpt):
+            for codes in self.drawer.iter_codes(caption_ids.to(self.device), sampling, generator, prefix_codes):
+                drawn = codes.shape[1]
+                if drawn == total or drawn % every == 0:
+                    yield DrawingStep(drawn, total, self.decode_partial(codes), codes)
 
     def __call__(
         self,
@@ -252,7 +279,8 @@ class GPTDrawPipeline:
         h, w = self.layout.grid
         full = torch.zeros(batch, h * w, dtype=torch.long, device=codes.device)
         full[:, :drawn] = codes
-        with torch.inference_mode(), torch.autocast(codes.device.type, torch.bfloat16, enabled=self.decode_in_bf16):
+        bf16 = torch.autocast(codes.device.type, torch.bfloat16, enabled=self.decode_in_bf16)
+        with torch.inference_mode(), evaluation_mode(self.image_tokenizer), bf16:
             pixels = self.image_tokenizer.decode(full.reshape(batch, h, w))  # (B, 3, H, W)
         if drawn < h * w:
             known = torch.zeros(h * w, device=pixels.device)

@@ -12,7 +12,8 @@ from gptdraw.data.prepare import prepare
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import ShapesSource
 from gptdraw.pipeline import GPTDrawPipeline
-from gptdraw.gpt.train import learning_rate, list_checkpoints, train
+from gptdraw.gpt.checkpoint import list_checkpoints
+from gptdraw.gpt.train import learning_rate, train
 from gptdraw.vq.model import ImageTokenizer
 
 

@@ -15,7 +15,8 @@ from gptdraw.gpt.config import ModelConfig, TrainConfig
 from gptdraw.data.prepare import prepare
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import ShapesSource
-from gptdraw.gpt.train import NonFiniteLossError, list_checkpoints, train
+from gptdraw.gpt.checkpoint import list_checkpoints
+from gptdraw.gpt.train import NonFiniteLossError, train
 from gptdraw.vq.model import ImageTokenizer
 
 

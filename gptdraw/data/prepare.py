@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from gptdraw.data import shards as fmt
 from gptdraw.data.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, BadInput, clean_caption, decode_parallel
 from gptdraw.data.sources import Source, SourceItem
+from gptdraw.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +155,58 @@ def _resolve_dtype(device: torch.device, dtype: str | torch.dtype | None) -> tor
     return names[dtype]
 
 
+def _check_request(source: Source, image_tokenizer, shard_size: int, batch_size: int, rank: int, world_size: int) -> int:
+    """Refuses settings that cannot work; returns the source's item count."""
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError(f"shard_size and batch_size must be positive, got {shard_size} and {batch_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+    if image_tokenizer.codebook_size > fmt.MAX_CODEBOOK_SIZE:
+        raise ValueError(
+            f"the image tokenizer has {image_tokenizer.codebook_size} codes; shards store codes as uint16, "
+            f"so at most {fmt.MAX_CODEBOOK_SIZE}"
+        )
+    items = len(source)
+    if items == 0:
+        raise ValueError(f"the source {source.describe()} has no items")
+    return items
+
+
+def _settings(source: Source, items: int, shard_size: int, split: "EvalSplit", image_tokenizer, caption_tokenizer,
+              min_image_size: int, max_image_pixels: int) -> dict:
+    """Everything that decides the bytes of a shard: a shard made with other settings is not reused."""
+    image_size = image_tokenizer.config.image_size
+    return {
+        "source": source.describe(),
+        "items": items,
+        "shard_size": shard_size,
+        "eval_split": split.describe(),
+        "image_size": image_size,
+        "grid": list(image_tokenizer.grid_size(image_size)),
+        "min_image_size": min_image_size,
+        "max_image_pixels": max_image_pixels,
+        "codebook_size": image_tokenizer.codebook_size,
+        "image_tokenizer": image_tokenizer_identity(image_tokenizer),
+        "text_tokenizer": caption_tokenizer.identity(),
+        "text_len": caption_tokenizer.text_len,
+    }
+
+
+def _write_manifests(split_dirs: list[Path], shard_count: int, settings: dict, fingerprint: str,
+                     image_tokenizer_path: str | None) -> tuple[dict, dict]:
+    """Writes the manifest of each split from its shards' records; returns (train, eval) manifests."""
+    has_eval = len(split_dirs) > 1
+    manifests = []
+    for directory, name in zip(split_dirs, ("train", fmt.EVAL_SPLIT)):
+        records = [fmt.read_done(directory, index, verify=False) for index in range(shard_count)]
+        manifests.append(_manifest(name, records, settings, fingerprint, image_tokenizer_path, has_eval))
+    # The eval manifest first: the top manifest's presence means the whole dataset is there.
+    for directory, manifest in reversed(list(zip(split_dirs, manifests))):
+        fmt.write_json_atomic(directory / fmt.MANIFEST_FILE, manifest)
+    evaluation = manifests[1] if has_eval else {"examples": 0, "skipped": {}, "truncated_captions": 0}
+    return manifests[0], evaluation
+
+
 def prepare(
     source: Source,
     out_dir: str | os.PathLike,
@@ -188,41 +241,15 @@ def prepare(
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    if shard_size < 1 or batch_size < 1:
-        raise ValueError(f"shard_size and batch_size must be positive, got {shard_size} and {batch_size}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
-    if image_tokenizer.codebook_size > fmt.MAX_CODEBOOK_SIZE:
-        raise ValueError(
-            f"the image tokenizer has {image_tokenizer.codebook_size} codes; shards store codes as uint16, "
-            f"so at most {fmt.MAX_CODEBOOK_SIZE}"
-        )
-    items = len(source)
-    if items == 0:
-        raise ValueError(f"the source {source.describe()} has no items")
+    items = _check_request(source, image_tokenizer, shard_size, batch_size, rank, world_size)
     workers = default_workers() if workers is None else workers
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     autocast_dtype = _resolve_dtype(device, dtype)
     image_size = image_tokenizer.config.image_size
     grid = image_tokenizer.grid_size(image_size)
     split = EvalSplit.make(items, eval_fraction, eval_count)
     has_eval = split.numerator > 0
-
-    # Everything that decides the bytes of a shard: a shard made with other settings is not reused.
-    settings = {
-        "source": source.describe(),
-        "items": items,
-        "shard_size": shard_size,
-        "eval_split": split.describe(),
-        "image_size": image_size,
-        "grid": list(grid),
-        "min_image_size": min_image_size,
-        "max_image_pixels": max_image_pixels,
-        "codebook_size": image_tokenizer.codebook_size,
-        "image_tokenizer": image_tokenizer_identity(image_tokenizer),
-        "text_tokenizer": caption_tokenizer.identity(),
-        "text_len": caption_tokenizer.text_len,
-    }
+    settings = _settings(source, items, shard_size, split, image_tokenizer, caption_tokenizer, min_image_size, max_image_pixels)
     fingerprint = hashlib.sha256(fmt.dump_json(settings).encode()).hexdigest()
     _check_existing(out_dir, fingerprint)
 
@@ -272,15 +299,7 @@ def prepare(
                              processed / seconds if seconds else 0.0, complete=False)
 
     _wait_for_shards(out_dir, shard_count, finished, poll_seconds)
-    manifests = []
-    for directory, name in zip(split_dirs, ("train", fmt.EVAL_SPLIT)):
-        records = [fmt.read_done(directory, index, verify=False) for index in range(shard_count)]
-        manifests.append(_manifest(name, records, settings, fingerprint, image_tokenizer_path, has_eval))
-    # The eval manifest first: the top manifest's presence means the whole dataset is there.
-    for directory, manifest in reversed(list(zip(split_dirs, manifests))):
-        fmt.write_json_atomic(directory / fmt.MANIFEST_FILE, manifest)
-    train = manifests[0]
-    evaluation = manifests[1] if has_eval else {"examples": 0, "skipped": {}, "truncated_captions": 0}
+    train, evaluation = _write_manifests(split_dirs, shard_count, settings, fingerprint, image_tokenizer_path)
     truncated = train["truncated_captions"] + evaluation["truncated_captions"]
     if truncated:
         logger.warning(

@@ -325,6 +325,40 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
 # ---- training ------------------------------------------------------------------------------------
 
 
+def _new_tokenizer(config: VQTrainConfig) -> ImageTokenizer:
+    """A fresh tokenizer of the config's preset, noting in its config how it was made."""
+    vq_config = vq_preset(config.preset, **({"image_size": config.image_size} if config.image_size else {}))
+    vq_config.source = f"trained by gptdraw train-vq (preset {config.preset}, {config.steps} steps, seed {config.seed})"
+    tokenizer = ImageTokenizer(vq_config)
+    if config.zero_init_residuals:
+        zero_init_residuals(tokenizer.model)
+    return tokenizer
+
+
+def _optimizer(tokenizer: ImageTokenizer, config: VQTrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the network, and over the codebook too unless an EMA keeps the codebook."""
+    codebook = tokenizer.codebook
+    groups = [{"params": [p for p in tokenizer.parameters() if p is not codebook], "weight_decay": config.weight_decay}]
+    if config.codebook_update != "ema":
+        groups.append({"params": [codebook], "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
+
+
+def _maintain_codebook(tokenizer: ImageTokenizer, output, steps_quantized: int, last_step: bool, config: VQTrainConfig,
+                       usage_counts: torch.Tensor, ema, generator, optimizer) -> int:
+    """After a quantised step: the EMA update, usage counts, and every restart_every steps the
+    restart of unused codes. Returns how many codes were restarted."""
+    codes = output.codes.reshape(-1)  # (B*h*w,)
+    if ema is not None:
+        ema.update(tokenizer.codebook, codes, flat_latents(output.latents))
+    usage_counts += torch.bincount(codes, minlength=tokenizer.codebook_size)
+    if not (config.restart_every and steps_quantized % config.restart_every == 0 and not last_step):
+        return 0
+    restarted = restart_dead_codes(tokenizer, usage_counts, output.latents, generator, optimizer, ema)
+    usage_counts.zero_()
+    return restarted
+
+
 def train_vq(
     config: VQTrainConfig,
     images: np.ndarray | BatchSource,
@@ -345,13 +379,7 @@ def train_vq(
     generator = torch.Generator().manual_seed(config.seed)
     next_batch, heldout = _split_sources(images, config)
 
-    if tokenizer is None:
-        vq_config = vq_preset(config.preset, **({"image_size": config.image_size} if config.image_size else {}))
-        vq_config.source = f"trained by gptdraw train-vq (preset {config.preset}, {config.steps} steps, seed {config.seed})"
-        tokenizer = ImageTokenizer(vq_config)
-        if config.zero_init_residuals:
-            zero_init_residuals(tokenizer.model)
-    tokenizer.to(device).train()
+    tokenizer = (tokenizer or _new_tokenizer(config)).to(device).train()
     image_size = heldout.shape[-1]
     if heldout.shape[-2] != image_size or image_size % tokenizer.downsample_factor:
         raise ValueError(
@@ -364,10 +392,7 @@ def train_vq(
 
     codebook = tokenizer.codebook
     use_ema = config.codebook_update == "ema"
-    groups = [{"params": [p for p in tokenizer.parameters() if p is not codebook], "weight_decay": config.weight_decay}]
-    if not use_ema:
-        groups.append({"params": [codebook], "weight_decay": 0.0})
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
+    optimizer = _optimizer(tokenizer, config)
     ema: CodebookEMA | None = None
 
     usage_counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long, device=device)
@@ -402,14 +427,8 @@ def train_vq(
             optimizer.step()
 
             if quantizing:
-                codes = output.codes.reshape(-1)  # (B*h*w,)
-                if ema is not None:
-                    ema.update(codebook, codes, flat_latents(output.latents))
-                usage_counts += torch.bincount(codes, minlength=tokenizer.codebook_size)
-                since = step + 1 - quantize_from
-                if config.restart_every and since % config.restart_every == 0 and step + 1 < config.steps:
-                    restarted += restart_dead_codes(tokenizer, usage_counts, output.latents, generator, optimizer, ema)
-                    usage_counts.zero_()
+                restarted += _maintain_codebook(tokenizer, output, step + 1 - quantize_from, step + 1 == config.steps,
+                                                config, usage_counts, ema, generator, optimizer)
 
             loss_value = loss.item()
             step_seconds.append(time.perf_counter() - step_start)
