@@ -214,4 +214,4 @@ def test_cli_reports_bad_input_in_one_line(cli, tmp_path, capsys):
     assert cli(["train-vq", "--out", str(tmp_path / "vq"), "--images", str(tmp_path / "missing")]) == 2
     assert "image folder not found" in capsys.readouterr().err
     assert cli(["train-vq", "--out", str(tmp_path / "vq"), "--steps", "0"]) == 2
-    assert "--steps must be positive" in capsys.readouterr().err
+    assert "steps must be positive, got 0" in capsys.readouterr().err

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-# gptdraw.gpt.config holds only dataclasses, so its presets can fill the parser. The modules that
-# import torch and transformers load inside the handler, so that `--help` and argument errors
-# stay fast.
-from gptdraw.gpt.config import TRAIN_PRESETS, model_preset, train_preset
+# gptdraw.gpt.config holds only dataclasses, so its presets and fields can fill the parser. The
+# modules that import torch and transformers load inside the handler, so that `--help` and
+# argument errors stay fast.
+from gptdraw.cli.config_flags import add_config_flags, apply_config_file, given_fields, read_config_file
+from gptdraw.gpt.config import MODEL_PRESETS, TRAIN_PRESETS, ModelConfig, TrainConfig, model_preset, train_preset
 
 if TYPE_CHECKING:
     from gptdraw.vq.model import ImageTokenizer
@@ -21,7 +23,8 @@ def register(subparsers) -> None:
         help="train a GPT on a prepared dataset; rerun with the same --out to resume",
         description="Train a GPT on pre-encoded shards. Rerunning with the same --out resumes "
         "exactly where the last checkpoint left off. Launch with `accelerate launch -m gptdraw.cli "
-        "train …` for several GPUs or machines.",
+        "train …` for several GPUs or machines. Settings come from --preset, then --config, then "
+        "the flags; the run writes them to OUT/train_config.json, which --config reads back.",
     )
     parser.add_argument("--data", required=True, help="dataset directory written by `gptdraw prepare`")
     parser.add_argument("--eval-data", help="held-out dataset directory (default: DATA/eval when present)")
@@ -30,54 +33,45 @@ def register(subparsers) -> None:
     parser.add_argument("--init-from", help="start from pretrained GPT-2 weights (a directory or hub id); "
                         "the data must be prepared with that GPT-2's tokenizer")
     parser.add_argument("--preset", default="tiny", choices=sorted(TRAIN_PRESETS), help="training preset")
-    parser.add_argument("--model", help="model preset to use instead of the training preset's")
-    parser.add_argument("--max-steps", type=int)
-    parser.add_argument("--micro-batch-size", type=int)
-    parser.add_argument("--grad-accum", type=int)
-    parser.add_argument("--lr", type=float)
-    parser.add_argument("--warmup-steps", type=int)
-    parser.add_argument("--schedule", choices=["constant", "cosine", "linear"])
-    parser.add_argument("--optimizer", choices=["adamw", "adafactor"])
-    parser.add_argument("--mixed-precision", choices=["auto", "no", "bf16", "fp16"])
-    parser.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    parser.add_argument("--gradient-checkpointing", action="store_true", default=None)
-    parser.add_argument("--caption-dropout", type=float)
-    parser.add_argument("--text-loss-weight", type=float)
-    parser.add_argument("--image-loss-weight", type=float)
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--eval-every", type=int)
-    parser.add_argument("--sample-every", type=int)
-    parser.add_argument("--sample-prompt", action="append", dest="sample_prompts", help="a fixed prompt for the sample grids (repeatable)")
-    parser.add_argument("--checkpoint-every", type=int)
-    parser.add_argument("--keep-checkpoints", type=int)
-    parser.add_argument("--log-every", type=int)
-    parser.add_argument("--wandb", action="store_true", default=None, help="also log to Weights & Biases")
+    parser.add_argument("--config", help="YAML or JSON file of TrainConfig fields (e.g. a run's train_config.json)")
+    parser.add_argument("--model", help=f"model preset instead of the training preset's ({', '.join(sorted(MODEL_PRESETS))})")
     parser.add_argument("--cfg-scale", type=float, default=1.0, help="default guidance scale stored with the model")
+    add_config_flags(parser, TrainConfig, skip=("model",))
+    parser.add_argument("--sample-prompt", action="append", dest="sample_prompt", help="a fixed prompt for the sample "
+                        "grids (repeatable; adds to --sample-prompts)")
     parser.set_defaults(func=run)
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The run's TrainConfig: the preset, then the --config file, then --model and the flags."""
+    config = train_preset(args.preset)
+    if args.config:
+        data = read_config_file(args.config)
+        if "model" in data:
+            model = data.pop("model")
+            try:
+                config = replace(config, model=model_preset(model) if isinstance(model, str) else ModelConfig(**model))
+            except TypeError as error:
+                raise ValueError(f"{args.config}: the model must be a preset name or ModelConfig fields: {error}") from None
+        config = apply_config_file(config, data, args.config)
+    if args.model:
+        config = replace(config, model=model_preset(args.model))
+    given = given_fields(args, TrainConfig, skip=("model",))
+    if args.sample_prompt:
+        given["sample_prompts"] = tuple(given.get("sample_prompts", ())) + tuple(args.sample_prompt)
+    return replace(config, **given)
+
+
 def run(args: argparse.Namespace) -> int:
+    from gptdraw.captions import CaptionTokenizer
     from gptdraw.data.shards import ShardDataset
     from gptdraw.gpt.model import adapt_pretrained_gpt2
     from gptdraw.gpt.sampling import SamplingSettings
-    from gptdraw.sequence import SequenceLayout
-    from gptdraw.captions import CaptionTokenizer
     from gptdraw.gpt.train import train
+    from gptdraw.sequence import SequenceLayout
 
     data_dir = Path(args.data)
-    config = train_preset(
-        args.preset,
-        model=model_preset(args.model) if args.model else None,
-        max_steps=args.max_steps, micro_batch_size=args.micro_batch_size, grad_accum=args.grad_accum,
-        lr=args.lr, warmup_steps=args.warmup_steps, schedule=args.schedule, optimizer=args.optimizer,
-        mixed_precision=args.mixed_precision, compile=args.compile,
-        gradient_checkpointing=args.gradient_checkpointing, caption_dropout=args.caption_dropout,
-        text_loss_weight=args.text_loss_weight, image_loss_weight=args.image_loss_weight,
-        seed=args.seed, eval_every=args.eval_every, sample_every=args.sample_every,
-        sample_prompts=tuple(args.sample_prompts) if args.sample_prompts else None,
-        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-        log_every=args.log_every, wandb=args.wandb,
-    )
+    config = train_config(args)
     train_data = ShardDataset(data_dir)
     eval_dir = Path(args.eval_data) if args.eval_data else data_dir / "eval"
     eval_data = ShardDataset(eval_dir) if eval_dir.exists() else None

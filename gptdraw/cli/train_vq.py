@@ -8,43 +8,43 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from gptdraw.cli import UserError
-from gptdraw.vq.config import PRECISIONS, VQ_PRESETS, VQTrainConfig, vq_preset
+from gptdraw.cli.config_flags import add_config_flags, apply_config_file, given_fields, read_config_file
+from gptdraw.vq.config import VQTrainConfig, vq_preset
 
 logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    defaults = VQTrainConfig()
     parser = subparsers.add_parser(
         "train-vq",
         help="train an image tokenizer (VQGAN) from scratch",
         description="Train an image tokenizer and save it as a gptdraw image-tokenizer directory, with "
-        "reconstructions.png (originals above, reconstructions below) and train_vq.json (figures).",
+        "reconstructions.png (originals above, reconstructions below) and train_vq.json (figures). "
+        "Settings: VQTrainConfig's defaults, then --config, then the flags.",
     )
     parser.add_argument("--out", required=True, type=Path, help="image-tokenizer directory to write")
-    parser.add_argument("--preset", default=defaults.preset, choices=sorted(VQ_PRESETS),
-                        help="architecture (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="optimiser steps (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="images per step (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default: %(default)s)")
-    parser.add_argument("--autoencoder-warmup", type=float, default=defaults.autoencoder_warmup, metavar="FRACTION",
-                        help="fraction of the steps trained without quantisation before the codebook starts "
-                        "(default: %(default)s; 0 for shapes-f4, measured best)")
-    parser.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
-                        help="autocast precision (default: %(default)s: bf16 where the hardware has it)")
+    parser.add_argument("--config", help="YAML or JSON file of VQTrainConfig fields")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--images", type=Path, metavar="FOLDER",
                       help="train on every image file under FOLDER (resized and centre-cropped)")
     data.add_argument("--shapes-count", type=int, default=None,
                       help="train on this many built-in shapes images (the default data, 8000 images)")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="training resolution (default: the preset's)")
+    add_config_flags(parser, VQTrainConfig)
     parser.set_defaults(func=run_train_vq)
+
+
+def vq_train_config(args: argparse.Namespace) -> VQTrainConfig:
+    """VQTrainConfig's defaults, then the --config file, then the flags; the image size filled in."""
+    config = VQTrainConfig()
+    if args.config:
+        config = apply_config_file(config, read_config_file(args.config), args.config)
+    config = replace(config, **given_fields(args, VQTrainConfig))
+    return replace(config, image_size=config.image_size or vq_preset(config.preset).image_size)
 
 
 def run_train_vq(args: argparse.Namespace) -> int:
@@ -53,15 +53,12 @@ def run_train_vq(args: argparse.Namespace) -> int:
     from gptdraw.data.decode import image_files, load_images
     from gptdraw.vq.train import shapes_images, train_vq
 
-    for name in ("steps", "batch_size", "shapes_count", "image_size"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    image_size = args.image_size or vq_preset(args.preset).image_size
-    config = VQTrainConfig(
-        preset=args.preset, image_size=image_size, steps=args.steps, batch_size=args.batch_size,
-        lr=args.lr, seed=args.seed, precision=args.precision, autoencoder_warmup=args.autoencoder_warmup,
-    )
+    if args.shapes_count is not None and args.shapes_count <= 0:
+        raise UserError(f"--shapes-count must be positive, got {args.shapes_count}")
+    if args.image_size is not None and args.image_size <= 0:
+        raise UserError(f"--image-size must be positive, got {args.image_size}")
+    config = vq_train_config(args)
+    image_size = config.image_size
     try:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError as error:

@@ -14,6 +14,7 @@ Run directory (`--out`), which is also a model directory that `gptdraw generate`
 
     transformer/ text_tokenizer/ image_tokenizer/ gptdraw.json   the model (updated at each checkpoint)
     checkpoints/step-00000200/     model.safetensors, optimizer.pt, trainer_state.json
+    train_config.json              the TrainConfig of the last invocation (`gptdraw train --config` reads it)
     metrics.jsonl                  one JSON object per logged step
     logs/                          TensorBoard events
     samples/step-00000200.png      sample grids of fixed prompts
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 from gptdraw import schedule
 from gptdraw.captions import CaptionTokenizer
 from gptdraw.data.loader import EpochBatches
+from gptdraw.data.shards import write_json_atomic
 from gptdraw.gpt.checkpoint import (
     CHECKPOINTS, gather_model_weights, gather_optimizer_state, list_checkpoints, load_checkpoint, load_gpt_weights,
     load_optimizer_state, prune_checkpoints, save_checkpoint,
@@ -52,6 +54,8 @@ from gptdraw.sequence import SequenceLayout
 from gptdraw.vq.model import ImageTokenizer
 
 logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "train_config.json"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -312,6 +316,8 @@ class TrainingRun:
         self.log = None
         if self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            # What this invocation trains with, as `gptdraw train --config` reads it back.
+            write_json_atomic(self.out_dir / CONFIG_NAME, config.to_dict())
             if not (self.out_dir / "gptdraw.json").exists():
                 self.export()
             self.log = RunLog(self.out_dir, self.resumed.step, config, world, self.resumed.wandb_run_id)

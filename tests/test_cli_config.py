@@ -1,0 +1,100 @@
+"""`gptdraw train` takes every TrainConfig field as a flag and from `--config` (YAML or JSON)."""
+
+import dataclasses
+import json
+import typing
+
+import pytest
+import yaml
+
+from gptdraw.cli import build_parser
+from gptdraw.cli.train import train_config
+from gptdraw.gpt.config import MODEL_PRESETS, TrainConfig, train_preset
+
+BASE = ["train", "--data", "d", "--out", "o", "--preset", "tiny"]
+
+
+def other_value(field: dataclasses.Field, current):
+    """A valid value of the field's type that differs from `current`."""
+    hint = typing.get_type_hints(TrainConfig)[field.name]
+    if typing.get_origin(hint) is typing.Literal:
+        return next(choice for choice in typing.get_args(hint) if choice != current)
+    if hint is bool:
+        return not current
+    if hint is int:
+        return current + 1
+    if hint is float:
+        return round(current + 0.25, 6)
+    if hint is str:
+        return "aot_eager" if current != "aot_eager" else "inductor"
+    if field.name == "betas":
+        return (0.8, 0.95)
+    if field.name == "sample_prompts":
+        return ("a red circle", "a blue square")
+    raise AssertionError(f"no test value for {field.name}: {hint}")
+
+
+def as_flags(values: dict) -> list[str]:
+    flags = []
+    for name, value in values.items():
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool):
+            flags.append(flag if value else f"--no-{name.replace('_', '-')}")
+        elif isinstance(value, tuple):
+            flags += [flag, *map(str, value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def changed_values() -> dict:
+    preset = train_preset("tiny")
+    return {field.name: other_value(field, getattr(preset, field.name))
+            for field in dataclasses.fields(TrainConfig) if field.name != "model"}
+
+
+def parse(argv):
+    return train_config(build_parser().parse_args(argv))
+
+
+def test_every_training_field_is_a_flag():
+    values = changed_values()
+    config = parse([*BASE, *as_flags(values)])
+    for name, value in values.items():
+        assert getattr(config, name) == value, name
+    assert config.model == train_preset("tiny").model
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_every_training_field_from_a_config_file(tmp_path, suffix):
+    values = {**changed_values(), "model": "gpt-draw"}
+    path = tmp_path / f"run{suffix}"
+    text = {name: list(value) if isinstance(value, tuple) else value for name, value in values.items()}
+    path.write_text(json.dumps(text) if suffix == ".json" else yaml.safe_dump(text))
+    config = parse([*BASE, "--config", str(path)])
+    for name, value in values.items():
+        assert getattr(config, name) == (MODEL_PRESETS["gpt-draw"] if name == "model" else value), name
+    # Flags still win over the file.
+    assert parse([*BASE, "--config", str(path), "--lr", "0.5"]).lr == 0.5
+
+
+def test_the_config_a_run_writes_reads_back(tmp_path):
+    written = dataclasses.replace(train_preset("gpt-draw"), lr=3e-4, betas=(0.9, 0.95), sample_prompts=("a cat",))
+    path = tmp_path / "train_config.json"
+    path.write_text(json.dumps(written.to_dict()))  # as a run writes it (gptdraw.gpt.train)
+    assert parse([*BASE, "--config", str(path)]) == written
+
+
+def test_bad_config_files_are_refused(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"lr": 0.1, "learning_rate": 0.1}))
+    with pytest.raises(ValueError, match="unknown field.*learning_rate"):
+        parse([*BASE, "--config", str(path)])
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="must hold a mapping"):
+        parse([*BASE, "--config", str(path)])
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        parse([*BASE, "--config", str(path)])
+    with pytest.raises(FileNotFoundError, match="config file"):
+        parse([*BASE, "--config", str(tmp_path / "missing.json")])
