@@ -98,3 +98,36 @@ def test_bad_config_files_are_refused(tmp_path):
         parse([*BASE, "--config", str(path)])
     with pytest.raises(FileNotFoundError, match="config file"):
         parse([*BASE, "--config", str(tmp_path / "missing.json")])
+
+
+def test_every_vq_training_field_is_a_flag_and_a_config_entry(tmp_path):
+    from gptdraw.cli.train_vq import vq_train_config
+    from gptdraw.vq.config import VQTrainConfig
+
+    defaults = VQTrainConfig()
+    hints = typing.get_type_hints(VQTrainConfig)
+    values = {}
+    for field in dataclasses.fields(VQTrainConfig):
+        current, hint = getattr(defaults, field.name), hints[field.name]
+        if field.name == "preset":
+            values["preset"] = "taming-f16-16384"
+        elif field.name == "image_size":
+            values["image_size"] = 128
+        elif typing.get_origin(hint) is typing.Literal:
+            values[field.name] = next(choice for choice in typing.get_args(hint) if choice != current)
+        elif hint is bool:
+            values[field.name] = not current
+        elif hint is int:
+            values[field.name] = current + 1
+        elif hint is float:
+            values[field.name] = round(min(current + 0.05, 0.95), 6) if current < 1 else current + 0.5
+        else:
+            raise AssertionError(f"no test value for {field.name}: {hint}")
+    base = ["train-vq", "--out", str(tmp_path / "vq")]
+    from_flags = vq_train_config(build_parser().parse_args([*base, *as_flags(values)]))
+    path = tmp_path / "vq.yaml"
+    path.write_text(yaml.safe_dump(values))
+    from_file = vq_train_config(build_parser().parse_args([*base, "--config", str(path)]))
+    for name, value in values.items():
+        assert getattr(from_flags, name) == value, name
+        assert getattr(from_file, name) == value, name

@@ -66,17 +66,20 @@ def _flag_options(annotation: Any) -> dict:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
-                     aliases: dict[str, list[str]] | None = None) -> None:
-    """One flag per field of the dataclass `cls`, less `skip`; `aliases` adds older spellings."""
+                     choices: dict[str, list] | None = None) -> None:
+    """One flag per field of the dataclass `cls`, less `skip`; `choices` names the allowed
+    values of fields whose type does not (a preset name, say)."""
     hints = typing.get_type_hints(cls)
     helps = field_help(cls)
     group = parser.add_argument_group(f"{cls.__name__} fields (default: the preset's, then --config's)")
     for field in dataclasses.fields(cls):
         if field.name in skip:
             continue
-        flags = [f"--{field.name.replace('_', '-')}", *(aliases or {}).get(field.name, [])]
-        group.add_argument(*flags, dest=field.name, default=None, help=helps.get(field.name, ""),
-                           **_flag_options(hints[field.name]))
+        options = _flag_options(hints[field.name])
+        if field.name in (choices or {}):
+            options["choices"] = choices[field.name]
+        group.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, default=None,
+                           help=helps.get(field.name, ""), **options)
 
 
 def given_fields(args: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gptdraw.cli import UserError
 from gptdraw.cli.config_flags import add_config_flags, apply_config_file, given_fields, read_config_file
-from gptdraw.vq.config import VQTrainConfig, vq_preset
+from gptdraw.vq.config import VQ_PRESETS, VQTrainConfig, vq_preset
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="train on every image file under FOLDER (resized and centre-cropped)")
     data.add_argument("--shapes-count", type=int, default=None,
                       help="train on this many built-in shapes images (the default data, 8000 images)")
-    add_config_flags(parser, VQTrainConfig)
+    add_config_flags(parser, VQTrainConfig, choices={"preset": sorted(VQ_PRESETS)})
     parser.set_defaults(func=run_train_vq)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass
@@ -220,19 +221,19 @@ class VQTrainConfig:
     warmup_steps: int = 50  # linear warm-up from 0 to lr
     min_lr_ratio: float = 0.1  # cosine decay ends at lr × this
     weight_decay: float = 0.0  # AdamW weight decay (never applied to the codebook)
-    reconstruction_loss: str = "mse"  # "l1", "mse" or "l1+mse", on pixels in [0, 1]
+    reconstruction_loss: Literal["l1", "mse", "l1+mse"] = "mse"  # "l1", "mse" or "l1+mse", on pixels in [0, 1]
     foreground_weight: float = 4.0  # extra loss weight on pixels that are not pure white (0: every pixel alike)
     commitment_weight: float = 0.25  # β: pulls encoder outputs towards their codes
-    codebook_update: str = "ema"  # "ema": codes are running means of their encoder outputs; "gradient": codebook loss
+    codebook_update: Literal["ema", "gradient"] = "ema"  # "ema": codes are running means of their encoder outputs; "gradient": codebook loss
     ema_decay: float = 0.9  # decay of those running means (per step)
     codebook_weight: float = 1.0  # weight of the codebook loss when codebook_update is "gradient"
     autoencoder_warmup: float = 0.5  # fraction of the steps trained without quantisation before the codebook starts
-    codebook_init: str = "kmeans"  # "kmeans": k-means of encoder outputs when quantisation starts; "keep": as it is
+    codebook_init: Literal["kmeans", "keep"] = "kmeans"  # "kmeans": k-means of encoder outputs when quantisation starts; "keep": as it is
     zero_init_residuals: bool = True  # start each residual block as the identity (new tokenizers only)
     kmeans_iterations: int = 10  # Lloyd iterations of the k-means initialisation
     restart_every: int = 50  # every N steps, codes unused over those N steps move onto encoder outputs; 0: never
     eval_images: int = 256  # images held out for the final PSNR / codebook usage
-    precision: str = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the CPU/GPU runs it natively
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the CPU/GPU runs it natively
     seed: int = 0  # seeds initialisation, batch order and restarts
     log_every: int = 10  # progress-bar refresh interval in steps
     preview_images: int = 8  # originals vs reconstructions in reconstructions.png
