@@ -66,12 +66,12 @@ def _flag_options(annotation: Any) -> dict:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
-                     choices: dict[str, list] | None = None) -> None:
+                     choices: dict[str, list] | None = None, title: str | None = None) -> None:
     """One flag per field of the dataclass `cls`, less `skip`; `choices` names the allowed
     values of fields whose type does not (a preset name, say)."""
     hints = typing.get_type_hints(cls)
     helps = field_help(cls)
-    group = parser.add_argument_group(f"{cls.__name__} fields (default: the preset's, then --config's)")
+    group = parser.add_argument_group(title or f"{cls.__name__} fields (default: the preset's, then --config's)")
     for field in dataclasses.fields(cls):
         if field.name in skip:
             continue

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gptdraw.cli import UserError
-from gptdraw.cli.drawing_options import add_drawing_options
+from gptdraw.cli.drawing_options import add_drawing_options, sampling_overrides
 
 # PIL, torch and transformers load inside the handlers, so that `--help` and argument errors stay fast.
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
 
 
 def _settings(args: argparse.Namespace) -> dict:
-    return {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "cfg_scale": args.cfg_scale}
+    return sampling_overrides(args)
 
 
 def _open_image(path: str) -> Image.Image:

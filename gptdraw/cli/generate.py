@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from gptdraw.cli.drawing_options import add_drawing_options
+from gptdraw.cli.drawing_options import add_drawing_options, sampling_overrides
 
 
 def register(subparsers) -> None:
@@ -32,9 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.num_images < 1:
         raise ValueError(f"--num-images must be at least 1, got {args.num_images}")
     pipe = GPTDrawPipeline.from_pretrained(args.model, device=args.device)
-    settings = pipe.settings(
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale
-    )
+    settings = pipe.settings(**sampling_overrides(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     every = max(1, pipe.layout.image_len // 64) if args.animate else pipe.layout.image_len

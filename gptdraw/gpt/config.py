@@ -2,7 +2,8 @@
 
 Presets are plain dataclass instances: `model_preset("tiny")` for a CPU run in minutes,
 `model_preset("gpt-draw")` for the reference recipe, larger ones for those who outgrow it.
-Image-tokenizer presets live in `gptdraw.vq.model`.
+Image-tokenizer presets live in `gptdraw.vq.config`. SamplingSettings (how drawing picks codes)
+lives here too, so that the CLI can make its flags without importing torch.
 """
 
 from __future__ import annotations
@@ -165,3 +166,35 @@ def train_preset(name: str, **overrides) -> TrainConfig:
     if name not in TRAIN_PRESETS:
         raise ValueError(f"unknown training preset {name!r}; choose one of {sorted(TRAIN_PRESETS)}")
     return replace(TRAIN_PRESETS[name], **{k: v for k, v in overrides.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How the next code is chosen from the model's distribution."""
+
+    temperature: float = 1.0
+    """Softmax temperature; 0 draws the most likely code (greedy)."""
+    top_k: int = 0
+    """Keep only the k most likely codes (0: all)."""
+    top_p: float = 1.0
+    """Keep the smallest set of codes whose probability reaches p (1: all)."""
+    cfg_scale: float = 1.0
+    """Classifier-free guidance scale; 1 is plain conditional sampling."""
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be ≥ 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be ≥ 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.cfg_scale < 0:
+            raise ValueError(f"cfg_scale must be ≥ 0, got {self.cfg_scale}")
+
+    @property
+    def guided(self) -> bool:
+        """Whether classifier-free guidance changes anything (it needs the blank-caption rows)."""
+        return self.cfg_scale != 1.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)

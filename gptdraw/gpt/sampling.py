@@ -22,46 +22,15 @@ from __future__ import annotations
 
 import inspect
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from transformers import GPT2LMHeadModel, GPT2Model, StaticCache
 
+from gptdraw.gpt.config import SamplingSettings  # noqa: F401  (the sampler's settings; torch-free, for the CLI)
 from gptdraw.sequence import SequenceLayout
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How the next code is chosen from the model's distribution."""
-
-    temperature: float = 1.0
-    """Softmax temperature; 0 draws the most likely code (greedy)."""
-    top_k: int = 0
-    """Keep only the k most likely codes (0: all)."""
-    top_p: float = 1.0
-    """Keep the smallest set of codes whose probability reaches p (1: all)."""
-    cfg_scale: float = 1.0
-    """Classifier-free guidance scale; 1 is plain conditional sampling."""
-
-    def __post_init__(self):
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be ≥ 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be ≥ 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be ≥ 0, got {self.cfg_scale}")
-
-    @property
-    def guided(self) -> bool:
-        """Whether classifier-free guidance changes anything (it needs the blank-caption rows)."""
-        return self.cfg_scale != 1.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Knobs(NamedTuple):
