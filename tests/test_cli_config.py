@@ -131,3 +131,14 @@ def test_every_vq_training_field_is_a_flag_and_a_config_entry(tmp_path):
     for name, value in values.items():
         assert getattr(from_flags, name) == value, name
         assert getattr(from_file, name) == value, name
+
+
+@pytest.mark.parametrize("grouped, older", [
+    (["vq", "train", "--out", "o", "--steps", "5"], ["train-vq", "--out", "o", "--steps", "5"]),
+    (["data", "prepare", "shapes", "--out", "o", "--vq", "v"], ["prepare", "shapes", "--out", "o", "--vq", "v"]),
+])
+def test_commands_grouped_by_stage_keep_their_older_spellings(grouped, older):
+    new, old = build_parser().parse_args(grouped), build_parser().parse_args(older)
+    assert new.func is old.func
+    ignored = {"command", "vq_command", "data_command"}
+    assert {k: v for k, v in vars(new).items() if k not in ignored} == {k: v for k, v in vars(old).items() if k not in ignored}

@@ -15,11 +15,28 @@ TEXT_TOKENIZER_CONFIG = "caption_tokenizer.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """`gptdraw data prepare|inspect`, and `gptdraw prepare` as the older spelling."""
+    data = subparsers.add_parser("data", help="prepare and look at datasets (data prepare|inspect)")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    add_prepare_parser(data_commands, "prepare", "decode, tokenize and VQ-encode a data source into pre-encoded shards")
+    add_prepare_parser(subparsers, "prepare", "the same as `gptdraw data prepare`")
+    inspect = data_commands.add_parser(
+        "inspect", help="print a dataset's counts and draw a few examples back from their codes")
+    inspect.add_argument("directory", help="dataset folder written by gptdraw prepare")
+    inspect.add_argument("--split", choices=("train", "eval"), default="train")
+    inspect.add_argument("--out", help="write a PNG grid of examples decoded from their codes")
+    inspect.add_argument("--vq", help="image tokenizer folder (default: the one recorded in the manifest)")
+    inspect.add_argument("--count", type=int, default=16, help="examples in the grid (default 16)")
+    inspect.add_argument("--no-verify", action="store_true", help="skip the shard checksum check")
+    inspect.set_defaults(func=run_inspect)
+
+
+def add_prepare_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> None:
     from gptdraw.data.sources import FORMATS
 
     prepare = subparsers.add_parser(
-        "prepare",
-        help="decode, tokenize and VQ-encode a data source into pre-encoded shards",
+        name,
+        help=help,
         description="Pre-encode image–caption pairs once: SOURCE is 'shapes', an img2dataset output folder "
         "(webdataset/parquet/files), a folder of images with .txt captions, a CSV/TSV/JSONL manifest, a "
         "datasets save_to_disk folder or 'hf:ID'. Rerunning resumes; under `accelerate launch` the "
@@ -58,18 +75,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="skip images with more pixels (decompression-bomb guard)")
     prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
     prepare.set_defaults(func=run_prepare)
-
-    data = subparsers.add_parser("data", help="look at prepared datasets")
-    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
-    inspect = data_commands.add_parser(
-        "inspect", help="print a dataset's counts and draw a few examples back from their codes")
-    inspect.add_argument("directory", help="dataset folder written by gptdraw prepare")
-    inspect.add_argument("--split", choices=("train", "eval"), default="train")
-    inspect.add_argument("--out", help="write a PNG grid of examples decoded from their codes")
-    inspect.add_argument("--vq", help="image tokenizer folder (default: the one recorded in the manifest)")
-    inspect.add_argument("--count", type=int, default=16, help="examples in the grid (default 16)")
-    inspect.add_argument("--no-verify", action="store_true", help="skip the shard checksum check")
-    inspect.set_defaults(func=run_inspect)
 
 
 def _caption_tokenizer(args: argparse.Namespace, source, out: Path, state):

@@ -19,9 +19,14 @@ logger = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    """`gptdraw train-vq`, the older spelling of `gptdraw vq train` (which cli/vq.py registers)."""
+    add_train_vq_parser(subparsers, "train-vq", "the same as `gptdraw vq train`")
+
+
+def add_train_vq_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> None:
     parser = subparsers.add_parser(
-        "train-vq",
-        help="train an image tokenizer (VQGAN) from scratch",
+        name,
+        help=help,
         description="Train an image tokenizer and save it as a gptdraw image-tokenizer directory, with "
         "reconstructions.png (originals above, reconstructions below) and train_vq.json (figures). "
         "Settings: VQTrainConfig's defaults, then --config, then the flags.",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gptdraw.cli import UserError
+from gptdraw.cli.train_vq import add_train_vq_parser
 
 # numpy, torch, diffusers and the gptdraw modules built on them load inside the handlers,
 # so that building the parser, `--help` and argument errors stay fast.
@@ -24,8 +25,10 @@ INPUT_RANGES = {"-1,1": (-1.0, 1.0), "0,1": (0.0, 1.0)}
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("vq", help="image tokenizer (VQGAN) tools", description=__doc__.splitlines()[0])
+    parser = subparsers.add_parser("vq", help="the image tokenizer (VQGAN): vq train|convert|encode|decode|eval",
+                                   description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="vq_command", required=True, metavar="SUBCOMMAND")
+    add_train_vq_parser(commands, "train", "train an image tokenizer (VQGAN) from scratch")
 
     convert = commands.add_parser(
         "convert",
