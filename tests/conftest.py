@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
 
 from gptdraw.gpt.config import ModelConfig
+from gptdraw.data.prepare import prepare
+from gptdraw.data.shards import ShardDataset
+from gptdraw.data.sources import ShapesSource
 from gptdraw.gpt.model import build_model
 from gptdraw.sequence import SequenceLayout
 from gptdraw.captions import CaptionTokenizer
@@ -55,6 +60,33 @@ def tiny_vq_config(image_size: int = 16) -> VQConfig:
 def image_tokenizer() -> ImageTokenizer:
     torch.manual_seed(0)
     return ImageTokenizer(tiny_vq_config()).eval()
+
+
+@dataclass
+class PreparedShapes:
+    """Built-in shapes pairs pre-encoded as `gptdraw prepare` writes them, with their tokenizer."""
+
+    data_dir: Path
+    """The dataset folder (160 pairs at 32 px: 128 for training, 32 in eval/)."""
+    vq_dir: Path
+    """The image tokenizer's folder, which the dataset's manifest records."""
+    vq: ImageTokenizer
+
+    def splits(self) -> tuple[ShardDataset, ShardDataset]:
+        """(training split, held-out split)."""
+        return ShardDataset(self.data_dir), ShardDataset(self.data_dir / "eval")
+
+
+@pytest.fixture(scope="session")
+def shapes_data(tmp_path_factory, caption_tokenizer) -> PreparedShapes:
+    """One prepared dataset for every training test (a tiny random VQ, the shared caption tokenizer)."""
+    root = tmp_path_factory.mktemp("shapes-data")
+    torch.manual_seed(0)
+    vq = ImageTokenizer(tiny_vq_config(image_size=32)).eval()
+    vq.save_pretrained(root / "vq")
+    prepare(ShapesSource(160, 32, seed=0), root / "data", vq, caption_tokenizer, eval_count=32, workers=0,
+            progress=False, image_tokenizer_path=str(root / "vq"))
+    return PreparedShapes(root / "data", root / "vq", vq)
 
 
 @pytest.fixture(scope="session")

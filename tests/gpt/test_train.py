@@ -8,9 +8,6 @@ import torch
 
 from conftest import tiny_vq_config
 from gptdraw.gpt.config import ModelConfig, TrainConfig
-from gptdraw.data.prepare import prepare
-from gptdraw.data.shards import ShardDataset
-from gptdraw.data.sources import ShapesSource
 from gptdraw.pipeline import GPTDrawPipeline
 from gptdraw.gpt.checkpoint import list_checkpoints
 from gptdraw.gpt.train import learning_rate, train
@@ -18,12 +15,8 @@ from gptdraw.vq.model import ImageTokenizer
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, caption_tokenizer):
-    torch.manual_seed(0)
-    vq = ImageTokenizer(tiny_vq_config(image_size=32)).eval()
-    out = tmp_path_factory.mktemp("data")
-    prepare(ShapesSource(160, 32, seed=0), out, vq, caption_tokenizer, eval_count=32, workers=0, progress=False)
-    return ShardDataset(out), ShardDataset(out / "eval"), vq
+def dataset(shapes_data):
+    return (*shapes_data.splits(), shapes_data.vq)
 
 
 def tiny_config(**changes) -> TrainConfig:

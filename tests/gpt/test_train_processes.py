@@ -9,12 +9,11 @@ import sys
 import time
 
 import pytest
-import torch
 
 from conftest import tiny_vq_config
-from gptdraw.data.prepare import prepare
-from gptdraw.data.sources import ShapesSource
 from gptdraw.vq.model import ImageTokenizer
+
+pytestmark = pytest.mark.integration  # slow, end to end: `-m "not integration"` skips it
 
 TRAIN_FLAGS = [
     "--preset", "tiny", "--max-steps", "6", "--lr", "3e-3", "--warmup-steps", "2", "--mixed-precision", "no",
@@ -23,13 +22,8 @@ TRAIN_FLAGS = [
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory, caption_tokenizer):
-    root = tmp_path_factory.mktemp("procs")
-    torch.manual_seed(0)
-    vq = ImageTokenizer(tiny_vq_config(image_size=32)).eval()
-    vq.save_pretrained(root / "vq")
-    prepare(ShapesSource(96, 32, seed=0), root / "data", vq, caption_tokenizer, workers=0, progress=False, image_tokenizer_path=str(root / "vq"))
-    return root / "data"
+def data_dir(shapes_data):
+    return shapes_data.data_dir
 
 
 def env():

@@ -10,23 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_vq_config
 from gptdraw.gpt.config import ModelConfig, TrainConfig
-from gptdraw.data.prepare import prepare
-from gptdraw.data.shards import ShardDataset
-from gptdraw.data.sources import ShapesSource
 from gptdraw.gpt.checkpoint import list_checkpoints
 from gptdraw.gpt.train import NonFiniteLossError, train
-from gptdraw.vq.model import ImageTokenizer
+
+pytestmark = pytest.mark.integration  # slow, end to end: `-m "not integration"` skips it
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, caption_tokenizer):
-    torch.manual_seed(0)
-    vq = ImageTokenizer(tiny_vq_config(image_size=32)).eval()
-    out = tmp_path_factory.mktemp("wandb-data")
-    prepare(ShapesSource(64, 32, seed=0), out, vq, caption_tokenizer, workers=0, progress=False)
-    return ShardDataset(out), vq
+def dataset(shapes_data):
+    return shapes_data.splits()[0], shapes_data.vq
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ import pytest
 # The running server (module-scoped: this module starts its own) and its bounded wait.
 from test_serve import served  # noqa: F401
 
+pytestmark = pytest.mark.integration  # slow, end to end: `-m "not integration"` skips it
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -9,7 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import pytest
+
+pytestmark = pytest.mark.integration  # slow, end to end: `-m "not integration"` skips it
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_gpu_suite_dry_run_runs_every_part(tmp_path):

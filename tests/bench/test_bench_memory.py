@@ -15,7 +15,7 @@ MIB = 2**20
 
 
 def load_bench_memory():
-    path = Path(__file__).resolve().parents[1] / "bench" / "memory.py"
+    path = Path(__file__).resolve().parents[2] / "bench" / "memory.py"
     spec = importlib.util.spec_from_file_location("bench_memory", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there

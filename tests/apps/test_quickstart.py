@@ -1,11 +1,14 @@
 """The one-command run, shrunk to seconds: every stage runs and leaves its outputs."""
 
+import pytest
 import json
 
 from PIL import Image
 
 from gptdraw.cli import main
 from gptdraw.pipeline import GPTDrawPipeline
+
+pytestmark = pytest.mark.integration  # slow, end to end: `-m "not integration"` skips it
 
 
 def test_quickstart_end_to_end_and_resume(tmp_path, capsys):
