@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from common import add_out_option, machine, write_result  # bench/common.py
 from gptdraw.data import shapes
+from gptdraw.eval import verifier
 
 Degrade = Callable[[Image.Image, np.random.Generator], Image.Image | np.ndarray]
 
@@ -88,7 +89,7 @@ def verifier_accuracy(image_size: int, count: int, seed: int) -> dict:
         correct, reasons = 0, Counter()
         start = time.perf_counter()
         for image, text in tqdm(examples, desc=f"{image_size}px {name}", leave=False):
-            verdict = shapes.verify(degrade(image, rng), text)
+            verdict = verifier.verify(degrade(image, rng), text)
             correct += verdict.correct
             if not verdict.correct:
                 reasons[verdict.reason] += 1

@@ -21,6 +21,7 @@ import torch
 
 from common import add_out_option, machine, write_result  # bench/common.py
 from gptdraw.data import shapes
+from gptdraw.eval import verifier
 from gptdraw.images import tensor_to_pil, uint8_to_tensor
 from gptdraw.vq.train import VQTrainConfig, train_vq, zero_init_residuals
 from gptdraw.vq.model import ImageTokenizer, VQConfig, vq_preset
@@ -118,14 +119,14 @@ def main() -> None:
             tokenizer.decode(tokenizer.encode(chunk)) for chunk in uint8_to_tensor(heldout).split(64)
         ])
     recon_uint8 = np.stack([np.asarray(image) for image in tensor_to_pil(reconstruction)])
-    verdicts = [shapes.verify(image, text) for image, text in zip(recon_uint8, heldout_captions)]
+    verdicts = [verifier.verify(image, text) for image, text in zip(recon_uint8, heldout_captions)]
     verified = [verdict.correct for verdict in verdicts]
     reasons: dict[str, int] = {}
     for verdict in verdicts:
         for reason in filter(None, verdict.reason.split("; ")):
             reason = reason.split(": ", 1)[-1]  # drop "object N: "
             reasons[reason] = reasons.get(reason, 0) + 1
-    originals_verified = [shapes.verify(image, text).correct for image, text in zip(heldout, heldout_captions)]
+    originals_verified = [verifier.verify(image, text).correct for image, text in zip(heldout, heldout_captions)]
 
     figures = {
         "preset": args.preset,

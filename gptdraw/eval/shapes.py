@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm.auto import tqdm
 
-from gptdraw.data.shapes import score
+from gptdraw.eval.verifier import score
 from gptdraw.images import make_grid
 from gptdraw.pipeline import GPTDrawPipeline
 

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image, ImageFilter
 
 from gptdraw.data import shapes
+from gptdraw.eval import verifier
 from gptdraw.data.shapes import ShapeSpec
 
 SIZES_TO_TEST = (32, 48, 64, 128, 256)
@@ -257,7 +258,7 @@ def test_verifier_accepts_every_generator_image_at_every_size():
     failures = []
     for size_px, count in counts.items():
         for image, text in shapes.generate_examples(count, size_px, seed=size_px, heldout=heldout):
-            verdict = shapes.verify(image, text)
+            verdict = verifier.verify(image, text)
             correct += verdict.correct
             total += 1
             if not verdict.correct:
@@ -277,7 +278,7 @@ def degrade(image: Image.Image, blur: float, noise: float, seed: int) -> np.ndar
 def test_verifier_tolerates_blur_and_noise_at_48(blur):
     examples = list(shapes.generate_examples(100, 48, seed=11, heldout=None))
     correct = sum(
-        shapes.verify(degrade(image, blur, 6.0, i), text).correct
+        verifier.verify(degrade(image, blur, 6.0, i), text).correct
         for i, (image, text) in enumerate(examples)
     )
     assert correct >= 95
@@ -289,7 +290,7 @@ def test_verifier_tolerates_a_tinted_background():
     correct = 0
     for image, text in examples:
         softened = np.asarray(image.filter(ImageFilter.GaussianBlur(0.7)), np.float32)
-        correct += shapes.verify((softened * 0.9).astype(np.uint8), text).correct
+        correct += verifier.verify((softened * 0.9).astype(np.uint8), text).correct
     assert correct == len(examples)
 
 
@@ -317,7 +318,7 @@ def test_verifier_rejects_wrong_images(size_px, scene, reason):
         image = draw_scene(scene, size_px)
     else:
         image = Image.new("RGB", (size_px, size_px), shapes.BACKGROUND)
-    verdict = shapes.verify(image, PROMPT)
+    verdict = verifier.verify(image, PROMPT)
     assert not verdict.correct
     assert verdict.reason == reason
 
@@ -325,24 +326,24 @@ def test_verifier_rejects_wrong_images(size_px, scene, reason):
 def test_verifier_rejects_a_missing_object_and_swapped_colours():
     prompt = "a red circle on the left and a blue square on the right"
     one = draw_scene((spec("red", "circle", (0, 1)),), 64)
-    assert shapes.verify(one, prompt).reason == "expected 2 objects, found 1"
+    assert verifier.verify(one, prompt).reason == "expected 2 objects, found 1"
     swapped = draw_scene((spec("blue", "circle", (0, 1)), spec("red", "square", (2, 1))), 64)
-    assert not shapes.verify(swapped, prompt).correct
+    assert not verifier.verify(swapped, prompt).correct
     right = draw_scene((spec("blue", "square", (2, 1)), spec("red", "circle", (0, 1))), 64)
-    assert shapes.verify(right, prompt).correct
+    assert verifier.verify(right, prompt).correct
 
 
 def test_verifier_sizeless_prompt_accepts_both_sizes():
     for size in shapes.SIZES:
         image = draw_scene((spec("yellow", "triangle", (2, 0), size),), 48)
-        assert shapes.verify(image, "a yellow triangle in the top right").correct
+        assert verifier.verify(image, "a yellow triangle in the top right").correct
 
 
 def test_verifier_counts_off_palette_ink_as_an_object():
     image = draw_scene((spec("red", "circle", (0, 0), "small"),), 64)
     pixels = np.asarray(image).copy()
     pixels[40:54, 40:54] = (0, 200, 200)  # a cyan square: no palette colour
-    verdict = shapes.verify(pixels, "a small red circle in the top left")
+    verdict = verifier.verify(pixels, "a small red circle in the top left")
     assert verdict.reason == "expected 1 object, found 2"
     assert {o.colour for o in verdict.found} == {"red", "other"}
 
@@ -350,16 +351,16 @@ def test_verifier_counts_off_palette_ink_as_an_object():
 def test_verifier_rejects_a_shape_that_is_none_of_the_three():
     pixels = np.full((64, 64, 3), 255, np.uint8)
     pixels[26:38, 20:44] = shapes.COLOURS["green"]  # a 2:1 rectangle
-    (found,) = shapes.detect_objects(pixels)
+    (found,) = verifier.detect_objects(pixels)
     assert found.shape == "other"
-    assert not shapes.verify(pixels, "a small green square in the center").correct
+    assert not verifier.verify(pixels, "a small green square in the center").correct
 
 
 def test_verifier_merges_fragments_of_one_object():
     image = draw_scene((spec("purple", "square", (1, 1), "large"),), 64)
     pixels = np.asarray(image).copy()
     pixels[:, 32] = 255  # a 1-px white cut through the square
-    verdict = shapes.verify(pixels, "a large purple square in the center")
+    verdict = verifier.verify(pixels, "a large purple square in the center")
     assert verdict.correct, verdict.reason
 
 
@@ -376,7 +377,7 @@ def test_verifier_ignores_colour_bleed_where_two_objects_touch():
         .resize((16, 16), Image.BILINEAR)
         .resize((32, 32), Image.BILINEAR)
     )
-    verdict = shapes.verify(
+    verdict = verifier.verify(
         soft, "a large red square in the center and a large blue circle on the right"
     )
     assert verdict.correct, verdict.reason
@@ -385,7 +386,7 @@ def test_verifier_ignores_colour_bleed_where_two_objects_touch():
 
 def test_verifier_reports_what_it_found():
     image = draw_scene((spec("orange", "triangle", (2, 2), "large"),), 128)
-    (found,) = shapes.verify(image, "a large orange triangle in the bottom right").found
+    (found,) = verifier.verify(image, "a large orange triangle in the bottom right").found
     assert (found.colour, found.shape, found.cell, found.size) == (
         "orange",
         "triangle",
@@ -403,15 +404,15 @@ def test_verifier_accepts_arrays_in_both_layouts():
     prompt = "a large green circle in the bottom left"
     hwc = np.asarray(image)
     chw = hwc.transpose(2, 0, 1).astype(np.float32) / 255.0
-    assert shapes.verify(hwc, prompt).correct and shapes.verify(chw, prompt).correct
+    assert verifier.verify(hwc, prompt).correct and verifier.verify(chw, prompt).correct
     with pytest.raises(ValueError, match="square"):
-        shapes.verify(hwc[:, :40], prompt)
+        verifier.verify(hwc[:, :40], prompt)
     with pytest.raises(ValueError, match="0, 1"):
-        shapes.verify(hwc.astype(np.float32), prompt)
+        verifier.verify(hwc.astype(np.float32), prompt)
     with pytest.raises(ValueError, match="dtype"):
-        shapes.verify(hwc.astype(np.int32), prompt)
+        verifier.verify(hwc.astype(np.int32), prompt)
     with pytest.raises(ValueError):
-        shapes.verify(image, "draw me a cat")
+        verifier.verify(image, "draw me a cat")
 
 
 def test_score_splits_one_and_two_object_accuracy():
@@ -420,11 +421,11 @@ def test_score_splits_one_and_two_object_accuracy():
     good_one = draw_scene(shapes.parse_caption(one), 48)
     bad_one = draw_scene((spec("red", "square", (1, 1), "small"),), 48)
     good_two = draw_scene(shapes.parse_caption(two), 48)
-    result = shapes.score({one: [good_one, bad_one, good_one, good_one], two: good_two})
+    result = verifier.score({one: [good_one, bad_one, good_one, good_one], two: good_two})
     assert result["images"] == 5 and result["correct"] == 4
     assert result["accuracy"] == pytest.approx(0.8)
     assert result["one_object"] == pytest.approx(0.75)
     assert result["two_object"] == pytest.approx(1.0)
     assert result["per_prompt"] == {one: 0.75, two: 1.0}
     assert result["reasons"] == {"object 1: shape square, expected circle": 1}
-    assert shapes.score({one: good_one})["two_object"] is None
+    assert verifier.score({one: good_one})["two_object"] is None
