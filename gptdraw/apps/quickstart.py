@@ -25,14 +25,13 @@ import numpy as np
 from gptdraw.apps.animate import save_gif
 from gptdraw.gpt.config import train_preset
 from gptdraw.data import shapes
-from gptdraw.data.prepare import prepare
+from gptdraw.data.prepare import caption_tokenizer_for, prepare
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import ShapesSource
 from gptdraw.eval.shapes import evaluate_shapes
 from gptdraw.pipeline import GPTDrawPipeline
 from gptdraw.runtime import resolve_device
 from gptdraw.gpt.sampling import SamplingSettings
-from gptdraw.captions import CaptionTokenizer
 from gptdraw.gpt.train import train
 from gptdraw.vq.train import VQTrainConfig, train_vq
 from gptdraw.vq.model import ImageTokenizer
@@ -94,12 +93,9 @@ def run_quickstart(out: str | Path, config: QuickstartConfig = QuickstartConfig(
     started = time.perf_counter()
     source = ShapesSource(config.train_examples + config.eval_examples, config.image_size, seed=config.seed)
 
-    # 1. Caption tokenizer, trained on the training captions only.
-    tokenizer_dir = out / "text_tokenizer"
-    if not (tokenizer_dir / "tokenizer.json").exists():
-        captions = (item.caption for item in source.read(0, len(source)))
-        CaptionTokenizer.train(captions, config.text_vocab_size, config.text_len).save_pretrained(tokenizer_dir)
-    caption_tokenizer = CaptionTokenizer.from_pretrained(tokenizer_dir)
+    # 1. Caption tokenizer: a BPE trained on the source's captions, as `gptdraw prepare` trains one.
+    data_dir = out / "data"
+    caption_tokenizer = caption_tokenizer_for(source, data_dir, "train", config.text_len, config.text_vocab_size)
     timings["text_tokenizer"] = time.perf_counter() - started
 
     # 2. The VQGAN, on a prefix of the training images.
@@ -118,7 +114,6 @@ def run_quickstart(out: str | Path, config: QuickstartConfig = QuickstartConfig(
 
     # 3. Pre-encode every example; eval_examples of them, spread evenly, form the held-out split.
     mark = time.perf_counter()
-    data_dir = out / "data"
     prepare(
         source, data_dir, image_tokenizer, caption_tokenizer, eval_count=config.eval_examples,
         device=device, image_tokenizer_path=str(vq_dir), workers=0, progress=progress,

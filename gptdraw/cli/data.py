@@ -11,7 +11,6 @@ from gptdraw.cli import UserError
 
 logger = logging.getLogger(__name__)
 
-TEXT_TOKENIZER_CONFIG = "caption_tokenizer.json"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -77,41 +76,11 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction, name: str, help: 
     prepare.set_defaults(func=run_prepare)
 
 
-def _caption_tokenizer(args: argparse.Namespace, source, out: Path, state):
-    from gptdraw.data.shards import TEXT_TOKENIZER_DIR
-    from gptdraw.captions import CaptionTokenizer
-
-    choice = args.text_tokenizer
-    if choice != "train":
-        if (Path(choice) / TEXT_TOKENIZER_CONFIG).is_file():
-            return CaptionTokenizer.from_pretrained(choice)
-        return CaptionTokenizer.from_gpt2(choice, text_len=args.text_len)
-    saved = out / TEXT_TOKENIZER_DIR
-    # A resumed run keeps the tokenizer the first run trained (its ids are in the done shards).
-    if state.is_main_process and not (saved / TEXT_TOKENIZER_CONFIG).is_file():
-        from itertools import islice
-
-        from gptdraw.data.decode import BadInput, clean_caption
-
-        def captions():
-            for caption in islice(source.captions(), args.train_captions):
-                try:
-                    yield clean_caption(caption)
-                except BadInput:
-                    continue
-
-        logger.info("training a %d-token BPE on up to %d captions", args.vocab_size, args.train_captions)
-        tokenizer = CaptionTokenizer.train(captions(), vocab_size=args.vocab_size, text_len=args.text_len)
-        tokenizer.save_pretrained(saved)
-    state.wait_for_everyone()
-    return CaptionTokenizer.from_pretrained(saved)
-
-
 def run_prepare(args: argparse.Namespace) -> int:
     import torch
     from accelerate import PartialState
 
-    from gptdraw.data.prepare import prepare
+    from gptdraw.data.prepare import caption_tokenizer_for, prepare
     from gptdraw.data.sources import open_source
     from gptdraw.vq.model import ImageTokenizer
 
@@ -137,7 +106,10 @@ def run_prepare(args: argparse.Namespace) -> int:
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    caption_tokenizer = _caption_tokenizer(args, source, out, state)
+    caption_tokenizer = caption_tokenizer_for(
+        source, out, args.text_tokenizer, args.text_len, args.vocab_size, args.train_captions,
+        is_main_process=state.is_main_process, wait_for_everyone=state.wait_for_everyone,
+    )
     result = prepare(
         source,
         out,

@@ -155,6 +155,40 @@ def _resolve_dtype(device: torch.device, dtype: str | torch.dtype | None) -> tor
     return names[dtype]
 
 
+def caption_tokenizer_for(
+    source: Source, out_dir: str | os.PathLike, choice: str = "train", text_len: int = 64, vocab_size: int = 16384,
+    max_captions: int = 1_000_000, is_main_process: bool = True, wait_for_everyone: Callable[[], None] = lambda: None,
+):
+    """The caption tokenizer a dataset is prepared with.
+
+    choice: a caption-tokenizer folder, a GPT-2 tokenizer (folder or hub id), or "train": a
+    byte-level BPE trained on up to max_captions of the source's cleaned captions, saved in
+    OUT_DIR/text_tokenizer. A resumed run reuses the one saved there (its ids are in the
+    shards already written). Under several processes the main one trains it while the others
+    wait (`wait_for_everyone`, e.g. Accelerate's) and then load it.
+    """
+    from gptdraw.captions import CONFIG_NAME, CaptionTokenizer
+
+    if choice != "train":
+        if (Path(choice) / CONFIG_NAME).is_file():
+            return CaptionTokenizer.from_pretrained(choice)
+        return CaptionTokenizer.from_gpt2(choice, text_len=text_len)
+    saved = Path(out_dir) / fmt.TEXT_TOKENIZER_DIR
+    if is_main_process and not (saved / CONFIG_NAME).is_file():
+
+        def captions() -> Iterator[str]:
+            for caption in itertools.islice(source.captions(), max_captions):
+                try:
+                    yield clean_caption(caption)
+                except BadInput:
+                    continue
+
+        logger.info("training a %d-token BPE on up to %d captions", vocab_size, max_captions)
+        CaptionTokenizer.train(captions(), vocab_size=vocab_size, text_len=text_len).save_pretrained(saved)
+    wait_for_everyone()
+    return CaptionTokenizer.from_pretrained(saved)
+
+
 def _check_request(source: Source, image_tokenizer, shard_size: int, batch_size: int, rank: int, world_size: int) -> int:
     """Refuses settings that cannot work; returns the source's item count."""
     if shard_size < 1 or batch_size < 1:

@@ -1,0 +1,102 @@
+"""What every reader of image–caption data shares: `Source`, `SourceItem`, and the helpers that
+find image and caption columns."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from PIL import Image
+
+from gptdraw.data.decode import IMAGE_EXTENSIONS
+
+
+# Column names tried, in order, when the caller names no image or text column.
+IMAGE_COLUMNS = ("image", "jpg", "jpeg", "png", "webp", "img", "image_path", "path", "file", "filename", "file_name", "url")
+
+
+TEXT_COLUMNS = ("caption", "txt", "text", "prompt", "captions", "description", "title", "sentence")
+
+
+# img2dataset's status for a sample it wrote.
+IMG2DATASET_SUCCESS = "success"
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One image–caption pair as a source has it, before any decoding or checking."""
+
+    key: str  # stable unique id within the source (kept in the dataset next to the caption)
+    caption: str | None  # raw caption text; None when the source has none for this item
+    image: bytes | str | Image.Image | None  # encoded bytes, a file path, or a decoded image
+    skip_reason: str | None = None  # set when the source already knows the item is unusable
+
+
+class Source:
+    """An ordered, re-readable collection of items; subclasses implement `__len__` and `read`."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def read(self, start: int, stop: int) -> Iterator[SourceItem]:
+        """Items [start, stop) in source order (stop is clipped to the length)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """What this source is (kind, location, options): recorded in the dataset manifest."""
+        raise NotImplementedError
+
+    def captions(self) -> Iterator[str | None]:
+        """Every item's raw caption, in order (sources override this where it is cheaper than `read`)."""
+        for item in self.read(0, len(self)):
+            yield item.caption
+
+    def __iter__(self) -> Iterator[SourceItem]:
+        return self.read(0, len(self))
+
+    def _range(self, start: int, stop: int) -> tuple[int, int]:
+        if start < 0 or stop < start:
+            raise ValueError(f"invalid item range [{start}, {stop})")
+        return start, min(stop, len(self))
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+
+
+def _image_field(names: list[str]) -> str | None:
+    for extension in ("jpg", "jpeg", "png", "webp"):
+        if extension in names:
+            return extension
+    return None
+
+
+def _cell_image(value: Any) -> bytes | str | None:
+    # Parquet image cells are raw bytes (img2dataset) or {bytes, path} structs (Hugging Face).
+    if isinstance(value, dict):
+        return value.get("bytes") or value.get("path")
+    return value
+
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def _column_index(header: list[str], wanted: str | int | None, candidates: tuple[str, ...], what: str,
+                  path: Path) -> int | None:
+    lowered = [name.strip().lower() for name in header]
+    if isinstance(wanted, int):
+        return wanted
+    if wanted is not None:
+        if wanted.lower() not in lowered:
+            raise ValueError(f"{path}: no {what} column {wanted!r} (columns: {', '.join(header)})")
+        return lowered.index(wanted.lower())
+    return next((lowered.index(name) for name in candidates if name in lowered), None)
+
+
+def _looks_like_image(value: str) -> bool:
+    return bool(_URL.match(value)) or value.lower().endswith(IMAGE_EXTENSIONS)

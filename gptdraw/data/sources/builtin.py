@@ -1,0 +1,37 @@
+"""The built-in shapes data as a source (gptdraw.data.shapes draws it)."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from gptdraw.data.sources.base import Source, SourceItem
+
+
+class ShapesSource(Source):
+    """The built-in shapes data set's training split (held-out prompts excluded)."""
+
+    def __init__(self, count: int, image_size: int, seed: int = 0, heldout_seed: int = 0):
+        from gptdraw.data import shapes
+
+        if count < 1:
+            raise ValueError(f"shapes: count must be at least 1, got {count}")
+        shapes.check_image_size(image_size)
+        self.count, self.image_size, self.seed, self.heldout_seed = count, image_size, seed, heldout_seed
+        self._heldout = shapes.heldout_prompts(heldout_seed)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def read(self, start: int, stop: int) -> Iterator[SourceItem]:
+        from gptdraw.data import shapes
+
+        start, stop = self._range(start, stop)
+        examples = shapes.generate_examples(
+            stop - start, self.image_size, self.seed, self._heldout, split="train", start=start
+        )
+        for index, (image, caption) in enumerate(examples, start):
+            yield SourceItem(key=f"shapes-{self.seed}-{index}", caption=caption, image=image)
+
+    def describe(self) -> dict:
+        return {"kind": "shapes", "count": self.count, "image_size": self.image_size,
+                "seed": self.seed, "heldout_seed": self.heldout_seed, "split": "train"}
