@@ -1,4 +1,5 @@
-"""Where work runs and in which precision: the one place that turns "auto" into a choice.
+"""Where work runs and in which precision: the one place that turns "auto" into a choice; and
+whether this torch may unpickle a checkpoint at all.
 
 Training, VQ training, drawing and decoding all ask the same question — does this device run
 bf16 natively? — and answer it here, so that they agree.
@@ -6,6 +7,7 @@ bf16 natively? — and answer it here, so that they agree.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -57,3 +59,19 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
+
+
+SAFE_TORCH = (2, 10)
+"""The oldest torch whose weights-only unpickler has no known hole: 2.6 fixed code execution
+(CVE-2025-32434), 2.10 a memory corruption (CVE-2026-24747)."""
+
+
+def check_torch_is_safe(version: str | None = None) -> None:
+    """Refuses to unpickle anything on a torch whose weights-only loader is known to be unsafe."""
+    version = version or torch.__version__
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:2])
+    if numbers < SAFE_TORCH:
+        raise RuntimeError(
+            f"torch {version} can run code from a crafted checkpoint even in weights-only mode; "
+            f"loading pickled checkpoints needs torch >= {SAFE_TORCH[0]}.{SAFE_TORCH[1]} (pip install -U torch)"
+        )

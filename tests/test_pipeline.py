@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gptdraw.pipeline import GPTDrawPipeline
-from gptdraw.gpt.sampling import SamplingSettings
+from gptdraw.gpt.sampling import CodeDrawer, DrawerOptions, SamplingSettings
 from gptdraw.vq.model import ImageTokenizer
 
 
@@ -79,8 +79,15 @@ def test_bfloat16_and_compiled_pipelines_load_and_draw(pipe, tmp_path, layout):
     assert bf16.image_tokenizer.codebook.dtype == torch.bfloat16
     images = bf16("a red circle", num_images_per_prompt=2, seed=0)
     assert len(images) == 2 and images[0].size == (16, 16)
-    compiled = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", compile=True)
+    compiled = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", dtype="float32", compile=True)
     assert compiled.drawer.options.compile
+    # The same compiled step traced by aot_eager (no code generation: seconds, not a minute)
+    # must draw what the uncompiled pipeline draws.
+    compiled.drawer = CodeDrawer(compiled.gpt, compiled.layout, DrawerOptions(compile=True, backend="aot_eager"))
+    plain = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", dtype="float32")
+    drawn = compiled(["a red circle", "a blue square"], num_images_per_prompt=2, seed=4)
+    expected = plain(["a red circle", "a blue square"], num_images_per_prompt=2, seed=4)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(drawn, expected))
     with pytest.raises(ValueError, match="unknown dtype"):
         GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", dtype="float8")
 

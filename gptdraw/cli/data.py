@@ -72,6 +72,10 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction, name: str, help: 
     prepare.add_argument("--min-image-size", type=int, default=32, help="skip images whose shorter side is smaller")
     prepare.add_argument("--max-image-pixels", type=int, default=64_000_000,
                          help="skip images with more pixels (decompression-bomb guard)")
+    prepare.add_argument("--max-image-bytes", type=int, default=128 * 2**20,
+                         help="skip image files bigger than this, unread (default 128 MiB)")
+    prepare.add_argument("--allow-outside-paths", action="store_true",
+                         help="let a manifest name images outside its own folder (absolute or ../ paths)")
     prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
     prepare.set_defaults(func=run_prepare)
 
@@ -90,7 +94,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     vq_dir = Path(args.vq)
     image_tokenizer = ImageTokenizer.from_pretrained(vq_dir)
     options = {"image_column": args.image_column, "text_column": args.text_column, "split": args.split,
-               "url_map": args.url_map}
+               "url_map": args.url_map, "allow_outside_paths": args.allow_outside_paths or None}
     is_shapes = args.source == "shapes" or args.format == "shapes"
     if is_shapes:
         if args.count is None:
@@ -124,6 +128,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         eval_count=args.eval_count,
         min_image_size=args.min_image_size,
         max_image_pixels=args.max_image_pixels,
+        max_image_bytes=args.max_image_bytes,
         rank=state.process_index,
         world_size=state.num_processes,
         progress=not args.no_progress,

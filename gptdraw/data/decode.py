@@ -6,6 +6,8 @@ with a short reason key (counted per reason by `gptdraw prepare`) instead of a c
     undecodable   not an image Pillow can read
     truncated     the file ends early (a cut download)
     too_small     shorter side below `min_size` pixels: upscaling it would only add blur
+    too_many_bytes  a file or blob over `max_bytes`, refused before it is read
+    not_a_file    a path to something that is not a regular file (a device, a FIFO, a folder)
     too_large     more than `max_pixels` pixels: a decompression bomb guard, checked on the
                   header before any pixel is decoded
     missing_file  a path that does not exist or cannot be read
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import unicodedata
 import warnings
 from collections import deque
@@ -42,6 +45,8 @@ from PIL import Image, ImageOps
 DEFAULT_MIN_SIZE = 32
 # Largest accepted image, in pixels (about 8000 × 8000); web photos are far below it.
 DEFAULT_MAX_PIXELS = 64_000_000
+# Largest accepted encoded image, in bytes: a 64-megapixel photo is a few tens of MB.
+DEFAULT_MAX_BYTES = 128 * 2**20
 # Items sent to a worker at once: enough to amortise pickling, small enough to keep order cheap.
 DEFAULT_CHUNK_SIZE = 32
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -64,6 +69,7 @@ class DecodeOptions:
     size: int  # output side in pixels: images become size × size RGB squares
     min_size: int = DEFAULT_MIN_SIZE  # shorter sides below this are skipped as too_small
     max_pixels: int = DEFAULT_MAX_PIXELS  # width × height above this are skipped as too_large
+    max_bytes: int = DEFAULT_MAX_BYTES  # encoded images bigger than this are skipped unread as too_many_bytes
 
     def __post_init__(self) -> None:
         if self.size <= 0:
@@ -79,6 +85,7 @@ def decode_image(
     size: int,
     min_size: int = DEFAULT_MIN_SIZE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> np.ndarray:
     """Encoded bytes, a file path or a PIL image → uint8 (size, size, 3) RGB.
 
@@ -86,7 +93,7 @@ def decode_image(
     palette, 16-bit and alpha images are converted (alpha composited on white) and EXIF
     orientation is applied. Raises BadInput(reason) for anything unusable.
     """
-    return _decode(image, DecodeOptions(size, min_size, max_pixels))
+    return _decode(image, DecodeOptions(size, min_size, max_pixels, max_bytes))
 
 
 def _decode(image: bytes | str | Image.Image | None, options: DecodeOptions) -> np.ndarray:
@@ -95,13 +102,11 @@ def _decode(image: bytes | str | Image.Image | None, options: DecodeOptions) -> 
     if isinstance(image, Image.Image):
         return _to_square(image, options)
     if isinstance(image, (bytes, bytearray, memoryview)):
+        if len(image) > options.max_bytes:
+            raise BadInput("too_many_bytes", f"{len(image)} bytes is over {options.max_bytes}")
         stream = io.BytesIO(image)
     else:
-        try:
-            with open(image, "rb") as file:
-                stream = io.BytesIO(file.read())
-        except OSError as error:
-            raise BadInput("missing_file", f"{image}: {error.strerror or error}") from None
+        stream = io.BytesIO(read_file(image, options.max_bytes))
     try:
         with warnings.catch_warnings():
             # Our own max_pixels check below replaces Pillow's process-wide bomb warning.
@@ -118,6 +123,29 @@ def _decode(image: bytes | str | Image.Image | None, options: DecodeOptions) -> 
         if isinstance(error, EOFError) or "truncated" in message.lower() or "premature end" in message.lower():
             raise BadInput("truncated", message) from None
         raise BadInput("undecodable", f"{type(error).__name__}: {message}") from None
+
+
+def read_file(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """A regular file's bytes; BadInput for anything else (a device such as /dev/zero, a FIFO,
+    which would block, a folder) and for a file over `max_bytes`, refused before it is read."""
+    try:
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever.
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as error:
+        raise BadInput("missing_file", f"{path}: {error.strerror or error}") from None
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise BadInput("not_a_file", f"{path} is not a regular file")
+        if status.st_size > max_bytes:
+            raise BadInput("too_many_bytes", f"{path}: {status.st_size} bytes is over {max_bytes}")
+        with os.fdopen(os.dup(descriptor), "rb") as file:
+            data = file.read(max_bytes + 1)  # the file may have grown since fstat
+    finally:
+        os.close(descriptor)
+    if len(data) > max_bytes:
+        raise BadInput("too_many_bytes", f"{path} is over {max_bytes} bytes")
+    return data
 
 
 def _to_square(image: Image.Image, options: DecodeOptions) -> np.ndarray:
@@ -233,6 +261,7 @@ def decode_parallel(
     min_size: int = DEFAULT_MIN_SIZE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Iterator[tuple[object, np.ndarray | None, str | None]]:
     """Decode the image of each SourceItem → (item, pixels or None, reason or None), in input order.
 
@@ -240,7 +269,7 @@ def decode_parallel(
     work. With `workers` > 0 a process pool decodes chunks of `chunk_size` items, at most
     2 × workers chunks in flight; with 0 everything happens in this process.
     """
-    options = DecodeOptions(size, min_size, max_pixels)
+    options = DecodeOptions(size, min_size, max_pixels, max_bytes)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     if workers < 0:

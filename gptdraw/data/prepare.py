@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gptdraw.data import shards as fmt
-from gptdraw.data.decode import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, BadInput, clean_caption, decode_parallel
+from gptdraw.data.decode import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIZE, BadInput, clean_caption, decode_parallel
 from gptdraw.data.sources import Source, SourceItem
 from gptdraw.runtime import resolve_device
 
@@ -207,7 +207,7 @@ def _check_request(source: Source, image_tokenizer, shard_size: int, batch_size:
 
 
 def _settings(source: Source, items: int, shard_size: int, split: "EvalSplit", image_tokenizer, caption_tokenizer,
-              min_image_size: int, max_image_pixels: int) -> dict:
+              min_image_size: int, max_image_pixels: int, max_image_bytes: int = DEFAULT_MAX_BYTES) -> dict:
     """Everything that decides the bytes of a shard: a shard made with other settings is not reused."""
     image_size = image_tokenizer.config.image_size
     return {
@@ -219,6 +219,8 @@ def _settings(source: Source, items: int, shard_size: int, split: "EvalSplit", i
         "grid": list(image_tokenizer.grid_size(image_size)),
         "min_image_size": min_image_size,
         "max_image_pixels": max_image_pixels,
+        # Only when changed, so that datasets prepared before this setting existed still resume.
+        **({"max_image_bytes": max_image_bytes} if max_image_bytes != DEFAULT_MAX_BYTES else {}),
         "codebook_size": image_tokenizer.codebook_size,
         "image_tokenizer": image_tokenizer_identity(image_tokenizer),
         "text_tokenizer": caption_tokenizer.identity(),
@@ -255,6 +257,7 @@ def prepare(
     eval_count: int = 0,
     min_image_size: int = DEFAULT_MIN_SIZE,
     max_image_pixels: int = DEFAULT_MAX_PIXELS,
+    max_image_bytes: int = DEFAULT_MAX_BYTES,
     rank: int = 0,
     world_size: int = 1,
     progress: bool = True,
@@ -283,7 +286,8 @@ def prepare(
     grid = image_tokenizer.grid_size(image_size)
     split = EvalSplit.make(items, eval_fraction, eval_count)
     has_eval = split.numerator > 0
-    settings = _settings(source, items, shard_size, split, image_tokenizer, caption_tokenizer, min_image_size, max_image_pixels)
+    settings = _settings(source, items, shard_size, split, image_tokenizer, caption_tokenizer, min_image_size,
+                         max_image_pixels, max_image_bytes)
     fingerprint = hashlib.sha256(fmt.dump_json(settings).encode()).hexdigest()
     _check_existing(out_dir, fingerprint)
 
@@ -318,7 +322,7 @@ def prepare(
     with tqdm(total=pending_items, unit="img", desc=f"prepare{f' rank {rank}' if world_size > 1 else ''}",
               disable=not progress, dynamic_ncols=True) as bar:
         for index, builders in _stream_shards(source, pending, shard_size, items, split, image_size, workers,
-                                              min_image_size, max_image_pixels, batch_size, encoder, bar):
+                                              min_image_size, max_image_pixels, max_image_bytes, batch_size, encoder, bar):
             for directory, builder in zip(split_dirs[::-1], builders[:len(split_dirs)][::-1]):
                 # The eval part first, the training part last: the training shard's done.json
                 # is what a rerun looks for first.
@@ -396,6 +400,7 @@ def _stream_shards(
     workers: int,
     min_image_size: int,
     max_image_pixels: int,
+    max_image_bytes: int,
     batch_size: int,
     encoder: _Encoder | None,
     bar,
@@ -412,7 +417,7 @@ def _stream_shards(
     # tee buffers only the items in flight between the two sides.
     for_decoding, for_tags = itertools.tee(tagged())
     decoded = decode_parallel((tag[2] for tag in for_decoding), image_size, workers,
-                              min_size=min_image_size, max_pixels=max_image_pixels)
+                              min_size=min_image_size, max_pixels=max_image_pixels, max_bytes=max_image_bytes)
     current: list[_ShardBuilder] | None = None
     for (index, position, _), (item, pixels, reason) in zip(for_tags, decoded):
         if current is not None and current[0].index != index:

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gptdraw.gpt.config import TrainConfig
+from gptdraw.runtime import check_torch_is_safe
 from gptdraw.sequence import SequenceLayout
 
 CHECKPOINTS = "checkpoints"
@@ -147,6 +148,7 @@ def load_checkpoint(path: Path, gpt, layout: SequenceLayout) -> tuple[dict, dict
             f"checkpoint {path} was made for another vocabulary or grid ({saved_layout}); "
             f"this run uses {layout}. Use another --out or the data it was trained on."
         )
+    check_torch_is_safe()  # the optimiser state is a (tensors-only) pickle
     try:
         load_gpt_weights(gpt, load_file(path / "model.safetensors"))
         optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)

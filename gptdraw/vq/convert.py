@@ -31,6 +31,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from gptdraw.runtime import check_torch_is_safe
 from gptdraw.vq.model import ImageTokenizer, VQConfig, load_state_dict_strict
 
 # Pixel ranges the published models were trained with.
@@ -100,6 +101,7 @@ def load_restricted_checkpoint(path: str | Path) -> object:
     (e.g. a ModelCheckpoint callback) become `SkippedObject`s; any other global (a function
     or class that unpickling would call) makes the whole file refused, naming it.
     """
+    check_torch_is_safe()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -134,8 +136,8 @@ def load_restricted_checkpoint(path: str | Path) -> object:
                 raise ValueError(f"refusing to load {path}: its pickle references {refused[1]}, which could "
                                  f"run code") from error
             # Skip torch's boilerplate ("Weights only load failed…") and keep the specific reason.
-            lines = [line for line in str(error).splitlines()
-                     if line.strip() and not line.startswith(("Weights only load failed", "Check the documentation"))]
+            boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+            lines = [line for line in str(error).splitlines() if line.strip() and not line.startswith(boilerplate)]
             reason = lines[0][:300] if lines else type(error).__name__
             raise ValueError(f"cannot load {path} as a weights-only PyTorch checkpoint: {reason}") from error
     raise ValueError(f"refusing to load {path}: too many distinct Lightning objects")

@@ -1,8 +1,9 @@
 """The one-command run, shrunk to seconds: every stage runs and leaves its outputs."""
 
-import pytest
 import json
+import math
 
+import pytest
 from PIL import Image
 
 from gptdraw.cli import main
@@ -19,6 +20,10 @@ def test_quickstart_end_to_end_and_resume(tmp_path, capsys):
     assert "held-out prompts drawn correctly" in capsys.readouterr().out
     report = json.loads((out / "quickstart.json").read_text())
     assert 0.0 <= report["one_object_accuracy"] <= 1.0 and 0.0 <= report["two_object_accuracy"] <= 1.0
+    # Three steps cannot draw well, but they must have learned: below the loss of guessing
+    # uniformly over the vocabulary, which a model that did not train (or went NaN) is not.
+    layout = GPTDrawPipeline.from_pretrained(out / "model").layout
+    assert math.isfinite(report["eval_loss"]) and report["eval_loss"] < math.log(layout.vocab_size) - 0.5
     scores = json.loads((out / "eval.json").read_text())
     assert scores["images"] == 48  # 24 one-object + 24 two-object held-out prompts, one image each
     assert Image.open(out / "samples.png").size[0] > 100

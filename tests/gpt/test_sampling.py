@@ -56,7 +56,9 @@ def test_seed_reproducible_and_seeds_differ(gpt, layout):
 
 
 def test_cfg_scale_one_equals_conditional(gpt, layout):
-    # Scale 1 must not change the distribution: same draws as plain conditional sampling.
+    # Scale 1 is conditional sampling: the drawer then runs no blank-caption rows at all, and
+    # mixing them in at scale 1 would pick exactly the conditional rows' codes (checked below on
+    # the step that mixes them).
     ids = captions(layout)
     plain = draw(gpt, layout, ids, SamplingSettings(cfg_scale=1.0), seed=3)
     cond = torch.randn(4, 50)

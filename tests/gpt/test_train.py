@@ -54,7 +54,11 @@ def test_stopped_and_resumed_equals_uninterrupted(dataset, caption_tokenizer, tm
     train(config, train_data, tmp_path / "resumed", caption_tokenizer, vq, progress=False, stop_after=5)
     # stop_after=5 leaves a checkpoint at step 5 (the last step of the invocation).
     assert [p.name for p in list_checkpoints(tmp_path / "resumed")][-1] == "step-00000005"
-    train(config, train_data, tmp_path / "resumed", caption_tokenizer, vq, progress=False)
+    steps_taken = []
+    result = train(config, train_data, tmp_path / "resumed", caption_tokenizer, vq, progress=False,
+                   on_step=lambda done, loss: steps_taken.append(done))
+    assert steps_taken == list(range(6, config.max_steps + 1))  # it resumed: steps 1–5 were not taken again
+    assert result.step == config.max_steps
     straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
     assert set(straight) == set(resumed)
     for step in straight:

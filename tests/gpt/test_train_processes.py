@@ -3,6 +3,7 @@ killed with SIGKILL resumes to exactly the losses of an uninterrupted run."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,6 +41,7 @@ def run_train(data_dir, out, *extra, launcher=(), extra_env=None):
     command = [*launcher, "-m", "gptdraw.cli", "train", "--data", str(data_dir), "--out", str(out), *TRAIN_FLAGS, *extra]
     result = subprocess.run(command, env={**env(), **(extra_env or {})}, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]
+    return result
 
 
 def test_two_process_ddp_equals_one_process(data_dir, tmp_path):
@@ -74,7 +76,9 @@ def test_sigkill_and_resume_equals_uninterrupted(data_dir, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    run_train(data_dir, out, "--micro-batch-size", "8", "--max-steps", "10", launcher=(sys.executable,))
+    rerun = run_train(data_dir, out, "--micro-batch-size", "8", "--max-steps", "10", launcher=(sys.executable,))
+    resumed_from = re.search(r"resuming from \S+ \(step (\d+)\)", rerun.stderr)
+    assert resumed_from and int(resumed_from[1]) >= 3, "the rerun did not start from the checkpoint"
     straight, resumed = losses(tmp_path / "straight"), losses(out)
     assert sorted(resumed) == list(range(1, 11))
     for step in straight:

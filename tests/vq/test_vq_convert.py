@@ -9,8 +9,10 @@ tensors and give the same latents, codes and images as that reference.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import types
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -648,3 +650,67 @@ def test_inferred_reference_f16_architecture_matches_the_preset():
                   "latent_channels", "vq_embed_dim", "num_vq_embeddings", "norm_num_groups",
                   "mid_block_add_attention", "input_range", "image_size"):
         assert getattr(inferred, field) == getattr(preset, field), field
+
+
+def test_unpickling_refuses_a_torch_with_known_holes():
+    from gptdraw.runtime import check_torch_is_safe
+
+    for unsafe in ("2.4.0", "2.5.1+cu121", "2.9.1"):
+        with pytest.raises(RuntimeError, match=f"torch {re.escape(unsafe)} can run code.*torch >= 2.10"):
+            check_torch_is_safe(unsafe)
+    for safe in ("2.10.0", "2.11.0+cu130", "2.13.0+cpu", "3.0.0"):
+        check_torch_is_safe(safe)
+    check_torch_is_safe()  # the installed one (pyproject.toml asks for >= 2.10)
+
+
+@pytest.mark.parametrize("legacy_format", [False, True])
+def test_a_lightning_name_used_as_the_callable_runs_nothing(tmp_path, legacy_format):
+    """A Lightning class is admitted as an inert placeholder, so a payload that calls one with a
+    shell command as its argument calls the placeholder: nothing runs, nothing is rebuilt."""
+    marker = tmp_path / "pwned"
+
+    class CallsACallback:
+        def __reduce__(self):
+            return (ModelCheckpoint, (f"touch {marker}",))  # pickled as GLOBAL + args + REDUCE
+
+    names = ["pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint"]
+    modules = {name: types.ModuleType(name) for name in names}
+    modules[names[-1]].ModelCheckpoint = ModelCheckpoint
+    original_module = ModelCheckpoint.__module__
+    ModelCheckpoint.__module__ = names[-1]
+    sys.modules.update(modules)
+    path = tmp_path / "lightning-call.ckpt"
+    try:
+        torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": CallsACallback()}, path,
+                   _use_new_zipfile_serialization=not legacy_format)
+    finally:
+        for name in names:
+            del sys.modules[name]
+        ModelCheckpoint.__module__ = original_module
+    assert f"touch {marker}".encode() in (path.read_bytes() if legacy_format else b"".join(
+        zipfile.ZipFile(path).read(name) for name in zipfile.ZipFile(path).namelist()))
+    CALLBACK_CALLS.clear()
+    loaded = load_restricted_checkpoint(path)
+    assert type(loaded["payload"]).__name__ == "SkippedObject"
+    assert CALLBACK_CALLS == [] and not marker.exists()
+
+
+@pytest.mark.parametrize("legacy_format", [False, True])
+def test_stack_global_payload_is_refused(tmp_path, legacy_format):
+    """Pickle protocol 4 names a callable with STACK_GLOBAL (module and name pushed as strings).
+    Either format is refused before anything is called: the zip format's opcode scan does not
+    read protocol 4, and the weights-only unpickler stops at the callable."""
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "stack-global.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": Exploit()}, path, pickle_protocol=4,
+               _use_new_zipfile_serialization=not legacy_format)
+    with pytest.raises(ValueError, match=r"(refusing to load|cannot read checkpoint|cannot load) .*stack-global\.ckpt"):
+        load_restricted_checkpoint(path)
+    assert not marker.exists()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from gptdraw.data.decode import DEFAULT_MAX_BYTES
 from gptdraw.data.sources.base import (
     IMAGE_COLUMNS, IMG2DATASET_SUCCESS, TEXT_COLUMNS, Source, SourceItem, _cell_image, _image_field, _read_text,
 )
@@ -69,17 +70,38 @@ def _tar_samples(tar: tarfile.TarFile) -> Iterator[_TarSample]:
         yield current
 
 
+MAX_CAPTION_BYTES = 2**20
+"""Caption (.txt / .json) members bigger than this are not read: no caption is that long."""
+
+
+def _member_problem(member: tarfile.TarInfo, max_bytes: int) -> str | None:
+    """Why a tar member must not be read (its size is the header's claim), or None."""
+    if member.issparse():
+        return "sparse_member"  # a tiny file can claim gigabytes of holes
+    return "too_many_bytes" if member.size > max_bytes else None
+
+
 def _tar_item(tar: tarfile.TarFile, sample: _TarSample) -> SourceItem:
+    """One sample's image bytes and caption, read only when their sizes are plausible."""
     extension = _image_field(list(sample.members))
-    image = tar.extractfile(sample.members[extension]).read() if extension else None
     caption = None
-    if "txt" in sample.members:
-        caption = tar.extractfile(sample.members["txt"]).read().decode("utf-8", errors="replace")
-    elif "json" in sample.members:
-        try:
-            caption = json.loads(tar.extractfile(sample.members["json"]).read()).get("caption")
-        except (ValueError, AttributeError):
-            caption = None
+    for name in ("txt", "json"):
+        member = sample.members.get(name)
+        if member is None or _member_problem(member, MAX_CAPTION_BYTES):
+            continue
+        text = tar.extractfile(member).read()
+        if name == "txt":
+            caption = text.decode("utf-8", errors="replace")
+        else:
+            try:
+                caption = json.loads(text).get("caption")
+            except (ValueError, AttributeError):
+                caption = None
+        break
+    problem = _member_problem(sample.members[extension], DEFAULT_MAX_BYTES) if extension else None
+    if problem:
+        return SourceItem(key=sample.key, caption=caption, image=None, skip_reason=problem)
+    image = tar.extractfile(sample.members[extension]).read() if extension else None
     return SourceItem(key=sample.key, caption=caption, image=image)
 
 

@@ -72,6 +72,7 @@ class ManifestSource(Source):
         image_column: str | int | None = None,
         text_column: str | int | None = None,
         url_map: str | os.PathLike | Mapping[str, str] | None = None,
+        allow_outside_paths: bool = False,
     ):
         self.path = Path(path)
         if not self.path.is_file():
@@ -80,6 +81,7 @@ class ManifestSource(Source):
         if self.kind not in ("csv", "tsv", "jsonl"):
             raise ValueError(f"{self.path}: unknown manifest kind {self.kind!r}; expected csv, tsv or jsonl")
         self._url_map, self._url_map_name = _load_url_map(url_map)
+        self.allow_outside_paths = allow_outside_paths
         self._offsets = _index_records(self.path, quoted=self.kind == "csv")
         self._header = False
         self.image_column: str | int | None = image_column
@@ -166,7 +168,11 @@ class ManifestSource(Source):
             if self._url_map is None or value not in self._url_map:
                 return None, "not_downloaded"
             return self._url_map[value], None
-        return str(self.path.parent / value), None
+        path = self.path.parent / value
+        if not self.allow_outside_paths and not path.resolve().is_relative_to(self.path.parent.resolve()):
+            # An untrusted manifest must not read /etc/… or ../../secrets as "images".
+            return None, "outside_dataset"
+        return str(path), None
 
     def _row_item(self, number: int, file) -> SourceItem:
         key = f"{self.path.name}:{number}"
@@ -201,7 +207,7 @@ class ManifestSource(Source):
         return {"kind": self.kind, "path": str(self.path.resolve()), "items": len(self),
                 "image_column": self.image_column if self.kind == "jsonl" else self._image_index,
                 "text_column": self.text_column if self.kind == "jsonl" else self._text_index,
-                "url_map": self._url_map_name}
+                "url_map": self._url_map_name, **({"allow_outside_paths": True} if self.allow_outside_paths else {})}
 
 
 class _RecordLines:

@@ -26,7 +26,7 @@ class SourceFormat:
     """Those it cannot do without."""
 
 
-MANIFEST_OPTIONS = ("image_column", "text_column", "url_map")
+MANIFEST_OPTIONS = ("image_column", "text_column", "url_map", "allow_outside_paths")
 
 SOURCE_FORMATS: dict[str, SourceFormat] = {
     "shapes": SourceFormat(lambda spec, **options: ShapesSource(**options), ("count", "image_size", "seed", "heldout_seed"),
