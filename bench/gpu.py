@@ -137,8 +137,9 @@ def run_part(part: Part, out_dir: Path, cap_s: float, threads: int | None = None
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
             returncode, status = None, "timeout"
+    shown = [os.path.relpath(part, ROOT) if os.path.isabs(part) else part for part in command[1:]]
     record = {"status": status, "returncode": returncode, "seconds": round(time.perf_counter() - started, 1),
-              "cap_s": cap_s, "command": " ".join(command[1:])}
+              "cap_s": cap_s, "command": "python " + " ".join(shown)}
     if result_path.exists():  # a part stopped at its cap may have written what it measured so far
         record["result"] = json.loads(result_path.read_text())
     if status != "ok":
