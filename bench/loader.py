@@ -38,7 +38,7 @@ def build_dataset(directory: Path, examples: int, grid: int, text_len: int, shar
         records.append(fmt.write_shard(directory, index, content, {}))
     manifest = {
         "format": fmt.FORMAT_NAME, "version": fmt.FORMAT_VERSION, "split": "train", "examples": examples,
-        "grid": [grid, grid], "text_len": text_len,
+        "grid": [grid, grid], "text_len": text_len, "codebook_size": 16384,
         "shards": [{"name": r["name"], "examples": r["examples"], "sha256": r["sha256"]} for r in records],
     }
     fmt.write_json_atomic(directory / fmt.MANIFEST_FILE, manifest)

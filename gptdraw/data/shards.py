@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -189,6 +190,20 @@ def read_manifest(directory: Path) -> dict:
     return manifest
 
 
+def _safe_shard_name(name, directory: Path) -> str:
+    """A shard's folder name from a manifest, refused if it could point elsewhere (../, /, …)."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", name) or ".." in name:
+        raise ValueError(f"{directory}: the manifest names a shard {name!r}, which is not a plain folder name")
+    return name
+
+
+def _text_vocab_size(manifest: dict) -> int | None:
+    """The caption tokenizer's vocabulary size as the manifest records it (None if it does not)."""
+    recorded = manifest.get("text_tokenizer")
+    size = recorded.get("vocab_size") if isinstance(recorded, dict) else None
+    return size if isinstance(size, int) and size > 0 else None
+
+
 class ShardDataset(torch.utils.data.Dataset):
     """A prepared dataset: memory-mapped codes and caption ids over all shards.
 
@@ -210,8 +225,14 @@ class ShardDataset(torch.utils.data.Dataset):
         self._caption_ids: list[np.ndarray] = []
         self._names: list[str] = []
         counts = []
+        # Codes and caption ids are checked against these ranges as batches are read: an id out
+        # of range would otherwise land in a padding row, or crash a GPU with a device assert.
+        if not isinstance(self.manifest.get("codebook_size"), int):
+            raise ValueError(f"{directory}: the manifest records no codebook_size")
+        self.codebook_size = self.manifest["codebook_size"]
+        self.text_vocab_size = _text_vocab_size(self.manifest)
         for shard in self.manifest["shards"]:
-            folder = directory / shard["name"]
+            folder = directory / _safe_shard_name(shard["name"], directory)
             if verify:
                 self._verify(folder, shard)
             codes = self._load(folder / CODES_FILE, shard["examples"])
@@ -236,7 +257,13 @@ class ShardDataset(torch.utils.data.Dataset):
 
     @staticmethod
     def _verify(folder: Path, shard: dict) -> None:
-        for file, expected in shard["sha256"].items():
+        # Every file a shard must have, whatever the manifest lists: a manifest that records no
+        # checksums (or fewer) does not switch the check off.
+        recorded = shard.get("sha256") if isinstance(shard.get("sha256"), dict) else {}
+        for file in SHARD_FILES:
+            expected = recorded.get(file)
+            if not isinstance(expected, str):
+                raise ChecksumError(f"shard {shard['name']}: the manifest records no checksum for {file}")
             path = folder / file
             if not path.is_file():
                 raise FileNotFoundError(f"shard {shard['name']} is missing {file} ({path})")
@@ -305,10 +332,21 @@ class ShardDataset(torch.utils.data.Dataset):
             where = np.flatnonzero(shards == shard)
             codes[where] = self._codes[shard][rows[where]]
             caption_ids[where] = self._caption_ids[shard][rows[where]]
+            self._check_ranges(codes[where], caption_ids[where], shard)
         return (
             torch.from_numpy(caption_ids.astype(np.int64)),
             torch.from_numpy(codes.reshape(count, -1).astype(np.int64)),  # (B, h*w)
         )
+
+    def _check_ranges(self, codes: np.ndarray, caption_ids: np.ndarray, shard: int) -> None:
+        if codes.size and int(codes.max()) >= self.codebook_size:
+            raise ValueError(f"{self.directory / self._names[shard]}: a code is {int(codes.max())}, but the codebook "
+                             f"has {self.codebook_size}: the shard is damaged or from another image tokenizer")
+        low = int(caption_ids.min()) if caption_ids.size else 0
+        high = int(caption_ids.max()) if caption_ids.size else 0
+        if low < 0 or (self.text_vocab_size is not None and high >= self.text_vocab_size):
+            raise ValueError(f"{self.directory / self._names[shard]}: caption ids span [{low}, {high}], outside the "
+                             f"caption tokenizer's {self.text_vocab_size} ids: the shard is damaged")
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(caption_ids int64 (text_len,), codes int64 (h*w,)) of one example."""

@@ -123,3 +123,32 @@ def test_tar_members_claiming_too_much_are_skipped(tmp_path, image_tokenizer, ca
     result = prepare(source, tmp_path / "out", image_tokenizer, caption_tokenizer, workers=0, min_image_size=16,
                      progress=False)
     assert result.skipped.get("sparse_member") == 1  # and no MemoryError
+
+
+def test_shards_do_not_trust_their_manifest(shapes_data, tmp_path):
+    import shutil
+
+    from gptdraw.data.shards import ChecksumError, ShardDataset
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_data.data_dir, data)
+    manifest_path = data / "manifest.json"
+    original = json.loads(manifest_path.read_text())
+
+    def with_manifest(change) -> None:
+        manifest = json.loads(json.dumps(original))
+        change(manifest)
+        manifest_path.write_text(json.dumps(manifest))
+
+    with_manifest(lambda m: m["shards"][0].update(sha256={}))  # "no checksums" does not turn the check off
+    with pytest.raises(ChecksumError, match="records no checksum"):
+        ShardDataset(data)
+    for name in ("../eval/shard-00000", "/etc", "..", 7):
+        with_manifest(lambda m: m["shards"][0].update(name=name))
+        with pytest.raises(ValueError, match="not a plain folder name"):
+            ShardDataset(data)
+    # A code out of the codebook's range is refused when read, naming the shard.
+    with_manifest(lambda m: m.update(codebook_size=2))
+    dataset = ShardDataset(data, verify=False)
+    with pytest.raises(ValueError, match="a code is .* but the codebook has 2"):
+        dataset.get_batch(np.arange(4))
