@@ -12,13 +12,13 @@ the GRADIO_TEMP_DIR environment variable for it, so `build_app` sets that variab
 
 from __future__ import annotations
 
-import itertools
+import html
 import json
 import logging
 import math
 import os
-import re
-import time
+import secrets
+import shutil
 from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
@@ -36,6 +36,18 @@ logger = logging.getLogger(__name__)
 
 MAX_SEED = 2**63 - 1
 PICTURE_SIDE = 256  # the live picture is at least this wide (pixels)
+
+
+MOST_IMAGES = 16
+"""Upper bound of --max-images."""
+MOST_QUEUED = 256
+"""Upper bound of --queue-size."""
+
+
+def _shown(value: Any) -> str:
+    """A request value as an error message may show it: short, and with no markup of its own."""
+    text = repr(value)
+    return html.escape(text if len(text) <= 40 else text[:37] + "…", quote=False)
 
 
 @dataclass(frozen=True)
@@ -56,12 +68,18 @@ class ServeConfig:
     """Requests that may wait while one is drawn; more are turned away."""
     frames_per_image: int = 32
     """How many times the picture is updated while it is drawn."""
+    keep_drawings: int = 500
+    """Requests whose drawings are kept on disk; older ones are deleted, so the folder stays bounded."""
 
     def __post_init__(self):
         object.__setattr__(self, "out_dir", Path(self.out_dir).resolve())
-        for name in ("max_images", "max_prompt_chars", "queue_size", "frames_per_image"):
+        for name in ("max_images", "max_prompt_chars", "queue_size", "frames_per_image", "keep_drawings"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        # A public page must not let one request hold the model for long, nor a queue grow without end.
+        for name, most in (("max_images", MOST_IMAGES), ("queue_size", MOST_QUEUED)):
+            if getattr(self, name) > most:
+                raise ValueError(f"{name} must be at most {most}, got {getattr(self, name)}")
         if self.max_temperature <= 0 or self.max_cfg_scale <= 0:
             raise ValueError("max_temperature and max_cfg_scale must be positive")
 
@@ -87,7 +105,7 @@ def _whole(name: str, value: Any, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, Real) or (
         not isinstance(value, Integral) and not (math.isfinite(value) and float(value).is_integer())
     ):
-        raise RequestError(f"{name} must be a whole number, got {value!r}")
+        raise RequestError(f"{name} must be a whole number, got {_shown(value)}")
     value = int(value)
     if not low <= value <= high:
         raise RequestError(f"{name} must be between {low} and {high}, got {value}")
@@ -96,7 +114,7 @@ def _whole(name: str, value: Any, low: int, high: int) -> int:
 
 def _number(name: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise RequestError(f"{name} must be a number, got {value!r}")
+        raise RequestError(f"{name} must be a number, got {_shown(value)}")
     value = float(value)
     if value > high or value < low or (low_open and value == low):
         bracket = "(" if low_open else "["
@@ -117,7 +135,7 @@ def check_request(
 ) -> DrawRequest:
     """Checks raw request values; raises RequestError naming the first problem."""
     if not isinstance(prompt, str):
-        raise RequestError(f"the prompt must be text, got {type(prompt).__name__}")
+        raise RequestError(f"the prompt must be text, got {html.escape(type(prompt).__name__)}")
     if not prompt.strip():
         raise RequestError("the prompt is empty: write what to draw")
     if len(prompt) > config.max_prompt_chars:
@@ -154,7 +172,6 @@ class DrawingService:
         self.pipe = pipe
         self.config = config
         self.drawings_dir = config.out_dir / "drawings"
-        self._counter = itertools.count()
 
     def draw(self, request: DrawRequest) -> Iterator[DrawingUpdate]:
         """Yields the picture as it fills in, then the saved files."""
@@ -192,10 +209,18 @@ class DrawingService:
         tiles = [enlarge(image, PICTURE_SIDE // min(4, len(images))) for image in images]
         return tiles[0] if len(tiles) == 1 else make_grid(tiles, columns=min(4, len(tiles)))
 
+    def _forget_old_drawings(self) -> None:
+        """Deletes the oldest requests' folders beyond config.keep_drawings (this one included)."""
+        runs = sorted((path for path in self.drawings_dir.iterdir() if path.is_dir()), key=lambda path: path.stat().st_mtime)
+        for old in runs[: max(0, len(runs) - self.config.keep_drawings)]:
+            shutil.rmtree(old, ignore_errors=True)
+
     def _save(self, request: DrawRequest, images: list[Image.Image]) -> list[str]:
-        name = re.sub(r"[^a-z0-9]+", "-", request.prompt.lower()).strip("-")[:40] or "prompt"
-        run = self.drawings_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{next(self._counter):04d}-{name}"
-        run.mkdir(parents=True, exist_ok=True)
+        # An unguessable folder per request: the files are served by path, and a visitor who
+        # could guess another's folder could read their drawings and prompt.
+        run = self.drawings_dir / secrets.token_urlsafe(18)
+        run.mkdir(parents=True)
+        self._forget_old_drawings()
         sidecar = {
             "prompt": request.prompt,
             "seed": request.seed,
@@ -311,6 +336,7 @@ def launch(
         show_error=False,
         ssr_mode=False,
         max_threads=8,
+        max_file_size=1,  # the page takes no uploads: refuse them before they reach the disk
         allowed_paths=[str(config.out_dir)],
         theme=theme,
         footer_links=[],

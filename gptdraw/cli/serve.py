@@ -20,8 +20,10 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: auto)")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU that has it), float32, bfloat16")
     parser.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on a GPU)")
-    parser.add_argument("--max-images", type=int, default=4, help="most images per request (default: 4)")
-    parser.add_argument("--queue-size", type=int, default=8, help="requests that may wait (default: 8)")
+    parser.add_argument("--max-images", type=int, default=4, help="most images per request (default: 4, at most 16)")
+    parser.add_argument("--queue-size", type=int, default=8, help="requests that may wait (default: 8, at most 256)")
+    parser.add_argument("--keep-drawings", type=int, default=500,
+                        help="requests whose drawings stay on disk; older ones are deleted (default: 500)")
     parser.add_argument("--frames", type=int, default=32,
                         help="picture updates per drawing (default: 32; each decodes the codes so far: "
                              "lower it for a large VQGAN on a CPU)")
@@ -39,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from gptdraw.apps.serve import ServeConfig, launch
 
     config = ServeConfig(
-        out_dir=args.out, max_images=args.max_images, queue_size=args.queue_size, frames_per_image=args.frames
+        out_dir=args.out, max_images=args.max_images, queue_size=args.queue_size, frames_per_image=args.frames,
+        keep_drawings=args.keep_drawings,
     )
     pipe = GPTDrawPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
     # Gradio polls its own server through httpx; those requests are not news to the user.

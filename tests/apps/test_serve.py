@@ -152,9 +152,8 @@ def test_over_long_prompt_is_drawn_with_a_warning(served, client):
     _, (_, gallery, _, status) = draw(client, prompt=prompt)
     assert "Warning: the prompt is longer than the caption budget of 12 tokens" in status
     assert len(gallery) == 1
-    record = json.loads(next(p for p in (served.config.out_dir / "drawings").rglob("request.json")
-                             if "large-blue" in str(p)).read_text())
-    assert record["prompt"] == prompt.strip()
+    records = [json.loads(p.read_text()) for p in (served.config.out_dir / "drawings").rglob("request.json")]
+    assert prompt.strip() in [record["prompt"] for record in records]
 
 
 def test_queue_and_concurrency_are_bounded(served):
@@ -187,3 +186,37 @@ def test_warm_up_compiles_every_batch_size_a_request_can_use(gpt, caption_tokeni
     warm_up(pipe, max_images=3)
     # Requests of 1, 2 and 3 images run batches of 1, 2 and 4, each as 2× rows for guidance.
     assert sorted(rows for rows, _, _ in pipe.drawer._caches) == [2, 4, 8]
+
+
+def test_uploads_are_refused(served):
+    import httpx
+
+    before = sorted(path for path in served.config.out_dir.rglob("*") if path.is_file())
+    reply = httpx.post(f"{served.url}gradio_api/upload", files={"files": ("big.png", b"x" * 10_000, "image/png")})
+    assert reply.status_code == 413, reply.text[:200]
+    after = sorted(path for path in served.config.out_dir.rglob("*") if path.is_file())
+    assert after == before  # nothing reached the disk
+
+
+def test_drawings_are_kept_in_unguessable_bounded_folders(served, tmp_path):
+    from gptdraw.apps.serve import DrawingService
+
+    pipe = GPTDrawPipeline.from_pretrained(served.model_dir, device="cpu")
+    service = DrawingService(pipe, ServeConfig(out_dir=tmp_path, keep_drawings=2))
+    for seed in range(3):
+        request = check(prompt="a large blue square", seed=seed, num_images=1)
+        *_, done = service.draw(request)
+    runs = sorted((tmp_path / "drawings").iterdir())
+    assert len(runs) == 2  # the oldest request's folder was deleted
+    assert all(len(run.name) >= 24 and "blue" not in run.name for run in runs)  # no time, counter or prompt
+    assert Path(done.files[0]).parent in runs
+
+
+def test_server_bounds_and_error_messages_are_safe(tmp_path):
+    with pytest.raises(ValueError, match="max_images must be at most 16"):
+        ServeConfig(out_dir=tmp_path, max_images=17)
+    with pytest.raises(ValueError, match="queue_size must be at most 256"):
+        ServeConfig(out_dir=tmp_path, queue_size=10_000)
+    with pytest.raises(RequestError) as error:
+        check(seed="<img src=x onerror=alert(1)>" * 10)
+    assert "<img" not in str(error.value) and "&lt;img" in str(error.value) and len(str(error.value)) < 120
