@@ -70,7 +70,7 @@ def register(subparsers) -> None:
                           "tokenizer's)")
     evaluate.add_argument("--limit", type=int, help="evaluate only the first N images (by name)")
     evaluate.add_argument("--inception", type=Path, help="TorchScript Inception (inception-2015-12-05.pt) for "
-                          "rFID; without it rFID is skipped")
+                          "rFID; without it rFID is skipped. TorchScript is a program: pass only a file you trust")
     evaluate.add_argument("--grid", type=Path, default=Path("vq_eval.png"), help="side-by-side PNG of originals "
                           "and reconstructions (default: %(default)s)")
     evaluate.add_argument("--grid-images", type=int, default=8, help="image pairs in the grid (default: %(default)s)")

@@ -12,6 +12,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 
+SIZE_LIMITS = {
+    "image_size": 4096, "block_out_channels": 4096, "layers_per_block": 16, "latent_channels": 4096,
+    "vq_embed_dim": 4096, "num_vq_embeddings": 2**20, "norm_num_groups": 4096,
+}
+"""The largest value of each size field a VQConfig accepts: far above any published VQGAN."""
+
+
 @dataclass
 class VQConfig:
     """Architecture of a VQGAN in diffusers' VQModel terms, plus how gptdraw uses it."""
@@ -31,6 +38,15 @@ class VQConfig:
     source: str = ""  # provenance, e.g. "trained by gptdraw train-vq" or a checkpoint path
 
     def __post_init__(self) -> None:
+        # A config may come from an untrusted file: whole numbers in sane ranges before any
+        # network is built from it (a codebook of 1e10 entries would exhaust memory first).
+        for name, most in SIZE_LIMITS.items():
+            value = getattr(self, name)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                raise ValueError(f"{name} must be whole number(s), got {value!r}")
+            if max(values) > most:
+                raise ValueError(f"{name} {max(values)} is over the limit of {most}: not a VQGAN gptdraw can build")
         # JSON gives lists; keep tuples so configs compare equal and stay hashable.
         self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
         self.down_block_types = tuple(self.down_block_types)

@@ -19,6 +19,7 @@ error that names it.
 from __future__ import annotations
 
 import json
+import math
 import re
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -439,10 +440,30 @@ def convert_taming_checkpoint(
 # ---- dalle-mini's Flax VQGAN -------------------------------------------------------------------
 
 
+FLAX_DTYPES = {"float16", "float32", "float64", "bfloat16", "int8", "int16", "int32", "int64", "uint8", "uint16",
+               "uint32", "uint64", "bool"}
+"""The array dtypes a Flax checkpoint may hold: numbers only (no strings, no objects)."""
+MAX_NESTING = 64
+"""Deepest a checkpoint's tree of names may go: real ones are a few levels deep."""
+
+
 def _ndarray_from_flax_bytes(data: bytes) -> np.ndarray:
     # flax.serialization stores an array as a nested msgpack (shape, dtype name, C-order bytes).
-    shape, dtype_name, buffer = msgpack.unpackb(data, raw=True)
-    dtype_name = dtype_name.decode() if isinstance(dtype_name, bytes) else str(dtype_name)
+    try:
+        shape, dtype_name, buffer = msgpack.unpackb(data, raw=True)
+    except (msgpack.UnpackException, ValueError, TypeError) as error:
+        raise ValueError(f"an array entry is not (shape, dtype, bytes): {error}") from None
+    dtype_name = dtype_name.decode(errors="replace") if isinstance(dtype_name, bytes) else str(dtype_name)
+    if dtype_name not in FLAX_DTYPES:
+        raise ValueError(f"an array has dtype {dtype_name[:40]!r}, not a number type")
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                                                       for n in shape):
+        raise ValueError(f"an array's shape {str(shape)[:60]} is not a list of sizes")
+    if not isinstance(buffer, bytes):
+        raise ValueError("an array's data is not bytes")
+    itemsize = 2 if dtype_name == "bfloat16" else np.dtype(dtype_name).itemsize
+    if math.prod(shape) * itemsize != len(buffer):
+        raise ValueError(f"an array of shape {tuple(shape)} and dtype {dtype_name} holds {len(buffer)} bytes")
     if dtype_name == "bfloat16":
         # numpy has no bfloat16: widen the 16 stored bits to the top half of a float32.
         bits = np.frombuffer(buffer, dtype=np.uint16).astype(np.uint32) << 16
@@ -458,14 +479,19 @@ def _flax_ext_hook(code: int, data: bytes):
     raise ValueError(f"unsupported msgpack extension type {code} in a Flax checkpoint")
 
 
-def _unchunk_flax_arrays(tree):
+def _unchunk_flax_arrays(tree, depth: int = 0):
     # flax splits arrays over 1 GiB into {"__msgpack_chunked_array__": True, "shape": …, "chunks": …}.
+    if depth > MAX_NESTING:
+        raise ValueError(f"its names are nested more than {MAX_NESTING} levels deep")
     if isinstance(tree, dict):
         if tree.get("__msgpack_chunked_array__"):
-            shape = tuple(tree["shape"][str(i)] for i in range(len(tree["shape"])))
-            chunks = [tree["chunks"][str(i)] for i in range(len(tree["chunks"]))]
-            return np.concatenate(chunks).reshape(shape)
-        return {key: _unchunk_flax_arrays(value) for key, value in tree.items()}
+            try:
+                shape = tuple(int(tree["shape"][str(i)]) for i in range(len(tree["shape"])))
+                chunks = [tree["chunks"][str(i)] for i in range(len(tree["chunks"]))]
+                return np.concatenate(chunks).reshape(shape)
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(f"a chunked array is malformed: {type(error).__name__}: {error}") from None
+        return {key: _unchunk_flax_arrays(value, depth + 1) for key, value in tree.items()}
     return tree
 
 
@@ -476,9 +502,9 @@ def read_flax_msgpack(path: str | Path) -> dict[str, np.ndarray]:
         raise FileNotFoundError(f"Flax weights not found: {path}")
     try:
         tree = msgpack.unpackb(path.read_bytes(), ext_hook=_flax_ext_hook, raw=False, strict_map_key=False)
-    except (msgpack.UnpackException, ValueError, TypeError) as error:
-        raise ValueError(f"cannot read {path} as a Flax msgpack checkpoint: {error}") from error
-    tree = _unchunk_flax_arrays(tree)
+        tree = _unchunk_flax_arrays(tree)
+    except (msgpack.UnpackException, ValueError, TypeError, RecursionError) as error:
+        raise ValueError(f"cannot read {path} as a Flax msgpack checkpoint: {error}") from None
     if isinstance(tree, dict) and set(tree) == {"params"}:
         tree = tree["params"]  # a raw `variables` dict rather than transformers' params
 
@@ -716,6 +742,9 @@ def detect_source(source: str | Path, allow_download: bool = True) -> tuple[str,
             f"{path}: not a VQGAN folder (no {FLAX_WEIGHTS_FILE}, no diffusers VQModel config.json, "
             f"{'several' if checkpoints else 'no'} .ckpt files)"
         )
+    if path.parts and Path(path.parts[0]).exists():
+        # "runs/vq" where runs/ exists is a local path with a typo, not a hub id to download.
+        raise FileNotFoundError(f"VQGAN source not found: {source} does not exist")
     if _looks_like_hub_id(str(source)) and not str(source).startswith((".", "/")):
         if not allow_download:
             raise ValueError(

@@ -124,7 +124,7 @@ class InceptionFeatures:
     The expected file is the TorchScript Inception used by StyleGAN2-ADA and clean-fid
     (`inception-2015-12-05.pt`): called as `model(uint8 images (B, 3, H, W), return_features=True)`
     it resizes internally and returns (B, 2048) features. TorchScript is loaded by torch's
-    own interpreter, not by Python's pickle.
+    own interpreter, not by Python's pickle, but it is a program: load only a file you trust.
     """
 
     def __init__(self, path: str | Path, device: torch.device | str = "cpu"):

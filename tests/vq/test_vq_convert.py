@@ -26,6 +26,7 @@ from diffusers import VQModel
 from torch import nn
 
 from gptdraw.vq.convert import (
+    FLAX_WEIGHTS_FILE,
     convert_to_directory,
     convert_vq,
     infer_taming_config,
@@ -714,3 +715,53 @@ def test_stack_global_payload_is_refused(tmp_path, legacy_format):
     with pytest.raises(ValueError, match=r"(refusing to load|cannot read checkpoint|cannot load) .*stack-global\.ckpt"):
         load_restricted_checkpoint(path)
     assert not marker.exists()
+
+
+def flax_array(shape, dtype: str, data: bytes) -> msgpack.ExtType:
+    return msgpack.ExtType(1, msgpack.packb([shape, dtype, data]))
+
+
+@pytest.mark.parametrize("entry, reason", [
+    (msgpack.ExtType(1, msgpack.packb([[2, 2], "float32"])), "not \\(shape, dtype, bytes\\)"),  # no data
+    (flax_array([2, "2"], "float32", bytes(16)), "is not a list of sizes"),
+    (flax_array([2.5], "float32", bytes(10)), "is not a list of sizes"),
+    (flax_array([2], "<U5", bytes(40)), "not a number type"),
+    (flax_array([2], "object", bytes(16)), "not a number type"),
+    (flax_array([1000, 1000], "float32", bytes(16)), "holds 16 bytes"),
+])
+def test_malformed_flax_entries_are_one_line_errors(tmp_path, entry, reason):
+    path = tmp_path / FLAX_WEIGHTS_FILE
+    path.write_bytes(msgpack.packb({"params": {"w": entry}}))
+    with pytest.raises(ValueError, match=f"cannot read .*msgpack checkpoint: .*{reason}"):
+        read_flax_msgpack(path)
+
+
+def test_deeply_nested_flax_checkpoint_is_refused(tmp_path):
+    tree = flax_array([1], "float32", bytes(4))
+    for _ in range(900):
+        tree = {"x": tree}
+    path = tmp_path / FLAX_WEIGHTS_FILE
+    path.write_bytes(msgpack.packb(tree))
+    with pytest.raises(ValueError, match="cannot read .*(nested more than|depth)"):
+        read_flax_msgpack(path)
+
+
+def test_sizes_in_configs_are_bounded_before_building():
+    from gptdraw.vq.config import VQConfig
+
+    base = dict(image_size=32, block_out_channels=(32, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=8, vq_embed_dim=8,
+                num_vq_embeddings=64)
+    with pytest.raises(ValueError, match="num_vq_embeddings 10000000000 is over the limit"):
+        VQConfig(**{**base, "num_vq_embeddings": 10**10})
+    with pytest.raises(ValueError, match="num_vq_embeddings must be whole number"):
+        VQConfig(**{**base, "num_vq_embeddings": 1e10})
+    with pytest.raises(ValueError, match="block_out_channels 100000 is over the limit"):
+        VQConfig(**{**base, "block_out_channels": (32, 100_000)})
+
+
+def test_a_missing_local_path_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="runs/vq does not exist"):
+        convert_vq("runs/vq")
