@@ -112,7 +112,10 @@ def dataset_image_tokenizer(data_dir: Path, manifest: dict, vq: str | None) -> I
         raise ValueError(f"{data_dir} does not record where its image tokenizer is: pass --vq DIR")
     tokenizer = ImageTokenizer.from_pretrained(path)
     expected = manifest.get("image_tokenizer", {}).get("weights_sha256")
-    if expected and image_tokenizer_identity(tokenizer)["weights_sha256"] != expected:
+    if not expected:
+        raise ValueError(f"{data_dir} records no checksum of its image tokenizer's weights: cannot tell whether "
+                         f"{path} is the one it was encoded with")
+    if image_tokenizer_identity(tokenizer)["weights_sha256"] != expected:
         raise ValueError(
             f"the image tokenizer at {path} is not the one {data_dir} was encoded with "
             "(its weights differ): codes would mean other pictures"

@@ -264,6 +264,7 @@ def prepare(
     image_tokenizer_path: str | None = None,
     on_shard_done: Callable[[int], None] | None = None,
     poll_seconds: float = 2.0,
+    stall_seconds: float = 3600.0,
 ) -> PrepareResult:
     """Pre-encode `source` into a dataset folder at `out_dir` (resuming whatever is already done).
 
@@ -275,6 +276,7 @@ def prepare(
     rank/world_size: this process's place among several running the same prepare.
     image_tokenizer_path: recorded in the manifest so `gptdraw data inspect` can find the VQGAN.
     on_shard_done(k): called after shard k is written (tests use it to interrupt a run).
+    stall_seconds: how long rank 0 waits for the other ranks' next shard before it gives up.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -336,7 +338,7 @@ def prepare(
         return PrepareResult(str(out_dir), 0, {}, 0, {}, 0, len(pending), reused, processed, seconds,
                              processed / seconds if seconds else 0.0, complete=False)
 
-    _wait_for_shards(out_dir, shard_count, finished, poll_seconds)
+    _wait_for_shards(out_dir, shard_count, finished, poll_seconds, stall_seconds)
     train, evaluation = _write_manifests(split_dirs, shard_count, settings, fingerprint, image_tokenizer_path)
     truncated = train["truncated_captions"] + evaluation["truncated_captions"]
     if truncated:
@@ -471,16 +473,29 @@ def _write(directory: Path, builder: _ShardBuilder, caption_tokenizer, grid: tup
     fmt.write_shard(directory, builder.index, content, record)
 
 
-def _wait_for_shards(out_dir: Path, shard_count: int, finished: Callable[..., bool], poll_seconds: float) -> None:
-    """Rank 0: wait until every shard of every rank is complete on disk."""
-    last_report = time.monotonic()
+def _wait_for_shards(out_dir: Path, shard_count: int, finished: Callable[..., bool], poll_seconds: float,
+                     stall_seconds: float) -> None:
+    """Rank 0: wait until every shard of every rank is complete on disk. If no shard completes
+    for `stall_seconds`, another rank has probably died: stop with a message instead of waiting
+    forever (what is written stays, and a rerun resumes)."""
+    last_report = last_progress = time.monotonic()
+    missing_before = None
     while True:
         missing = [index for index in range(shard_count) if not finished(index, verify=False)]
         if not missing:
             return
-        if time.monotonic() - last_report > 60:
+        now = time.monotonic()
+        if missing_before is None or len(missing) < missing_before:
+            missing_before, last_progress = len(missing), now
+        if now - last_progress > stall_seconds:
+            raise TimeoutError(
+                f"{out_dir}: no shard from the other processes completed in {stall_seconds:.0f} s "
+                f"({len(missing)} missing, first {fmt.shard_name(missing[0])}); a process may have died. "
+                "Rerun the same command to resume."
+            )
+        if now - last_report > 60:
             logger.info("waiting for %d shards from other ranks (first: %s)", len(missing), fmt.shard_name(missing[0]))
-            last_report = time.monotonic()
+            last_report = now
         time.sleep(poll_seconds)
 
 

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 import zlib
 from pathlib import Path
 
@@ -362,3 +363,15 @@ def test_cli_prepare_and_inspect(tmp_path, saved_tokenizers, monkeypatch, capsys
                              "--out", str(tmp_path / "x")]) == 2
     assert "image tokenizer directory not found" in capsys.readouterr().err
     assert gptdraw.cli.main(["data", "inspect", str(tmp_path / "x")]) == 2
+
+
+def test_a_rank_that_died_does_not_leave_rank_zero_waiting_forever(tmp_path, tokenizers):
+    out = tmp_path / "ranked"
+    # Rank 1 never runs (it "died"): rank 0 writes its own shards, waits, and gives up with a message.
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="no shard from the other processes completed in 1 s .*Rerun"):
+        run_shapes(out, tokenizers, rank=0, world_size=2, poll_seconds=0.1, stall_seconds=1.0)
+    assert time.monotonic() - started < 30
+    assert sorted(path.name for path in out.glob("shard-*")) == ["shard-00000", "shard-00002"]  # kept for the rerun
+    run_shapes(out, tokenizers, rank=1, world_size=2)
+    assert run_shapes(out, tokenizers, rank=0, world_size=2).complete
