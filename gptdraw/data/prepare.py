@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -228,6 +229,30 @@ def _settings(source: Source, items: int, shard_size: int, split: "EvalSplit", i
     }
 
 
+SOURCE_STATE_FILE = "source_state.json"
+
+
+def _note_source_changes(out_dir: Path, state: dict[str, list]) -> None:
+    """Keeps the source's file state beside the dataset; on a resume, warns naming the files
+    that changed since the first run (shards already written hold their old content)."""
+    path = out_dir / SOURCE_STATE_FILE
+    if not path.is_file():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fmt.write_json_atomic(path, state)
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError):
+        before = {}
+    changed = sorted(name for name in set(before) | set(state) if before.get(name) != state.get(name))
+    if changed:
+        logger.warning(
+            "the source changed since this dataset was started: %d file(s) differ (%s%s); shards already "
+            "written keep the old content: prepare into a new folder to use the new one",
+            len(changed), ", ".join(changed[:5]), ", …" if len(changed) > 5 else "",
+        )
+
+
 def _write_manifests(split_dirs: list[Path], shard_count: int, settings: dict, fingerprint: str,
                      image_tokenizer_path: str | None) -> tuple[dict, dict]:
     """Writes the manifest of each split from its shards' records; returns (train, eval) manifests."""
@@ -292,6 +317,8 @@ def prepare(
                          max_image_pixels, max_image_bytes)
     fingerprint = hashlib.sha256(fmt.dump_json(settings).encode()).hexdigest()
     _check_existing(out_dir, fingerprint)
+    if rank == 0:
+        _note_source_changes(out_dir, source.state())
 
     shard_count = (items + shard_size - 1) // shard_size
     owned = [index for index in range(shard_count) if index % world_size == rank]

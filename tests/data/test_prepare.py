@@ -375,3 +375,35 @@ def test_a_rank_that_died_does_not_leave_rank_zero_waiting_forever(tmp_path, tok
     assert sorted(path.name for path in out.glob("shard-*")) == ["shard-00000", "shard-00002"]  # kept for the rerun
     run_shapes(out, tokenizers, rank=1, world_size=2)
     assert run_shapes(out, tokenizers, rank=0, world_size=2).complete
+
+
+def png_of(index: int, size: int = 40) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), (index * 30) % 256, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_source_edited_between_runs_is_noticed_on_resume(tmp_path, tokenizers, caplog):
+    image_tokenizer, caption_tokenizer = tokenizers
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(8):
+        (folder / f"{index}.png").write_bytes(png_of(index))
+        (folder / f"{index}.txt").write_text(f"picture number {index}")
+
+    class Interrupted(Exception):
+        pass
+
+    def stop(_shard):
+        raise Interrupted
+
+    out = tmp_path / "data"
+    with pytest.raises(Interrupted):
+        prepare(open_source(str(folder)), out, image_tokenizer, caption_tokenizer, shard_size=4, workers=0,
+                progress=False, on_shard_done=stop)
+    (folder / "6.txt").write_text("an edited caption")
+    with caplog.at_level("WARNING", logger="gptdraw.data.prepare"):
+        result = prepare(open_source(str(folder)), out, image_tokenizer, caption_tokenizer, shard_size=4, workers=0,
+                         progress=False)
+    assert result.complete and result.shards_reused == 1
+    assert "the source changed since this dataset was started: 1 file(s) differ (6.txt)" in caplog.text

@@ -34,6 +34,19 @@ class SourceItem:
     skip_reason: str | None = None  # set when the source already knows the item is unusable
 
 
+def file_state(paths, root: Path) -> dict[str, list]:
+    """{path relative to root: [bytes, modified ns]} of the files that exist."""
+    state = {}
+    for path in paths:
+        try:
+            status = Path(path).stat()
+        except OSError:
+            continue
+        state[Path(path).relative_to(root).as_posix() if Path(path).is_relative_to(root) else str(path)] = [
+            status.st_size, status.st_mtime_ns]
+    return state
+
+
 class Source:
     """An ordered, re-readable collection of items; subclasses implement `__len__` and `read`."""
 
@@ -47,6 +60,12 @@ class Source:
     def describe(self) -> dict:
         """What this source is (kind, location, options): recorded in the dataset manifest."""
         raise NotImplementedError
+
+    def state(self) -> dict[str, list]:
+        """What the source's files are like now ({file: [bytes, modified ns]}), cheap to take:
+        `prepare` compares it on resume to notice a source edited between runs. Sources that
+        are not files (the built-in data, a hub dataset) have none."""
+        return {}
 
     def captions(self) -> Iterator[str | None]:
         """Every item's raw caption, in order (sources override this where it is cheaper than `read`)."""

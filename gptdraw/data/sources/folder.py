@@ -7,9 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 from gptdraw.data.decode import IMAGE_EXTENSIONS, image_files
-from gptdraw.data.sources.base import (
-    Source, SourceItem, _read_text,
-)
+from gptdraw.data.sources.base import Source, SourceItem, _read_text, file_state
 
 
 class FolderSource(Source):
@@ -35,3 +33,7 @@ class FolderSource(Source):
 
     def describe(self) -> dict:
         return {"kind": "folder", "path": str(self.root.resolve()), "items": len(self)}
+
+    def state(self) -> dict[str, list]:
+        files = [self.root / relative for relative in self._paths]
+        return file_state(files + [path.with_suffix(".txt") for path in files], self.root)

@@ -13,6 +13,7 @@ from typing import Iterator
 from gptdraw.data.decode import DEFAULT_MAX_BYTES
 from gptdraw.data.sources.base import (
     IMAGE_COLUMNS, IMG2DATASET_SUCCESS, TEXT_COLUMNS, Source, SourceItem, _cell_image, _image_field, _read_text,
+    file_state,
 )
 
 
@@ -284,6 +285,10 @@ class MultiFileSource(Source):
     def describe(self) -> dict:
         return {"kind": self.kind, "path": str(self.root.resolve()), "items": len(self),
                 "files": [unit.name for unit in self.units], **self.options}
+
+    def state(self) -> dict[str, list]:
+        folder = self.root if self.root.is_dir() else self.root.parent
+        return file_state(sorted(path for path in folder.rglob("*") if path.is_file()), folder)
 
 
 def _sorted_files(root: Path, pattern: str) -> list[Path]:

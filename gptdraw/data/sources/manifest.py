@@ -11,6 +11,7 @@ from typing import Iterator, Mapping
 
 from gptdraw.data.sources.base import (
     IMAGE_COLUMNS, TEXT_COLUMNS, Source, SourceItem, _URL, _column_index, _looks_like_image,
+    file_state,
 )
 
 
@@ -202,6 +203,9 @@ class ManifestSource(Source):
             for number in range(start, stop):
                 file.seek(self._offsets[number])
                 yield self._row_item(number + 1, file)
+
+    def state(self) -> dict[str, list]:
+        return file_state([self.path], self.path.parent)  # the images it names are too many to stat on each run
 
     def describe(self) -> dict:
         return {"kind": self.kind, "path": str(self.path.resolve()), "items": len(self),
