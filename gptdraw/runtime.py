@@ -71,7 +71,8 @@ def check_torch_is_safe(version: str | None = None) -> None:
     version = version or torch.__version__
     numbers = tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:2])
     if numbers < SAFE_TORCH:
-        raise RuntimeError(
+        # A ValueError, so that the CLI says it in one line, like any other input it refuses.
+        raise ValueError(
             f"torch {version} can run code from a crafted checkpoint even in weights-only mode; "
             f"loading pickled checkpoints needs torch >= {SAFE_TORCH[0]}.{SAFE_TORCH[1]} (pip install -U torch)"
         )

@@ -657,7 +657,7 @@ def test_unpickling_refuses_a_torch_with_known_holes():
     from gptdraw.runtime import check_torch_is_safe
 
     for unsafe in ("2.4.0", "2.5.1+cu121", "2.9.1"):
-        with pytest.raises(RuntimeError, match=f"torch {re.escape(unsafe)} can run code.*torch >= 2.10"):
+        with pytest.raises(ValueError, match=f"torch {re.escape(unsafe)} can run code.*torch >= 2.10"):
             check_torch_is_safe(unsafe)
     for safe in ("2.10.0", "2.11.0+cu130", "2.13.0+cpu", "3.0.0"):
         check_torch_is_safe(safe)
