@@ -156,10 +156,22 @@ def test_over_long_prompt_is_drawn_with_a_warning(served, client):
     assert prompt.strip() in [record["prompt"] for record in records]
 
 
-def test_queue_and_concurrency_are_bounded(served):
-    assert served.app._queue.max_size == served.config.queue_size
-    draw_fn = next(fn for fn in served.app.fns.values() if fn.api_name == "draw")
-    assert draw_fn.concurrency_limit == 1
+def test_a_full_queue_turns_requests_away_and_the_server_goes_on(served, client):
+    # Many requests at once: one is drawn, queue_size wait, the rest are turned away.
+    jobs = [client.submit(f"a red circle {i}", i, 20, 1.0, 1.0, 2.0, served.config.max_images, api_name="/draw")
+            for i in range(4 * (served.config.queue_size + 1))]
+    finished, refused = 0, []
+    for job in jobs:
+        try:
+            job.result(timeout=WAIT_SECONDS)
+            finished += 1
+        except Exception as error:  # gradio_client raises its own kinds for a refused job
+            refused.append(str(error))
+    assert refused, "no request was turned away: the queue is not bounded"
+    assert all("queue" in message.lower() for message in refused), refused[:3]
+    assert finished >= served.config.queue_size + 1  # the drawn one and the waiting ones all finish
+    _, (_, _, files, status) = draw(client)  # and the server still draws
+    assert status.startswith("Done") and files
 
 
 # ------------------------------------------------------------------------------ the command
