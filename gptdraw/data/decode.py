@@ -133,6 +133,8 @@ def read_file(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> by
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as error:
         raise BadInput("missing_file", f"{path}: {error.strerror or error}") from None
+    except ValueError:  # a path holding a NUL byte names no file
+        raise BadInput("missing_file", f"{path!r} is not a file name") from None
     try:
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):

@@ -4,6 +4,7 @@ bytes. Items img2dataset failed to download or decode are kept, with its status 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tarfile
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from gptdraw.data.sources.base import (
     IMAGE_COLUMNS, IMG2DATASET_SUCCESS, TEXT_COLUMNS, Source, SourceItem, _cell_image, _image_field, _read_text,
     file_state,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def _parquet():
@@ -82,8 +85,18 @@ def _member_problem(member: tarfile.TarInfo, max_bytes: int) -> str | None:
     return "too_many_bytes" if member.size > max_bytes else None
 
 
+_DAMAGED = object()  # stands for a sample lost to a tar's damage
+
+
 def _tar_item(tar: tarfile.TarFile, sample: _TarSample) -> SourceItem:
     """One sample's image bytes and caption, read only when their sizes are plausible."""
+    try:
+        return _read_tar_item(tar, sample)
+    except TAR_ERRORS:
+        return SourceItem(key=sample.key, caption=None, image=None, skip_reason="damaged_tar")
+
+
+def _read_tar_item(tar: tarfile.TarFile, sample: _TarSample) -> SourceItem:
     extension = _image_field(list(sample.members))
     caption = None
     for name in ("txt", "json"):
@@ -119,6 +132,28 @@ class _Unit:
         return (item.caption for item in self.read(0, self.count))
 
 
+TAR_ERRORS = (tarfile.TarError, EOFError, OSError)
+"""What reading a damaged tar raises."""
+
+
+def _open_tar(path: Path):
+    """The tar, or None (with a warning) when it cannot be read at all."""
+    try:
+        return tarfile.open(path, "r:")
+    except TAR_ERRORS as error:
+        logger.warning("skipping %s: the tar cannot be read (%s)", path, error)
+        return None
+
+
+def _readable_samples(tar: tarfile.TarFile, path: Path) -> Iterator[_TarSample]:
+    """The tar's samples up to any damage; a tar cut short or corrupted part-way keeps what comes
+    before the damage (with a warning) instead of ending the run."""
+    try:
+        yield from _tar_samples(tar)
+    except TAR_ERRORS as error:
+        logger.warning("%s is damaged (%s): reading only the samples before the damage", path, error)
+
+
 class _TarUnit(_Unit):
     """A webdataset tar; with img2dataset's .parquet beside it, its failed samples are items too."""
 
@@ -129,13 +164,22 @@ class _TarUnit(_Unit):
         if self.meta is not None:
             count = len(self.meta)
         else:
-            with tarfile.open(path, "r:") as tar:
-                count = sum(1 for _ in _tar_samples(tar))
+            tar = _open_tar(path)
+            count = 0
+            if tar is not None:
+                with tar:
+                    count = sum(1 for _ in _readable_samples(tar, path))
         super().__init__(path.name, count)
 
     def read(self, start: int, stop: int) -> Iterator[SourceItem]:
-        with tarfile.open(self.path, "r:") as tar:
-            samples = _tar_samples(tar)
+        tar = _open_tar(self.path)
+        if tar is None:  # unreadable since it was counted: its items are all damaged
+            for index in range(start, stop):
+                key = self.meta[index].key if self.meta is not None else f"{self.path.name}:{index}"
+                yield SourceItem(key=key, caption=None, image=None, skip_reason="damaged_tar")
+            return
+        with tar:
+            samples = _readable_samples(tar, self.path)
             if self.meta is None:
                 for index, sample in enumerate(samples):
                     if index >= stop:
@@ -147,7 +191,9 @@ class _TarUnit(_Unit):
             # order, so the tar is walked alongside the successful rows.
             for index, row in enumerate(self.meta[:stop]):
                 sample = next(samples, None) if row.status == IMG2DATASET_SUCCESS else None
-                if row.status == IMG2DATASET_SUCCESS and (sample is None or sample.key != row.key):
+                if row.status == IMG2DATASET_SUCCESS and sample is None:
+                    sample = _DAMAGED  # the tar ended early: its damaged part held this sample
+                if row.status == IMG2DATASET_SUCCESS and sample is not _DAMAGED and sample.key != row.key:
                     raise ValueError(
                         f"{self.path}: sample {row.key} of {self.path.with_suffix('.parquet').name} "
                         f"is not in the tar at its place (found {sample.key if sample else 'the end'})"
@@ -157,6 +203,8 @@ class _TarUnit(_Unit):
                 if sample is None:
                     yield SourceItem(key=row.key, caption=row.caption, image=None,
                                      skip_reason=row.status or "failed_to_download")
+                elif sample is _DAMAGED:
+                    yield SourceItem(key=row.key, caption=row.caption, image=None, skip_reason="damaged_tar")
                 else:
                     yield _tar_item(tar, sample)
 

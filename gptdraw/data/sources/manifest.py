@@ -169,6 +169,8 @@ class ManifestSource(Source):
             if self._url_map is None or value not in self._url_map:
                 return None, "not_downloaded"
             return self._url_map[value], None
+        if "\0" in value:
+            return None, "missing_file"  # no file name holds a NUL byte
         path = self.path.parent / value
         if not self.allow_outside_paths and not path.resolve().is_relative_to(self.path.parent.resolve()):
             # An untrusted manifest must not read /etc/… or ../../secrets as "images".

@@ -1,0 +1,302 @@
+"""A corpus of malformed inputs run through gptdraw's entry points: how many tracebacks, hangs and
+lost examples do they cause?
+
+Every case feeds one damaged input to one entry point in this process, under a time limit:
+  images     mutated PNG/JPEG/GIF files (cut, flipped bytes, junk, lying headers, odd modes) in a
+             folder source, beside known-good images that must all be kept
+  manifests  CSV/TSV/JSONL with broken lines, junk bytes, missing columns, devices, paths out of the folder
+  tars       webdataset tars cut short, flipped, with junk members or members claiming gigabytes
+  flax       mutated flax_model.msgpack files through `vq convert`'s reader
+  ckpt       mutated PyTorch checkpoints through the restricted loader
+  shards     prepared shards with flipped bytes, read for training
+  prompts    odd prompts (empty, huge, control characters, other scripts) drawn by a pipeline
+An outcome is fine when the entry point returns or raises the clear errors gptdraw uses for bad
+input (ValueError and its kinds, FileNotFoundError); anything else is a traceback. A case still
+running at its limit is a hang. A good example missing from a prepared dataset is lost.
+
+    python bench/bad_inputs.py              # the whole corpus: a few hundred inputs, about a minute
+    python bench/bad_inputs.py --per-kind 5 # a quick pass (the test runs this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import tarfile
+import tempfile
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from common import add_out_option, machine, write_result  # bench/common.py
+from gptdraw.captions import CaptionTokenizer
+from gptdraw.data.prepare import prepare
+from gptdraw.data.shards import ShardDataset
+from gptdraw.data.sources import open_source
+from gptdraw.gpt.config import ModelConfig
+from gptdraw.gpt.model import build_model
+from gptdraw.pipeline import GPTDrawPipeline
+from gptdraw.sequence import SequenceLayout
+from gptdraw.vq.config import VQConfig
+from gptdraw.vq.convert import load_restricted_checkpoint, read_flax_msgpack
+from gptdraw.vq.model import ImageTokenizer
+
+CLEAR_ERRORS = (ValueError, FileNotFoundError)
+"""What gptdraw raises for bad input (BadInput, ChecksumError and the CLI's UserError are kinds of these)."""
+CASE_SECONDS = 20
+
+
+class Hang(Exception):
+    """A case ran past its time limit."""
+
+
+def _alarm(_signum, _frame):
+    raise Hang()
+
+
+def encoded(array: np.ndarray, format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def mutations(data: bytes, rng: np.random.Generator, count: int) -> list[bytes]:
+    """Damaged copies of `data`: cut short, bytes flipped, junk appended or put in front."""
+    damaged = [b"", data[:8], data[: len(data) // 2], b"\0" * len(data), rng.bytes(len(data))]
+    for _ in range(count):
+        flipped = bytearray(data)
+        for position in rng.integers(0, len(data), size=rng.integers(1, 16)):
+            flipped[position] = rng.integers(0, 256)
+        damaged.append(bytes(flipped))
+    damaged += [data + rng.bytes(100), rng.bytes(16) + data]
+    return damaged[: count + 7]
+
+
+def odd_images(rng: np.random.Generator, count: int) -> list[bytes]:
+    """Real but unusual images, and lying or broken ones."""
+    pixels = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    odd = [
+        encoded(np.zeros((1, 1, 3), np.uint8), "PNG"),
+        encoded(rng.integers(0, 256, (48, 48, 4), dtype=np.uint8), "PNG"),  # RGBA
+        encoded((rng.integers(0, 65535, (48, 48)).astype(np.uint16)), "PNG"),  # 16-bit grey
+        encoded(pixels, "GIF"),
+        encoded(pixels, "JPEG", quality=5),
+        encoded(pixels, "BMP"),
+        encoded(pixels, "WEBP"),
+        b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\x01\x86\xa0\0\x01\x86\xa0\x08\x02\0\0\0" + b"\0" * 4,  # 100k × 100k claimed
+        b"GIF89a" + b"\xff\xff\xff\xff" + rng.bytes(64),
+        b"not an image at all",
+    ]
+    base = encoded(pixels, "PNG") + encoded(pixels, "JPEG")
+    return odd + mutations(encoded(pixels, "PNG"), rng, count) + mutations(encoded(pixels, "JPEG"), rng, count)[: count] + [base[:3]]
+
+
+class Corpus:
+    """Runs cases and keeps the tally."""
+
+    def __init__(self):
+        self.tried = 0
+        self.tracebacks: list[str] = []
+        self.hangs: list[str] = []
+        self.lost = 0
+        self.lost_cases: list[str] = []
+
+    def run(self, name: str, function, inputs: int = 1):
+        """Runs one case; returns its result, or None when it raised (counted as it should be)."""
+        self.tried += inputs
+        signal.signal(signal.SIGALRM, _alarm)
+        signal.alarm(CASE_SECONDS)
+        try:
+            return function()
+        except Hang:
+            self.hangs.append(name)
+        except CLEAR_ERRORS:
+            pass
+        except Exception:  # anything else is a traceback a user would see
+            self.tracebacks.append(f"{name}: {traceback.format_exc(limit=3).strip().splitlines()[-1]}")
+        finally:
+            signal.alarm(0)
+        return None
+
+
+def parts(work: Path):
+    """The tiny tokenizers and model every case uses."""
+    torch.manual_seed(0)
+    vq = ImageTokenizer(VQConfig(
+        image_size=16, block_out_channels=(16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, layers_per_block=1, latent_channels=8, vq_embed_dim=8,
+        num_vq_embeddings=64, norm_num_groups=8, mid_block_add_attention=False,
+    )).eval()
+    captions = CaptionTokenizer.train(["a red circle", "a blue square on the left"] * 20, vocab_size=300, text_len=12)
+    layout = SequenceLayout(text_vocab_size=captions.vocab_size, pad_id=captions.pad_id, codebook_size=64,
+                            text_len=12, grid=(4, 4))
+    gpt = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=32), layout)
+    return vq, captions, GPTDrawPipeline(gpt, captions, vq, layout)
+
+
+def image_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) -> None:
+    folder = work / "images"
+    folder.mkdir()
+    good = 6
+    for index in range(good):
+        (folder / f"good-{index}.png").write_bytes(encoded(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), "PNG"))
+        (folder / f"good-{index}.txt").write_text(f"a good picture {index}")
+    bad = odd_images(rng, per_kind)
+    for index, data in enumerate(bad):
+        (folder / f"bad-{index:03d}.png").write_bytes(data)
+        (folder / f"bad-{index:03d}.txt").write_bytes([b"", b"\xff\xfe junk", b"x" * 100_000, b"fine caption"][index % 4])
+    result = corpus.run("prepare: folder of mutated images", lambda: prepare(
+        open_source(str(folder)), work / "images-out", vq, captions, workers=0, progress=False, min_image_size=8),
+        inputs=len(bad))
+    kept = {ShardDataset(work / "images-out").key(i) for i in range(result.examples)} if result is not None else set()
+    missing = [f"good-{index}" for index in range(good) if f"good-{index}" not in kept]
+    corpus.lost += len(missing)
+    corpus.lost_cases += [f"folder of mutated images: {name}" for name in missing]
+
+
+def manifest_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) -> None:
+    folder = work / "manifests"
+    folder.mkdir()
+    (folder / "ok.png").write_bytes(encoded(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), "PNG"))
+    lines = ["ok.png,a good one", "/dev/zero,a device", "../../etc/hostname,outside", "https://x.invalid/a.png,url",
+             "missing.png,gone", ",no image", "ok.png", "\0\0\0", "ok.png," + "x" * 50_000]
+    # A quote left open runs on to the end of a CSV (a quoted field may hold newlines), taking
+    # the rows after it into one broken field: so it comes last, after the row that must be kept.
+    last = '"unclosed,quote'
+
+    for index in range(per_kind):
+        variants = {
+            f"m{index}.csv": "image,caption\n" + "\n".join([*rng.permutation(lines), last]) + "\n",
+            f"m{index}.tsv": "image\tcaption\n" + "\n".join(line.replace(",", "\t") for line in rng.permutation(lines)),
+            f"m{index}.jsonl": "\n".join([json.dumps({"image": "ok.png", "caption": "good"}), "{broken", "[]", "null",
+                                           json.dumps({"image": 7, "caption": None}),
+                                           json.dumps({"image": "/dev/zero", "caption": "dev"})]),
+        }
+        junk = bytes(rng.bytes(200)).replace(b"\n", b" ").replace(b'"', b" ")
+        variants[f"j{index}.csv"] = "image,caption\nok.png,fine\n" + junk.decode("latin-1")
+        for name, text in variants.items():
+            path = folder / name
+            path.write_text(text, encoding="utf-8", errors="replace")
+            result = corpus.run(f"prepare: manifest {name}", lambda: prepare(
+                open_source(str(path)), work / f"out-{name}", vq, captions, workers=0, progress=False, min_image_size=8))
+            if result is None or result.examples < 1:
+                corpus.lost += 1  # ok.png is named, well formed, in every variant
+                corpus.lost_cases.append(f"manifest {name}")
+
+
+def tar_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) -> None:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for index in range(4):
+            for name, payload in ((f"{index:03d}.png", encoded(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), "PNG")),
+                                  (f"{index:03d}.txt", b"a caption")):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    for index, data in enumerate(mutations(buffer.getvalue(), rng, per_kind)):
+        folder = work / f"tar-{index}"
+        folder.mkdir()
+        (folder / "00000.tar").write_bytes(data)
+        corpus.run(f"prepare: webdataset tar #{index}", lambda: prepare(
+            open_source(str(folder)), work / f"tar-out-{index}", vq, captions, workers=0, progress=False, min_image_size=8))
+
+
+def converter_cases(corpus: Corpus, work: Path, vq, rng, per_kind: int) -> None:
+    import msgpack
+
+    array = msgpack.ExtType(1, msgpack.packb([[2, 2], "float32", np.ones((2, 2), np.float32).tobytes()]))
+    flax = msgpack.packb({"params": {"encoder": {"conv_in": {"kernel": array, "bias": array}}}})
+    for index, data in enumerate(mutations(flax, rng, per_kind)):
+        path = work / f"flax-{index}" / "flax_model.msgpack"
+        path.parent.mkdir()
+        path.write_bytes(data)
+        corpus.run(f"flax msgpack #{index}", lambda: read_flax_msgpack(path))
+    saved = work / "weights.ckpt"
+    torch.save({"state_dict": {name: value for name, value in vq.model.state_dict().items()}}, saved)
+    for index, data in enumerate(mutations(saved.read_bytes(), rng, per_kind)):
+        path = work / f"ckpt-{index}.ckpt"
+        path.write_bytes(data)
+        corpus.run(f"checkpoint #{index}", lambda: load_restricted_checkpoint(path))
+
+
+def shard_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) -> None:
+    source = open_source("shapes", count=16, image_size=32, seed=0)
+    clean = work / "shards"
+    prepare(source, clean, vq, captions, workers=0, progress=False, min_image_size=8)
+    files = sorted(path for path in clean.rglob("*") if path.is_file() and path.suffix in (".npy", ".jsonl", ".json"))
+    for index in range(per_kind):
+        damaged = work / f"shards-{index}"
+        import shutil
+
+        shutil.copytree(clean, damaged)
+        target = damaged / files[index % len(files)].relative_to(clean)
+        data = bytearray(target.read_bytes())
+        for position in rng.integers(0, len(data), size=4):
+            data[position] = rng.integers(0, 256)
+        target.write_bytes(bytes(data))
+
+        def read_all(directory=damaged):
+            dataset = ShardDataset(directory)
+            return dataset.get_batch(np.arange(len(dataset)))
+
+        corpus.run(f"damaged shard file {target.name} #{index}", read_all)
+
+
+def prompt_cases(corpus: Corpus, pipe: GPTDrawPipeline, rng, per_kind: int) -> None:
+    prompts = ["", "   ", "\0", "x" * 100_000, "a red\ncircle\t", "\u202egnirts lrt", "🟥🔵🔺" * 50, "a\x1b[31m red",
+               "\ud800", "ﬁ ligature", "A RED CIRCLE", "drop table;", "\u0000\u0001\u0002"]
+    prompts += ["".join(chr(int(code)) for code in rng.integers(32, 0x2FFF, size=rng.integers(1, 80)))
+                for _ in range(per_kind)]
+    for index, prompt in enumerate(prompts):
+        corpus.run(f"prompt #{index}", lambda: pipe([prompt], seed=0, temperature=1.0))
+    for settings in ({"temperature": -1}, {"top_k": -5}, {"top_p": 0}, {"top_p": 2}, {"cfg_scale": float("nan")},
+                     {"temperature": float("inf")}, {"top_k": 10**9}):
+        corpus.run(f"settings {settings}", lambda: pipe(["a red circle"], seed=0, **settings))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-kind", type=int, default=40, help="mutations of each kind of input")
+    parser.add_argument("--seed", type=int, default=0)
+    add_out_option(parser, "bad_inputs")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(args.seed)
+    corpus = Corpus()
+    measured_on = machine(torch.device("cpu"))
+    with tempfile.TemporaryDirectory() as directory:
+        work = Path(directory)
+        vq, captions, pipe = parts(work)
+        image_cases(corpus, work, vq, captions, rng, args.per_kind)
+        manifest_cases(corpus, work, vq, captions, rng, max(1, args.per_kind // 10))
+        tar_cases(corpus, work, vq, captions, rng, args.per_kind)
+        converter_cases(corpus, work, vq, rng, args.per_kind)
+        shard_cases(corpus, work, vq, captions, rng, args.per_kind)
+        prompt_cases(corpus, pipe, rng, args.per_kind)
+    result = {
+        "machine": measured_on,
+        "bad_inputs_tried": corpus.tried,
+        "tracebacks": len(corpus.tracebacks),
+        "hangs": len(corpus.hangs),
+        "good_examples_lost": corpus.lost,
+        "traceback_cases": corpus.tracebacks,
+        "hang_cases": corpus.hangs,
+        "lost_cases": corpus.lost_cases,
+    }
+    print(f"bad inputs tried {corpus.tried}, tracebacks {len(corpus.tracebacks)}, hangs {len(corpus.hangs)}, "
+          f"good examples lost {corpus.lost}")
+    for line in corpus.tracebacks[:20] + corpus.hangs[:20] + corpus.lost_cases[:20]:
+        print("  " + line)
+    write_result(result, args.out)
+    return result
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
