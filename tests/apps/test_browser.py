@@ -76,6 +76,9 @@ def test_typing_a_prompt_and_pressing_draw_shows_the_drawing(browser_page, serve
     page.locator("#drawing img").first.wait_for(state="visible")
     page.locator("#status").get_by_text("Done: 1 image").wait_for()
     assert page.locator("#results img").count() >= 1
+    # Each result is shown whole (scaled to fit), not as a zoomed crop of its middle.
+    fits = page.locator("#results img").evaluate_all("images => images.map(i => getComputedStyle(i).objectFit)")
+    assert fits and all(fit == "contain" for fit in fits), fits
     source = page.locator("#drawing img").first.get_attribute("src")
     assert source and "gradio_api/file=" in source
     # The image the page shows is served by the app: fetch it as the browser would.
