@@ -9,6 +9,8 @@ Every case feeds one damaged input to one entry point in this process, under a t
   flax       mutated flax_model.msgpack files through `vq convert`'s reader
   ckpt       mutated PyTorch checkpoints through the restricted loader
   shards     prepared shards with flipped bytes, read for training
+  resume     training checkpoints cut short or with flipped bytes, resumed by `train`
+  configs    image-tokenizer config.json files with absurd, wrong-typed or cut values
   prompts    odd prompts (empty, huge, control characters, other scripts) drawn by a pipeline
 An outcome is fine when the entry point returns or raises the clear errors gptdraw uses for bad
 input (ValueError and its kinds, FileNotFoundError); anything else is a traceback. A case still
@@ -21,6 +23,7 @@ running at its limit is a hang. A good example missing from a prepared dataset i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import os
@@ -248,6 +251,46 @@ def shard_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) ->
         corpus.run(f"damaged shard file {target.name} #{index}", read_all)
 
 
+def checkpoint_and_config_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) -> None:
+    """Damaged training checkpoints resumed by `train`, and damaged image-tokenizer directories loaded."""
+    import shutil
+
+    from gptdraw.gpt.config import TrainConfig
+    from gptdraw.gpt.train import train
+
+    data = work / "shards"  # written by shard_cases
+    config = TrainConfig(model=ModelConfig(n_layer=1, n_head=2, n_embd=32), max_steps=2, micro_batch_size=4,
+                         warmup_steps=1, eval_every=0, sample_every=0, checkpoint_every=1, log_every=1,
+                         mixed_precision="no")
+    clean = work / "run"
+    train(config, ShardDataset(data), clean, captions, vq, progress=False)
+    checkpoint_files = sorted(path.relative_to(clean) for path in (clean / "checkpoints").rglob("*") if path.is_file())
+    longer = dataclasses.replace(config, max_steps=3)
+    for index in range(per_kind):
+        run = work / f"run-{index}"
+        shutil.copytree(clean, run)
+        target = run / checkpoint_files[index % len(checkpoint_files)]
+        data_bytes = bytearray(target.read_bytes())
+        if index % 3 == 0:
+            data_bytes = data_bytes[: len(data_bytes) // 2]
+        else:
+            for position in rng.integers(0, len(data_bytes), size=8):
+                data_bytes[position] = rng.integers(0, 256)
+        target.write_bytes(bytes(data_bytes))
+        corpus.run(f"resume from damaged {target.name} #{index}",
+                   lambda: train(longer, ShardDataset(data), run, captions, vq, progress=False))
+    vq.save_pretrained(work / "vq")
+    text = (work / "vq" / "config.json").read_text()
+    replacements = [("16", "1e10"), ("64", "-1"), ("8", '"eight"'), ("[", "{"), ("true", "null"), ("16", "99999999")]
+    for index in range(per_kind):
+        folder = work / f"vq-{index}"
+        shutil.copytree(work / "vq", folder)
+        old, new = replacements[index % len(replacements)]
+        damaged = text.replace(old, new, 1) if index < len(replacements) else text[: int(rng.integers(0, len(text)))]
+        (folder / "config.json").write_text(damaged)
+        corpus.run(f"image tokenizer config #{index}", lambda: ImageTokenizer.from_pretrained(folder))
+
+
 def prompt_cases(corpus: Corpus, pipe: GPTDrawPipeline, rng, per_kind: int) -> None:
     prompts = ["", "   ", "\0", "x" * 100_000, "a red\ncircle\t", "\u202egnirts lrt", "🟥🔵🔺" * 50, "a\x1b[31m red",
                "\ud800", "ﬁ ligature", "A RED CIRCLE", "drop table;", "\u0000\u0001\u0002"]
@@ -278,6 +321,7 @@ def main(argv: list[str] | None = None) -> dict:
         tar_cases(corpus, work, vq, captions, rng, args.per_kind)
         converter_cases(corpus, work, vq, rng, args.per_kind)
         shard_cases(corpus, work, vq, captions, rng, args.per_kind)
+        checkpoint_and_config_cases(corpus, work, vq, captions, rng, max(3, args.per_kind // 4))
         prompt_cases(corpus, pipe, rng, args.per_kind)
     result = {
         "machine": measured_on,
