@@ -111,7 +111,10 @@ class CaptionTokenizer:
 
     def encode_batch(self, captions: list[str]) -> EncodedCaptions:
         """Tokenizes, then truncates or pads each caption to text_len ids."""
-        encodings = self.tokenizer.encode_batch(list(captions), add_special_tokens=False)
+        # Text that is not valid Unicode (a lone surrogate from a web form) becomes "?" here,
+        # instead of a TypeError inside the tokenizer.
+        captions = [caption.encode("utf-8", errors="replace").decode("utf-8") for caption in captions]
+        encodings = self.tokenizer.encode_batch(captions, add_special_tokens=False)
         ids = np.full((len(captions), self.text_len), self.pad_id, dtype=np.int32)
         truncated = []
         for row, encoding in enumerate(encodings):

@@ -26,9 +26,10 @@ def pil_to_tensor(images: list[Image.Image], size: int | None = None) -> torch.T
     arrays = []
     for index, image in enumerate(images):
         try:
+            # (H, W, 3) uint8, resized and cropped to size × size when a size is given
             array = decode_image(image, size, min_size=1) if size is not None else np.asarray(to_rgb(image), dtype=np.uint8)
         except BadInput as error:
-            raise ValueError(f"image {index} cannot be used: {error}") from None  # (H, W, 3) above
+            raise ValueError(f"image {index} cannot be used: {error}") from None
         if arrays and array.shape != arrays[0].shape:
             raise ValueError(
                 f"image {index} has size {array.shape[1]}x{array.shape[0]} but image 0 has "

@@ -196,10 +196,7 @@ class GPTDrawPipeline:
                 raise ValueError(f"a prompt must be text, got {type(prompt).__name__}")
             if not prompt.strip():
                 raise ValueError("a prompt is empty: write what to draw")
-        # Text that is not valid Unicode (a lone surrogate from a web form) becomes "?" here,
-        # instead of an error deep in the tokenizer.
-        prompts = [prompt.encode("utf-8", errors="replace").decode("utf-8") for prompt in prompts]
-        encoded = self.caption_tokenizer.encode_batch(prompts)
+        encoded = self.caption_tokenizer.encode_batch(list(prompts))
         warnings = [
             f"prompt {prompt[:40]!r}… is longer than the caption budget of "
             f"{self.layout.text_len} tokens and was truncated"

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from gptdraw.gpt.config import ModelConfig
 from gptdraw.data.prepare import prepare
@@ -103,6 +106,29 @@ def shapes_data(tmp_path_factory, caption_tokenizer) -> PreparedShapes:
     prepare(ShapesSource(160, 32, seed=0), root / "data", vq, caption_tokenizer, eval_count=32, workers=0,
             progress=False, image_tokenizer_path=str(root / "vq"))
     return PreparedShapes(root / "data", root / "vq", vq)
+
+
+def png_bytes(size: int = 40, colour=(200, 30, 30)) -> bytes:
+    """A plain size × size PNG of one colour, as a file would hold it."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((size, size, 3), colour, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def shapes_tokenizers():
+    """A tiny random-weight f4 VQGAN (32 px → 8×8 codes) and a BPE trained on shapes captions."""
+    from gptdraw.data import shapes
+    from gptdraw.vq.config import vq_preset
+
+    torch.manual_seed(0)
+    config = vq_preset(
+        "shapes-f8", image_size=32, block_out_channels=(16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        latent_channels=8, vq_embed_dim=8, num_vq_embeddings=64, norm_num_groups=8,
+    )
+    captions = [caption for _, caption in shapes.generate_examples(200, 32, seed=5, heldout=None)]
+    return ImageTokenizer(config).eval(), CaptionTokenizer.train(captions, vocab_size=300, text_len=16)
 
 
 @pytest.fixture(scope="session")

@@ -56,3 +56,9 @@ def test_gpt2_tokenizer_from_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="not a GPT-2 tokenizer directory"):
         CaptionTokenizer.from_gpt2(str(tmp_path / "empty"), 4)
+
+
+def test_text_that_is_not_valid_unicode_is_encoded_not_refused(caption_tokenizer):
+    # A lone surrogate (what a broken web form can send) would make the BPE library raise TypeError.
+    encoded = caption_tokenizer.encode_batch(["a red \ud800 circle", "a red ? circle"])
+    assert (encoded.ids[0] == encoded.ids[1]).all()

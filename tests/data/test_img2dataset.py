@@ -21,8 +21,6 @@ from gptdraw.data.prepare import prepare
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import detect_format, open_source
 from gptdraw.images import uint8_to_tensor
-from gptdraw.captions import CaptionTokenizer
-from gptdraw.vq.model import ImageTokenizer, vq_preset
 
 SIZE = 32
 
@@ -56,15 +54,8 @@ def served(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tokenizers():
-    torch.manual_seed(0)
-    config = vq_preset(
-        "shapes-f8", image_size=SIZE, block_out_channels=(16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-        latent_channels=8, vq_embed_dim=8, num_vq_embeddings=64, norm_num_groups=8,
-    )
-    captions = [caption for _, caption in shapes.generate_examples(200, SIZE, seed=5, heldout=None)]
-    return ImageTokenizer(config).eval(), CaptionTokenizer.train(captions, vocab_size=300, text_len=16)
+def tokenizers(shapes_tokenizers):
+    return shapes_tokenizers
 
 
 @pytest.mark.parametrize("output_format, detected", [

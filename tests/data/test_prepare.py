@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 import gptdraw.cli
+from conftest import png_bytes
 from gptdraw.data import shapes
 from gptdraw.data.decode import BadInput, clean_caption, decode_image
 from gptdraw.data.prepare import EvalSplit, prepare
@@ -377,18 +378,12 @@ def test_a_rank_that_died_does_not_leave_rank_zero_waiting_forever(tmp_path, tok
     assert run_shapes(out, tokenizers, rank=0, world_size=2).complete
 
 
-def png_of(index: int, size: int = 40) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((size, size, 3), (index * 30) % 256, dtype=np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_a_source_edited_between_runs_is_noticed_on_resume(tmp_path, tokenizers, caplog):
     image_tokenizer, caption_tokenizer = tokenizers
     folder = tmp_path / "photos"
     folder.mkdir()
     for index in range(8):
-        (folder / f"{index}.png").write_bytes(png_of(index))
+        (folder / f"{index}.png").write_bytes(png_bytes(colour=((index * 30) % 256,) * 3))
         (folder / f"{index}.txt").write_text(f"picture number {index}")
 
     class Interrupted(Exception):

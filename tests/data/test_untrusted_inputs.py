@@ -9,17 +9,11 @@ import tarfile
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from conftest import png_bytes
 from gptdraw.data.decode import BadInput, decode_image
 from gptdraw.data.prepare import prepare
 from gptdraw.data.sources import open_source
-
-
-def png_bytes(size: int = 40, colour=(200, 30, 30)) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(np.full((size, size, 3), colour, dtype=np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_devices_fifos_and_oversized_files_are_refused_unread(tmp_path):

@@ -31,10 +31,10 @@ MANIFEST_OPTIONS = ("image_column", "text_column", "url_map", "allow_outside_pat
 SOURCE_FORMATS: dict[str, SourceFormat] = {
     "shapes": SourceFormat(lambda spec, **options: ShapesSource(**options), ("count", "image_size", "seed", "heldout_seed"),
                            ("count", "image_size")),
-    "webdataset": SourceFormat(lambda spec: webdataset_source(spec)),
+    "webdataset": SourceFormat(webdataset_source),
     "parquet": SourceFormat(parquet_source, ("image_column", "text_column")),
-    "files": SourceFormat(lambda spec: files_source(spec)),
-    "folder": SourceFormat(lambda spec: FolderSource(spec)),
+    "files": SourceFormat(files_source),
+    "folder": SourceFormat(FolderSource),
     "csv": SourceFormat(lambda spec, **options: ManifestSource(spec, kind="csv", **options), MANIFEST_OPTIONS),
     "tsv": SourceFormat(lambda spec, **options: ManifestSource(spec, kind="tsv", **options), MANIFEST_OPTIONS),
     "jsonl": SourceFormat(lambda spec, **options: ManifestSource(spec, kind="jsonl", **options), MANIFEST_OPTIONS),
