@@ -229,6 +229,8 @@ def test_server_bounds_and_error_messages_are_safe(tmp_path):
         ServeConfig(out_dir=tmp_path, max_images=17)
     with pytest.raises(ValueError, match="queue_size must be at most 256"):
         ServeConfig(out_dir=tmp_path, queue_size=10_000)
+    with pytest.raises(ValueError, match="keep_drawings must be at least 1"):
+        ServeConfig(out_dir=tmp_path, keep_drawings=0)
     with pytest.raises(RequestError) as error:
         check(seed="<img src=x onerror=alert(1)>" * 10)
     assert "<img" not in str(error.value) and "&lt;img" in str(error.value) and len(str(error.value)) < 120
