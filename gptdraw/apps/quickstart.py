@@ -8,7 +8,8 @@ so an interrupted quickstart picks up where it stopped.
     OUT/data/        pre-encoded shards (and OUT/data/eval, a held-out split of examples)
     OUT/vq/          the VQGAN trained on the shapes
     OUT/model/       the trained model directory (`gptdraw generate --model OUT/model`)
-    OUT/samples.png  drawings of held-out prompts, OUT/eval.json the verifier's score
+    OUT/samples.png  drawings of the report set's held-out prompts, OUT/eval.json the verifier's score
+    OUT/tuning/      the same for the tuning set (sampling and recipe were chosen on it)
     OUT/drawing.gif  one image being drawn code by code
 """
 
@@ -17,81 +18,37 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from gptdraw.apps.animate import save_gif
-from gptdraw.gpt.config import train_preset
+from gptdraw.apps.quickstart_config import QuickstartConfig
 from gptdraw.data import shapes
 from gptdraw.data.prepare import caption_tokenizer_for, prepare
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import ShapesSource
 from gptdraw.eval.shapes import evaluate_shapes
+from gptdraw.gpt.config import ModelConfig, train_preset
+from gptdraw.gpt.train import train
 from gptdraw.pipeline import GPTDrawPipeline
 from gptdraw.runtime import resolve_device
-from gptdraw.gpt.sampling import SamplingSettings
-from gptdraw.gpt.train import train
-from gptdraw.vq.train import VQTrainConfig, train_vq
 from gptdraw.vq.model import ImageTokenizer
+from gptdraw.vq.train import VQTrainConfig, train_vq
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class QuickstartConfig:
-    """Sizes of the quickstart run; the defaults finish in about ten minutes on two CPU cores."""
-
-    image_size: int = 48
-    """Canvas size of the shapes images (48 px with the f8 VQGAN gives a 6×6 code grid: each
-    cell of the shapes' 3×3 layout is 2×2 codes, and a sequence is 20 + 36 tokens)."""
-    vq_preset: str = "shapes-f8"
-    """Image tokenizer architecture (gptdraw.vq.model presets)."""
-    train_examples: int = 16_000
-    """Image–caption pairs generated for training the GPT."""
-    eval_examples: int = 512
-    """Pairs kept out of training for the eval loss."""
-    vq_images: int = 6_000
-    """Images the VQGAN is trained on (a prefix of the training set)."""
-    vq_steps: int = 800
-    """VQGAN optimiser steps."""
-    vq_lr: float = 2e-3
-    """VQGAN peak learning rate."""
-    vq_autoencoder_warmup: float = 0.5
-    """Fraction of the VQGAN steps trained as a plain autoencoder before the codebook starts
-    (helps f8; for shapes-f4 use 0: it cost that tokenizer about 1.5 dB PSNR in bench/vq_train.py)."""
-    gpt_steps: int = 800
-    """GPT optimiser steps."""
-    gpt_batch: int = 48
-    """Sequences per GPT step."""
-    text_len: int = 20
-    """Caption tokens per sequence (the longest shapes caption takes 17)."""
-    text_vocab_size: int = 512
-    """Caption BPE vocabulary; large enough that every caption word is one token."""
-    images_per_prompt: int = 4
-    """Drawings per held-out prompt for the verifier's score."""
-    sampling: SamplingSettings = SamplingSettings(temperature=0.5, top_k=4, top_p=1.0, cfg_scale=2.0)
-    """Default sampling settings stored with the model (the best of a small sweep on held-out
-    prompts: hotter sampling or stronger guidance draws stray objects)."""
-    seed: int = 0
-    """Seeds the data, the VQGAN, the GPT and the drawings."""
-    device: str = "auto"
-    """Where to run: auto picks CUDA when present."""
-
-
-def _heldout() -> shapes.HeldOut:
-    return shapes.heldout_prompts(seed=0)
-
-
 def run_quickstart(out: str | Path, config: QuickstartConfig = QuickstartConfig(), progress: bool = True) -> dict:
-    """Runs (or resumes) every stage and returns the report also written to OUT/quickstart.json."""
+    """Runs (or resumes) every stage and returns the summary also written to OUT/quickstart.json."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    source = ShapesSource(config.train_examples + config.eval_examples, config.image_size, seed=config.seed)
+    source = ShapesSource(config.train_examples + config.eval_examples, config.image_size, seed=config.seed,
+                          two_object_prob=config.two_object_prob)
 
     # 1. Caption tokenizer: a BPE trained on the source's captions, as `gptdraw prepare` trains one.
     data_dir = out / "data"
@@ -123,11 +80,13 @@ def run_quickstart(out: str | Path, config: QuickstartConfig = QuickstartConfig(
     # 4. The GPT.
     mark = time.perf_counter()
     model_dir = out / "model"
-    heldout = _heldout()
+    tuning, report = shapes.evaluation_sets()
     train_config = train_preset(
         "tiny", max_steps=config.gpt_steps, seed=config.seed, micro_batch_size=config.gpt_batch,
+        model=ModelConfig(n_layer=config.gpt_layers, n_head=config.gpt_heads, n_embd=config.gpt_width),
+        optimizer=config.gpt_optimizer, lr=config.gpt_lr, text_loss_weight=config.text_loss_weight,
         warmup_steps=min(100, config.gpt_steps // 10),
-        sample_prompts=tuple(heldout.one_object[:4] + heldout.two_object[:4]),
+        sample_prompts=tuple(tuning.one_object[:4] + tuning.two_object[:4]),
         sample_every=max(1, config.gpt_steps // 3),
     )
     result = train(
@@ -136,24 +95,29 @@ def run_quickstart(out: str | Path, config: QuickstartConfig = QuickstartConfig(
     )
     timings["gpt"] = time.perf_counter() - mark
 
-    # 5. Draw the held-out prompts, score them, and animate one drawing.
+    # 5. Draw both held-out sets, score them, and animate one drawing.
     mark = time.perf_counter()
     pipe = GPTDrawPipeline.from_pretrained(model_dir, device=device)
-    scores = evaluate_shapes(pipe, heldout.prompts, config.images_per_prompt, seed=config.seed, out_dir=out, progress=progress)
-    frames = [step.images[0] for step in pipe.stream(heldout.two_object[0], seed=config.seed)]
+    tuning_scores = evaluate_shapes(pipe, tuning.prompts, config.images_per_prompt, seed=config.seed,
+                                    out_dir=out / "tuning", progress=progress)
+    scores = evaluate_shapes(pipe, report.prompts, config.images_per_prompt, seed=config.seed, out_dir=out, progress=progress)
+    frames = [step.images[0] for step in pipe.stream(report.two_object[0], seed=config.seed)]
     save_gif(frames, out / "drawing.gif")
     timings["evaluate"] = time.perf_counter() - mark
     timings["total"] = time.perf_counter() - started
 
-    report = {
+    summary = {
         "one_object_accuracy": scores["one_object"],
         "two_object_accuracy": scores["two_object"],
         "accuracy": scores["accuracy"],
+        "sizeless_accuracy": scores["sizeless_accuracy"],
+        "variety": scores["variety"],
+        "tuning": {key: tuning_scores[key] for key in ("one_object", "two_object", "sizeless_accuracy", "variety")},
         "train_loss": result.train_loss,
         "eval_loss": result.eval_loss,
         "seconds": timings,
         "config": asdict(config),
         "model": str(model_dir),
     }
-    (out / "quickstart.json").write_text(json.dumps(report, indent=2) + "\n")
-    return report
+    (out / "quickstart.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -378,32 +378,60 @@ class HeldOut:
         return _scene_key(check_scene(scene)) in self._keys
 
 
-def heldout_prompts(seed: int = 0, n_one: int = 24, n_two: int = 24) -> HeldOut:
+def heldout_prompts(seed: int = 0, n_one: int = 24, n_two: int = 24, avoid: HeldOut | None = None) -> HeldOut:
     """A deterministic held-out split: `n_one` one-object and `n_two` two-object sized prompts.
 
     The one-object prompts use distinct (colour, shape, cell) triples, so each keeps its
     other size in training; with at most half of the 162 triples held out, every colour,
-    shape, cell and size still occurs in training in other combinations.
+    shape, cell and size still occurs in training in other combinations. With `avoid`, no
+    prompt of it and none of its one-object triples is chosen again.
     """
     triples = list(itertools.product(_COLOUR_NAMES, SHAPES, _CELL_LIST))
-    if not 0 <= n_one <= len(triples) // 2:
-        raise ValueError(f"n_one must be in 0..{len(triples) // 2}, got {n_one}")
+    taken = set() if avoid is None else {
+        (spec.colour, spec.shape, spec.cell) for prompt in avoid.one_object for spec in parse_caption(prompt)
+    }
+    if not 0 <= n_one <= len(triples) // 2 - len(taken):
+        raise ValueError(f"n_one must be in 0..{len(triples) // 2 - len(taken)}, got {n_one}")
     if not 0 <= n_two <= 1000:
         raise ValueError(f"n_two must be in 0..1000, got {n_two}")
     rng = np.random.default_rng(seed)
     one_object = []
-    for index in rng.permutation(len(triples))[:n_one]:
+    for index in rng.permutation(len(triples)):
         colour, shape, cell = triples[index]
+        if len(one_object) == n_one:
+            break
+        if (colour, shape, cell) in taken:
+            continue
         size = _SIZE_NAMES[rng.integers(len(_SIZE_NAMES))]
         one_object.append(caption((ShapeSpec(colour, shape, cell, size),)))
     two_object: list[str] = []
-    seen: set[_SceneKey] = set()
+    seen: set[_SceneKey] = set() if avoid is None else set(avoid._keys)
     while len(two_object) < n_two:
         scene = sample_scene(rng, two_object_prob=1.0, drop_size_prob=0.0)
         if _scene_key(scene) not in seen:
             seen.add(_scene_key(scene))
             two_object.append(caption(scene))
     return HeldOut(one_object=one_object, two_object=two_object)
+
+
+def evaluation_sets(seed: int = 0) -> tuple[HeldOut, HeldOut]:
+    """The two held-out sets of the built-in data: sampling and recipes are tuned on the first,
+    figures are reported on the second, and training leaves out both. They share no prompt and
+    no one-object (colour, shape, cell)."""
+    tuning = heldout_prompts(seed)
+    return tuning, heldout_prompts(seed + 1, avoid=tuning)
+
+
+def heldout_union(sets: Sequence[HeldOut]) -> HeldOut:
+    """One HeldOut that leaves out every prompt of `sets` (duplicates kept once)."""
+    one = list(dict.fromkeys(prompt for held in sets for prompt in held.one_object))
+    two = list(dict.fromkeys(prompt for held in sets for prompt in held.two_object))
+    return HeldOut(one_object=one, two_object=two)
+
+
+def without_sizes(prompt: str) -> str:
+    """The prompt with its size words dropped ("a red circle at the top"), which means either size."""
+    return caption(tuple(ShapeSpec(spec.colour, spec.shape, spec.cell, None) for spec in parse_caption(prompt)))
 
 
 def is_heldout(caption_text: str, heldout: HeldOut) -> bool:

@@ -69,8 +69,9 @@ class TrainConfig:
     """After warm-up: constant (the reference), cosine or linear decay to min_lr_ratio·lr."""
     min_lr_ratio: float = 0.1
     """Final learning rate of the decaying schedules, as a fraction of lr."""
-    optimizer: Literal["adamw", "adafactor"] = "adamw"
-    """AdamW with torch's defaults (the reference), or Adafactor to save optimiser memory."""
+    optimizer: Literal["adamw", "adafactor", "muon"] = "adamw"
+    """AdamW with torch's defaults (the reference), Adafactor to save optimiser memory, or Muon on the
+    transformer blocks' matrices with AdamW on the rest (not under FSDP: Muon needs whole matrices)."""
     weight_decay: float = 0.01
     """AdamW weight decay (torch's default), applied to matrices only."""
     betas: tuple[float, float] = (0.9, 0.999)

@@ -45,6 +45,7 @@ from gptdraw.gpt.checkpoint import (
 )
 from gptdraw.gpt.config import TrainConfig
 from gptdraw.gpt.model import TrainingForward, build_model, check_model_fits_layout, split_targets, weighted_loss
+from gptdraw.gpt.optimizer import make_optimizer
 from gptdraw.gpt.run_log import RunLog, import_wandb
 from gptdraw.gpt.sampling import SamplingSettings
 from gptdraw.images import make_grid
@@ -285,6 +286,8 @@ class TrainingRun:
         if train_data.text_len != layout.text_len:
             raise ValueError(f"the data has captions of {train_data.text_len} ids, the tokenizer {layout.text_len}")
         self.accelerator, self.sharded = start_accelerator(config)
+        if self.sharded and config.optimizer == "muon":
+            raise ValueError("optimizer muon orthogonalises whole matrices: it cannot train sharded under FSDP; use adamw")
         self.main, world = self.accelerator.is_main_process, self.accelerator.num_processes
         set_seed(config.seed)
 
@@ -457,20 +460,6 @@ class _no_sync:
         if self.context is not None:
             return self.context.__exit__(*exc)
         return False
-
-
-def make_optimizer(model, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (fused where the device supports it) with decay on matrices only, or Adafactor."""
-    matrices = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    vectors = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups = [
-        {"params": matrices, "weight_decay": config.weight_decay},
-        {"params": vectors, "weight_decay": 0.0},
-    ]
-    if config.optimizer == "adafactor":
-        return torch.optim.Adafactor(groups, lr=config.lr)
-    fused = next(model.parameters()).device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused or None)
 
 
 def write_sample_grid(pipeline: GPTDrawPipeline, config: TrainConfig, path: Path, log: RunLog | None, step: int,

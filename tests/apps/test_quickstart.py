@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration  # slow, end to end: `-m "not integration"`
 def test_quickstart_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "qs"
     args = ["quickstart", "--out", str(out), "--train-examples", "192", "--eval-examples", "64", "--vq-images", "128",
-            "--vq-steps", "4", "--gpt-steps", "3", "--images-per-prompt", "1"]
+            "--vq-steps", "4", "--gpt-steps", "3", "--images-per-prompt", "2"]
     assert main(args) == 0
     assert "held-out prompts drawn correctly" in capsys.readouterr().out
     report = json.loads((out / "quickstart.json").read_text())
@@ -25,7 +25,12 @@ def test_quickstart_end_to_end_and_resume(tmp_path, capsys):
     layout = GPTDrawPipeline.from_pretrained(out / "model").layout
     assert math.isfinite(report["eval_loss"]) and report["eval_loss"] < math.log(layout.vocab_size) - 0.5
     scores = json.loads((out / "eval.json").read_text())
-    assert scores["images"] == 48  # 24 one-object + 24 two-object held-out prompts, one image each
+    assert scores["images"] == 96  # the report set: 24 one-object + 24 two-object prompts, two images each
+    # The tuning set is drawn too, apart; the sampling and the recipe were chosen on it.
+    tuning = json.loads((out / "tuning" / "eval.json").read_text())
+    assert tuning["images"] == 96 and set(tuning["per_prompt"]).isdisjoint(scores["per_prompt"])
+    assert report["tuning"]["two_object"] == tuning["two_object"]
+    assert 0.0 <= report["variety"]["distinct"] <= 1.0 and report["sizeless_accuracy"] is not None
     assert Image.open(out / "samples.png").size[0] > 100
     assert Image.open(out / "drawing.gif").n_frames > 2
     pipe = GPTDrawPipeline.from_pretrained(out / "model")

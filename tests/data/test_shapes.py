@@ -194,6 +194,29 @@ def test_heldout_prompts_are_deterministic_and_well_formed():
         shapes.heldout_prompts(n_one=200)
 
 
+def test_evaluation_sets_share_no_prompt_and_no_one_object_triple():
+    tuning, report = shapes.evaluation_sets()
+    assert tuning == shapes.heldout_prompts(0)  # the held-out set the quickstart always had
+    assert set(tuning.prompts).isdisjoint(report.prompts)
+    def triples(prompts):
+        return {(spec.colour, spec.shape, spec.cell) for prompt in prompts for spec in shapes.parse_caption(prompt)}
+
+    assert triples(tuning.one_object).isdisjoint(triples(report.one_object))
+    assert len(report.one_object) == len(report.two_object) == 24
+    # Left to chance, two seeds' sets share prompts: that is what `avoid` prevents.
+    assert set(tuning.prompts) & set(shapes.heldout_prompts(1).prompts)
+
+
+def test_heldout_union_and_sizeless_prompts():
+    tuning, report = shapes.heldout_prompts(0, n_one=3, n_two=2), shapes.heldout_prompts(1, n_one=3, n_two=2)
+    both = shapes.heldout_union([tuning, report, tuning])
+    assert both.prompts == tuning.one_object + report.one_object + tuning.two_object + report.two_object
+    assert all(both.holds_out(shapes.parse_caption(p)) for p in tuning.prompts + report.prompts)
+    assert shapes.without_sizes("a small red circle in the top left and a large blue square at the bottom") == (
+        "a red circle in the top left and a blue square at the bottom")
+    assert shapes.without_sizes("an orange triangle on the left") == "an orange triangle on the left"
+
+
 def test_heldout_never_generated_for_training():
     heldout = shapes.heldout_prompts()
     forbidden = set(heldout.prompts)

@@ -56,7 +56,8 @@ def prepare_and_check(source, tmp_path, tokenizers, images, captions, skipped=No
 
 def test_shapes_source_is_the_training_split(tmp_path, tokenizers):
     source = open_source("shapes", count=7, image_size=SIZE, seed=3)
-    heldout = shapes.heldout_prompts()
+    # Both held-out sets are left out: the one settings are tuned on and the one figures are reported on.
+    heldout = shapes.heldout_union(shapes.evaluation_sets())
     expected = list(shapes.generate_examples(7, SIZE, seed=3, heldout=heldout, split="train"))
     assert len(source) == 7 and detect_format("shapes") == "shapes"
     assert not any(shapes.is_heldout(caption, heldout) for _, caption in expected)
@@ -64,6 +65,17 @@ def test_shapes_source_is_the_training_split(tmp_path, tokenizers):
     assert [item.caption for item in source.read(4, 7)] == [caption for _, caption in expected[4:]]
     prepare_and_check(source, tmp_path, tokenizers, [image for image, _ in expected],
                       [caption for _, caption in expected])
+
+
+def test_shapes_source_leaves_out_both_heldout_sets_and_mixes_as_asked():
+    tuning, report = shapes.evaluation_sets()
+    source = open_source("shapes", count=600, image_size=SIZE, seed=5, two_object_prob=0.9)
+    captions = [item.caption for item in source.read(0, 600)]
+    assert not any(shapes.is_heldout(c, tuning) or shapes.is_heldout(c, report) for c in captions)
+    two = sum(len(shapes.parse_caption(c)) == 2 for c in captions) / len(captions)
+    assert 0.85 < two < 0.95  # 0.9 asked; the default mix is half and half
+    with pytest.raises(ValueError, match="two_object_prob"):
+        open_source("shapes", count=6, image_size=SIZE, two_object_prob=1.5)
 
 
 def test_folder_with_txt_captions(tmp_path, tokenizers):

@@ -142,7 +142,7 @@ def test_fsdp_checkpoint_and_model_are_whole_and_single_process_readable(runs):
     from gptdraw.gpt.config import TrainConfig, model_preset
     from gptdraw.pipeline import GPTDrawPipeline
     from gptdraw.gpt.checkpoint import list_checkpoints
-    from gptdraw.gpt.train import make_optimizer
+    from gptdraw.gpt.optimizer import make_optimizer
 
     fsdp_checkpoint, one_checkpoint = list_checkpoints(runs / "straight")[-1], list_checkpoints(runs / "one")[-1]
     assert fsdp_checkpoint.name == one_checkpoint.name == "step-00000006"

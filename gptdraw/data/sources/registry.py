@@ -29,7 +29,7 @@ class SourceFormat:
 MANIFEST_OPTIONS = ("image_column", "text_column", "url_map", "allow_outside_paths")
 
 SOURCE_FORMATS: dict[str, SourceFormat] = {
-    "shapes": SourceFormat(lambda spec, **options: ShapesSource(**options), ("count", "image_size", "seed", "heldout_seed"),
+    "shapes": SourceFormat(lambda spec, **options: ShapesSource(**options), ("count", "image_size", "seed", "heldout_seed", "two_object_prob"),
                            ("count", "image_size")),
     "webdataset": SourceFormat(webdataset_source),
     "parquet": SourceFormat(parquet_source, ("image_column", "text_column")),

@@ -1,0 +1,63 @@
+"""The quickstart's settings, apart from the run itself so that the CLI can make its flags without torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from gptdraw.gpt.config import SamplingSettings
+
+
+@dataclass(frozen=True)
+class QuickstartConfig:
+    """Sizes of the quickstart run; the defaults finish in about ten minutes on two CPU cores."""
+
+    image_size: int = 48
+    """Canvas size of the shapes images (48 px with the f8 VQGAN gives a 6×6 code grid: each
+    cell of the shapes' 3×3 layout is 2×2 codes, and a sequence is 20 + 36 tokens)."""
+    vq_preset: str = "shapes-f8"
+    """Image tokenizer architecture (gptdraw.vq.model presets)."""
+    train_examples: int = 16_000
+    """Image–caption pairs generated for training the GPT."""
+    eval_examples: int = 512
+    """Pairs kept out of training for the eval loss."""
+    vq_images: int = 6_000
+    """Images the VQGAN is trained on (a prefix of the training set)."""
+    vq_steps: int = 800
+    """VQGAN optimiser steps."""
+    vq_lr: float = 2e-3
+    """VQGAN peak learning rate."""
+    vq_autoencoder_warmup: float = 0.5
+    """Fraction of the VQGAN steps trained as a plain autoencoder before the codebook starts
+    (helps f8; for shapes-f4 use 0: it cost that tokenizer about 1.5 dB PSNR in bench/vq_train.py)."""
+    two_object_prob: float = 0.5
+    """Share of two-object scenes in the training data."""
+    gpt_steps: int = 800
+    """GPT optimiser steps."""
+    gpt_batch: int = 48
+    """Sequences per GPT step."""
+    gpt_layers: int = 4
+    """GPT transformer blocks."""
+    gpt_heads: int = 8
+    """GPT attention heads per block."""
+    gpt_width: int = 256
+    """GPT hidden width (a multiple of gpt_heads)."""
+    gpt_optimizer: Literal["adamw", "muon"] = "adamw"
+    """GPT optimiser (see TrainConfig.optimizer)."""
+    gpt_lr: float = 2e-3
+    """GPT peak learning rate (cosine decay after a warm-up of a tenth of the steps, at most 100)."""
+    text_loss_weight: float = 1.0
+    """Weight of the caption tokens' loss beside the image codes' (1: the same)."""
+    text_len: int = 20
+    """Caption tokens per sequence (the longest shapes caption takes 17)."""
+    text_vocab_size: int = 512
+    """Caption BPE vocabulary; large enough that every caption word is one token."""
+    images_per_prompt: int = 4
+    """Drawings per held-out prompt for the verifier's score."""
+    sampling: SamplingSettings = SamplingSettings(temperature=0.5, top_k=4, top_p=1.0, cfg_scale=2.0)
+    """Default sampling settings stored with the model (the best of a small sweep on held-out
+    prompts: hotter sampling or stronger guidance draws stray objects)."""
+    seed: int = 0
+    """Seeds the data, the VQGAN, the GPT and the drawings."""
+    device: str = "auto"
+    """Where to run: auto picks CUDA when present."""

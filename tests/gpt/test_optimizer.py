@@ -1,0 +1,69 @@
+"""The optimisers: Muon with AdamW steps exactly as torch's two optimisers would, on the right
+parameters, and its state round-trips through a state dict."""
+
+import copy
+
+import torch
+
+from gptdraw.gpt.config import ModelConfig, TrainConfig
+from gptdraw.gpt.model import build_model
+from gptdraw.gpt.optimizer import MuonAdamW, make_optimizer
+from gptdraw.sequence import SequenceLayout
+
+
+def two_layers() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+
+
+def take_steps(model, optimizers, steps: int = 4) -> None:
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(1))
+    for _ in range(steps):
+        model(x).square().mean().backward()
+        for optimizer in optimizers:
+            optimizer.step()
+            optimizer.zero_grad()
+
+
+def test_muon_adamw_steps_as_torch_muon_and_adamw_apart():
+    ours, reference = two_layers(), two_layers()
+    matrices = lambda m: [m[0].weight, m[2].weight]  # noqa: E731
+    biases = lambda m: [m[0].bias, m[2].bias]  # noqa: E731
+    optimizer = MuonAdamW([{"params": matrices(ours)}], [{"params": biases(ours)}], lr=0.02, betas=(0.9, 0.95))
+    apart = [torch.optim.Muon(matrices(reference), lr=0.02, adjust_lr_fn="match_rms_adamw"),
+             torch.optim.AdamW(biases(reference), lr=0.02, betas=(0.9, 0.95))]
+    take_steps(ours, [optimizer])
+    take_steps(reference, apart)
+    for mine, theirs in zip(ours.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(mine, theirs)
+    assert not torch.equal(ours[0].weight, two_layers()[0].weight)  # it did train
+
+
+def test_muon_state_round_trips_through_a_state_dict():
+    model = two_layers()
+    make = lambda m: MuonAdamW([{"params": [m[0].weight, m[2].weight]}], [{"params": [m[0].bias, m[2].bias]}],  # noqa: E731
+                               lr=0.02, betas=(0.9, 0.95))
+    optimizer = make(model)
+    take_steps(model, [optimizer], steps=2)
+    copy_model = copy.deepcopy(model)
+    restored = make(copy_model)
+    restored.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    # The inner optimisers see the restored state (momentum buffers, Adam moments) …
+    assert restored.muon.state is restored.state and len(restored.state) == 4
+    take_steps(model, [optimizer], steps=2)
+    take_steps(copy_model, [restored], steps=2)
+    # … so both continue alike; a lost momentum buffer would make them differ.
+    for a, b in zip(model.parameters(), copy_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_muon_gets_the_block_matrices_and_adamw_the_rest():
+    layout = SequenceLayout(text_vocab_size=32, pad_id=0, codebook_size=16, text_len=4, grid=(2, 2))
+    gpt = build_model(ModelConfig(n_layer=2, n_head=2, n_embd=16), layout, seed=0)
+    optimizer = make_optimizer(gpt, TrainConfig(model=ModelConfig(n_layer=2, n_head=2, n_embd=16), optimizer="muon"))
+    names = {id(p): name for name, p in gpt.named_parameters()}
+    muon = {names[id(p)] for group in optimizer.muon.param_groups for p in group["params"]}
+    adamw = {names[id(p)] for group in optimizer.adamw.param_groups for p in group["params"]}
+    assert muon and all(".h." in name and name.endswith("weight") for name in muon)
+    assert "transformer.wte.weight" in adamw and "transformer.wpe.weight" in adamw
+    assert not muon & adamw and len(muon | adamw) == len(names)
