@@ -6,6 +6,8 @@ Every case feeds one damaged input to one entry point in this process, under a t
              folder source, beside known-good images that must all be kept
   manifests  CSV/TSV/JSONL with broken lines, junk bytes, missing columns, devices, paths out of the folder
   tars       webdataset tars cut short, flipped, with junk members or members claiming gigabytes
+  parquet    parquet rows with broken images, odd captions and paths out of the folder; damaged parquet files
+  hf         Hugging Face save_to_disk datasets with the same rows, and with damaged arrow files
   flax       mutated flax_model.msgpack files through `vq convert`'s reader
   ckpt       mutated PyTorch checkpoints through the restricted loader
   shards     prepared shards with flipped bytes, read for training
@@ -210,6 +212,83 @@ def tar_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) -> N
             open_source(str(folder)), work / f"tar-out-{index}", vq, captions, workers=0, progress=False, min_image_size=8))
 
 
+def _mixed_rows(rng, bad: list[bytes]) -> tuple[list, list]:
+    """Four good rows (keys good-0..3) among rows with broken images, odd captions and paths."""
+    good = [{"bytes": encoded(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8), "PNG"), "path": None}] * 4
+    images = good + [{"bytes": data, "path": None} for data in bad] + [
+        {"bytes": None, "path": "/dev/zero"}, {"bytes": None, "path": "../../etc/hostname"}, {"bytes": None, "path": None}]
+    captions = [f"good {index}" for index in range(4)] + [
+        [None, "", "x" * 100_000, "\0\x7f\ufffe junk", "fine"][index % 5] for index in range(len(images) - 4)]
+    return images, captions
+
+
+def _count_kept(corpus: Corpus, result, out: Path, name: str, expected: int) -> None:
+    kept = result.examples if result is not None else 0
+    captions = {ShardDataset(out).caption(i) for i in range(kept)} if kept else set()
+    missing = [f"good {index}" for index in range(expected) if f"good {index}" not in captions]
+    corpus.lost += len(missing)
+    corpus.lost_cases += [f"{name}: {caption}" for caption in missing]
+
+
+def parquet_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = work / "parquet"
+    folder.mkdir()
+    images, texts = _mixed_rows(rng, odd_images(rng, per_kind))
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table({"image": pa.array(images, type=image_type), "caption": pa.array(texts, type=pa.string())})
+    pq.write_table(table, folder / "rows.parquet", row_group_size=7)
+    result = corpus.run("prepare: parquet rows with broken images and captions", lambda: prepare(
+        open_source(str(folder / "rows.parquet")), work / "parquet-out", vq, captions, workers=0, progress=False,
+        min_image_size=8), inputs=len(images) - 4)
+    _count_kept(corpus, result, work / "parquet-out", "parquet rows", 4)
+    # Columns of the wrong kind, and damaged files.
+    odd_tables = {
+        "ints.parquet": pa.table({"image": pa.array([1, 2]), "caption": pa.array([3, 4])}),
+        "no-image.parquet": pa.table({"caption": pa.array(["a", "b"])}),
+        "strings.parquet": pa.table({"image": pa.array(["not bytes", "x"]), "text": pa.array(["a", "b"])}),
+    }
+    for name, odd in odd_tables.items():
+        pq.write_table(odd, folder / name)
+    data = (folder / "rows.parquet").read_bytes()
+    for index, damaged in enumerate(mutations(data, rng, per_kind)):
+        (folder / f"damaged-{index}.parquet").write_bytes(damaged)
+    for path in sorted(folder.glob("*.parquet")):
+        if path.name != "rows.parquet":
+            corpus.run(f"prepare: parquet {path.name}", lambda: prepare(
+                open_source(str(path)), work / f"parquet-out-{path.stem}", vq, captions, workers=0, progress=False,
+                min_image_size=8))
+
+
+def huggingface_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) -> None:
+    import datasets
+
+    images, texts = _mixed_rows(rng, odd_images(rng, max(2, per_kind // 4)))
+    # datasets checks paths when it saves and refuses a cell with neither bytes nor path: here the
+    # images are bytes or null (paths are tried through parquet).
+    images = [image if image["bytes"] is not None else None for image in images]
+    features = datasets.Features({"image": datasets.Image(decode=False), "caption": datasets.Value("string")})
+    saved = work / "hf"
+    datasets.Dataset.from_dict({"image": images, "caption": texts}, features=features).save_to_disk(str(saved))
+    result = corpus.run("prepare: hf dataset with broken images and captions", lambda: prepare(
+        open_source(str(saved)), work / "hf-out", vq, captions, workers=0, progress=False, min_image_size=8),
+        inputs=len(images) - 4)
+    _count_kept(corpus, result, work / "hf-out", "hf rows", 4)
+    arrow = next(saved.glob("*.arrow"))
+    original = arrow.read_bytes()
+    for index, damaged in enumerate(mutations(original, rng, max(2, per_kind // 4))):
+        arrow.write_bytes(damaged)
+        corpus.run(f"prepare: hf dataset, damaged arrow #{index}", lambda: prepare(
+            open_source(str(saved)), work / f"hf-out-{index}", vq, captions, workers=0, progress=False,
+            min_image_size=8))
+    arrow.write_bytes(original)
+    (saved / "state.json").write_text("{broken")
+    corpus.run("prepare: hf dataset, broken state.json", lambda: prepare(
+        open_source(str(saved)), work / "hf-out-state", vq, captions, workers=0, progress=False, min_image_size=8))
+
+
 def converter_cases(corpus: Corpus, work: Path, vq, rng, per_kind: int) -> None:
     import msgpack
 
@@ -319,6 +398,8 @@ def main(argv: list[str] | None = None) -> dict:
         image_cases(corpus, work, vq, captions, rng, args.per_kind)
         manifest_cases(corpus, work, vq, captions, rng, max(1, args.per_kind // 10))
         tar_cases(corpus, work, vq, captions, rng, args.per_kind)
+        parquet_cases(corpus, work, vq, captions, rng, args.per_kind)
+        huggingface_cases(corpus, work, vq, captions, rng, args.per_kind)
         converter_cases(corpus, work, vq, rng, args.per_kind)
         shard_cases(corpus, work, vq, captions, rng, args.per_kind)
         checkpoint_and_config_cases(corpus, work, vq, captions, rng, max(3, args.per_kind // 4))

@@ -146,3 +146,30 @@ def test_shards_do_not_trust_their_manifest(shapes_data, tmp_path):
     dataset = ShardDataset(data, verify=False)
     with pytest.raises(ValueError, match="a code is .* but the codebook has 2"):
         dataset.get_batch(np.arange(4))
+
+
+def test_damaged_parquet_row_group_is_skipped_and_the_rest_kept(tmp_path, image_tokenizer, caption_tokenizer):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "rows.parquet"
+    table = pa.table({"image": [png_bytes(colour=(40 * i, 30, 30)) for i in range(6)], "caption": [f"row {i}" for i in range(6)]})
+    pq.write_table(table, path, row_group_size=2)  # three row groups of two rows
+    # Overwrite the middle row group's pages with junk, where the file's own metadata puts them.
+    group = pq.ParquetFile(path).metadata.row_group(1)
+    start = min(group.column(c).data_page_offset for c in range(group.num_columns))
+    data = bytearray(path.read_bytes())
+    data[start : start + group.total_byte_size // 2] = b"\xab" * (group.total_byte_size // 2)
+    path.write_bytes(bytes(data))
+    result = prepare(open_source(str(path)), tmp_path / "out", image_tokenizer, caption_tokenizer, workers=0,
+                     min_image_size=16, progress=False)
+    assert result.examples == 4 and result.skipped == {"damaged_parquet": 2}  # no OSError, nothing else lost
+
+
+def test_damaged_hugging_face_files_give_a_clear_error(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    saved = tmp_path / "hf"
+    datasets.Dataset.from_dict({"image": [png_bytes()] * 40, "caption": ["a caption"] * 40}).save_to_disk(str(saved))
+    arrow = next(saved.glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])  # cut short
+    with pytest.raises(ValueError, match="cannot be read"):
+        open_source(str(saved))

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Iterator
 
 from gptdraw.data.sources.base import (
     IMAGE_COLUMNS, TEXT_COLUMNS, Source, SourceItem, _cell_image,
 )
+
+logger = logging.getLogger(__name__)
 
 
 class HFSource(Source):
@@ -22,7 +25,10 @@ class HFSource(Source):
         self.name, self.split = name, split
         path = Path(name)
         if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
-            loaded = datasets.load_from_disk(str(path))
+            try:
+                loaded = datasets.load_from_disk(str(path))
+            except OSError as error:  # pyarrow's error for a cut or damaged arrow file
+                raise ValueError(f"{path}: the dataset's files cannot be read ({str(error).splitlines()[0]})") from None
             self.name = str(path.resolve())
         else:
             loaded = datasets.load_dataset(name, split=split)
@@ -53,12 +59,28 @@ class HFSource(Source):
     def read(self, start: int, stop: int, batch: int = 256) -> Iterator[SourceItem]:
         start, stop = self._range(start, stop)
         for first in range(start, stop, batch):
-            rows = self.dataset[first:min(stop, first + batch)]
+            last = min(stop, first + batch)
+            rows = self._rows(first, last)
+            if rows is None:
+                for index in range(first, last):
+                    yield SourceItem(key=f"{self.split}:{index}", caption=None, image=None, skip_reason="damaged_dataset")
+                continue
             for offset, (image, caption) in enumerate(zip(rows[self.image_column], rows[self.text_column])):
                 yield SourceItem(key=f"{self.split}:{first + offset}", caption=caption, image=_cell_image(image))
 
-    def captions(self) -> Iterator[str | None]:
-        yield from self.dataset[self.text_column]
+    def _rows(self, first: int, last: int) -> dict | None:
+        """Rows first..last-1 as columns, or None where the dataset's files are damaged there."""
+        try:
+            return self.dataset[first:last]
+        except (OSError, ValueError) as error:  # pyarrow's errors for damaged arrow files
+            logger.warning("%s: rows %d..%d cannot be read (%s); they are skipped", self.name, first, last - 1,
+                           str(error).splitlines()[0] if str(error) else type(error).__name__)
+            return None
+
+    def captions(self, batch: int = 4096) -> Iterator[str | None]:
+        for first in range(0, len(self), batch):
+            rows = self._rows(first, min(len(self), first + batch))
+            yield from rows[self.text_column] if rows is not None else [None] * (min(len(self), first + batch) - first)
 
     def describe(self) -> dict:
         return {"kind": "huggingface", "name": self.name, "split": self.split, "items": len(self),

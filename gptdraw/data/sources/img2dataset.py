@@ -20,6 +20,14 @@ from gptdraw.data.sources.base import (
 logger = logging.getLogger(__name__)
 
 
+# What pyarrow raises for a damaged file: OSError for bad pages and compressed data, ArrowException
+# (some kinds of which are ValueErrors) for the rest.
+def _parquet_errors() -> tuple[type[BaseException], ...]:
+    import pyarrow as pa
+
+    return (OSError, pa.ArrowException)
+
+
 def _parquet():
     try:
         import pyarrow.parquet as pq
@@ -276,8 +284,13 @@ class _ParquetUnit(_Unit):
         for group in range(self.file.num_row_groups):
             rows = self.file.metadata.row_group(group).num_rows
             if first + rows > start and first < stop:
-                table = self.file.read_row_group(group, columns=self._columns(with_image))
-                for offset, row in enumerate(table.to_pylist()):
+                try:
+                    table_rows = self.file.read_row_group(group, columns=self._columns(with_image)).to_pylist()
+                except _parquet_errors() as error:
+                    logger.warning("%s: row group %d is damaged (%s); its %d rows are skipped", self.path, group,
+                                   str(error).splitlines()[0] if str(error) else type(error).__name__, rows)
+                    table_rows = [None] * rows  # None: a damaged row
+                for offset, row in enumerate(table_rows):
                     if start <= first + offset < stop:
                         yield first + offset, row
             first += rows
@@ -286,6 +299,9 @@ class _ParquetUnit(_Unit):
 
     def read(self, start: int, stop: int) -> Iterator[SourceItem]:
         for index, row in self._rows(start, stop, with_image=True):
+            if row is None:
+                yield SourceItem(key=f"{self.path.stem}:{index}", caption=None, image=None, skip_reason="damaged_parquet")
+                continue
             key = str(row["key"]) if self.has_key else f"{self.path.stem}:{index}"
             caption = row.get(self.text_column) if self.text_column else None
             image = _cell_image(row[self.image_column])
@@ -299,7 +315,7 @@ class _ParquetUnit(_Unit):
 
     def captions(self) -> Iterator[str | None]:
         for _, row in self._rows(0, self.count, with_image=False):
-            yield row.get(self.text_column) if self.text_column else None
+            yield row.get(self.text_column) if self.text_column and row is not None else None
 
 
 class MultiFileSource(Source):
