@@ -227,6 +227,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile gptdraw's training forward")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: no code generated)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--optimizer", default="adamw", choices=["adamw", "adafactor", "muon"])
     parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16"])
     parser.add_argument("--loss-chunk", type=int, default=TrainConfig.loss_chunk,
                         help="token positions per cross-entropy chunk (memory of the loss ∝ chunk × vocabulary)")
@@ -256,7 +257,7 @@ def main() -> None:
     config = TrainConfig(
         model=model_preset(args.preset), max_steps=args.warmup + args.steps, micro_batch_size=args.micro_batch,
         grad_accum=args.grad_accum, warmup_steps=1, mixed_precision=args.mixed_precision, compile=args.compile,
-        compile_backend=args.compile_backend,
+        compile_backend=args.compile_backend, optimizer=args.optimizer,
         gradient_checkpointing=args.gradient_checkpointing, loss_chunk=args.loss_chunk, caption_dropout=0.1, log_every=1,
         eval_every=0, sample_every=0, checkpoint_every=10**9,
     )
@@ -320,6 +321,7 @@ def main() -> None:
         "mixed_precision": args.mixed_precision,
         "mixed_precision_used": resolve_mixed_precision(args.mixed_precision),
         "compile": args.compile,
+        "optimizer": args.optimizer,
         "gradient_checkpointing": args.gradient_checkpointing,
         "loss_chunk": args.loss_chunk,
         "tokens_per_s": tokens_per_s,

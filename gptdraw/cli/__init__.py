@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except (UserError, FileNotFoundError, ValueError) as error:
-        # Bad input is the user's to fix: say what is wrong in one line.
+    except (UserError, FileNotFoundError, ValueError, ImportError) as error:
+        # Bad input, or an optional package not installed, is the user's to fix: say what is wrong
+        # in one line (gptdraw's ImportErrors name the pip install that fixes them).
         print(f"gptdraw {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

