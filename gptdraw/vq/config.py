@@ -246,6 +246,10 @@ class VQTrainConfig:
     autoencoder_warmup: float = 0.5  # fraction of the steps trained without quantisation before the codebook starts
     codebook_init: Literal["kmeans", "keep"] = "kmeans"  # "kmeans": k-means of encoder outputs when quantisation starts; "keep": as it is
     zero_init_residuals: bool = True  # start each residual block as the identity (new tokenizers only)
+    adversarial_weight: float = 0.0  # weight of a patch discriminator's loss, times the adaptive weight (0: off; taming used 0.8)
+    adversarial_start: float = 0.6  # fraction of the steps trained before the discriminator starts
+    discriminator_channels: int = 64  # width of the discriminator's first layer
+    discriminator_layers: int = 3  # its stride-2 layers (each doubles the patch a score sees)
     kmeans_iterations: int = 10  # Lloyd iterations of the k-means initialisation
     restart_every: int = 50  # every N steps, codes unused over those N steps move onto encoder outputs; 0: never
     eval_images: int = 256  # images held out for the final PSNR / codebook usage
@@ -265,6 +269,10 @@ class VQTrainConfig:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.adversarial_weight < 0 or not 0 <= self.adversarial_start < 1:
+            raise ValueError("adversarial_weight must be non-negative and adversarial_start in [0, 1)")
+        if self.discriminator_channels < 4 or not 1 <= self.discriminator_layers <= 6:
+            raise ValueError("discriminator_channels must be at least 4 and discriminator_layers in 1..6")
         if not 0 <= self.autoencoder_warmup < 1:
             raise ValueError(f"autoencoder_warmup must be in [0, 1), got {self.autoencoder_warmup}")
         if not 0 <= self.min_lr_ratio <= 1:

@@ -54,6 +54,7 @@ from gptdraw.runtime import native_bf16
 from gptdraw.schedule import learning_rate
 from gptdraw.vq.metrics import psnr_of_mse
 from gptdraw.vq.config import VQTrainConfig  # noqa: F401  (re-exported: the config lives in a torch-free module)
+from gptdraw.vq.discriminator import PatchDiscriminator, adaptive_weight, generator_loss, hinge_discriminator_loss
 from gptdraw.vq.model import CONFIG_FILE, ImageTokenizer, read_config, vq_preset
 
 # A batch source: (batch_size, rng) → uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1].
@@ -395,6 +396,15 @@ def train_vq(
     optimizer = _optimizer(tokenizer, config)
     ema: CodebookEMA | None = None
 
+    # The adversarial part (off unless adversarial_weight > 0): a patch discriminator and its optimiser.
+    discriminator = None
+    if config.adversarial_weight > 0:
+        discriminator = PatchDiscriminator(config.discriminator_channels, config.discriminator_layers).to(device).train()
+        discriminator_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.9),
+                                                    weight_decay=0.0)
+    adversarial_from = round(config.adversarial_start * config.steps)
+    last_layer = tokenizer.model.decoder.conv_out.weight
+
     usage_counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long, device=device)
     history: list[dict] = []
     restarted = 0
@@ -422,9 +432,25 @@ def train_vq(
             loss = reconstruction + config.commitment_weight * output.commitment_loss
             if not use_ema:
                 loss = loss + config.codebook_weight * output.codebook_loss
+            adversarial = discriminator is not None and step >= adversarial_from
+            if adversarial:
+                with autocast:
+                    fake_scores = discriminator(output.reconstruction * 2 - 1)  # the discriminator sees [-1, 1]
+                fooling = generator_loss(fake_scores.float())
+                weight = config.adversarial_weight * adaptive_weight(reconstruction, fooling, last_layer)
+                loss = loss + weight * fooling
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if adversarial:
+                # The discriminator's own step, on the batch against its (fixed) reconstruction.
+                with autocast:
+                    real_scores = discriminator(batch * 2 - 1)
+                    fake_scores = discriminator(output.reconstruction.detach() * 2 - 1)
+                discriminator_loss = hinge_discriminator_loss(real_scores.float(), fake_scores.float())
+                discriminator_optimizer.zero_grad(set_to_none=True)
+                discriminator_loss.backward()
+                discriminator_optimizer.step()
 
             if quantizing:
                 restarted += _maintain_codebook(tokenizer, output, step + 1 - quantize_from, step + 1 == config.steps,
@@ -440,6 +466,9 @@ def train_vq(
                     "psnr": round(psnr(output.reconstruction, batch), 3),
                     "used": int(output.codes.unique().numel()) if quantizing else 0,
                 }
+                if adversarial:
+                    record["discriminator_loss"] = round(discriminator_loss.item(), 6)
+                    record["adversarial_weight"] = round(float(weight), 6)
                 history.append(record)
                 bar.set_postfix(loss=f"{loss_value:.4f}", psnr=f"{record['psnr']:.1f}", codes=record["used"], refresh=False)
         bar.close()
