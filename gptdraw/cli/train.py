@@ -30,8 +30,9 @@ def register(subparsers) -> None:
     parser.add_argument("--eval-data", help="held-out dataset directory (default: DATA/eval when present)")
     parser.add_argument("--out", required=True, help="run directory; also the model directory")
     parser.add_argument("--vq", help="image tokenizer the data was encoded with (default: the one the dataset records)")
-    parser.add_argument("--init-from", help="start from pretrained GPT-2 weights (a directory or hub id); "
-                        "the data must be prepared with that GPT-2's tokenizer")
+    parser.add_argument("--init-from", help="start from a trained gptdraw model directory (fine-tuning: the data must be "
+                        "prepared with its tokenizers, MODEL/text_tokenizer and MODEL/image_tokenizer), or from "
+                        "pretrained GPT-2 weights (a directory or hub id; the data prepared with that GPT-2's tokenizer)")
     parser.add_argument("--preset", default="tiny", choices=sorted(TRAIN_PRESETS), help="training preset")
     parser.add_argument("--config", help="YAML or JSON file of TrainConfig fields (e.g. a run's train_config.json)")
     parser.add_argument("--model", help=f"model preset instead of the training preset's ({', '.join(sorted(MODEL_PRESETS))})")
@@ -65,6 +66,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from gptdraw.captions import CaptionTokenizer
     from gptdraw.data.shards import ShardDataset
+    from gptdraw.gpt.finetune import is_model_directory, load_for_finetuning
     from gptdraw.gpt.model import adapt_pretrained_gpt2
     from gptdraw.gpt.sampling import SamplingSettings
     from gptdraw.gpt.train import train
@@ -83,7 +85,14 @@ def run(args: argparse.Namespace) -> int:
             text_vocab_size=caption_tokenizer.vocab_size, pad_id=caption_tokenizer.pad_id,
             codebook_size=image_tokenizer.codebook_size, text_len=caption_tokenizer.text_len, grid=train_data.grid,
         )
-        init_model = adapt_pretrained_gpt2(args.init_from, layout, dropout=config.model.dropout)
+        if is_model_directory(args.init_from):  # a trained gptdraw model: fine-tune it
+            init_model = load_for_finetuning(args.init_from, caption_tokenizer, image_tokenizer, layout,
+                                             dropout=config.model.dropout)
+            # The run trains the model's architecture, whatever the preset says.
+            config = replace(config, model=ModelConfig(n_layer=init_model.config.n_layer, n_head=init_model.config.n_head,
+                                                       n_embd=init_model.config.n_embd, dropout=config.model.dropout))
+        else:
+            init_model = adapt_pretrained_gpt2(args.init_from, layout, dropout=config.model.dropout)
     result = train(
         config,
         train_data,

@@ -1,0 +1,57 @@
+"""Fine-tuning: start training from a trained gptdraw model directory instead of from scratch.
+
+The new pairs must be encoded with the model's own tokenizers, so that a caption id and an image
+code mean what they meant when the model learnt them:
+
+    gptdraw data prepare NEW_PAIRS --out data --vq MODEL/image_tokenizer --text-tokenizer MODEL/text_tokenizer
+    gptdraw train --data data --out runs/tuned --init-from MODEL
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import GPT2LMHeadModel
+
+from gptdraw.captions import CaptionTokenizer
+from gptdraw.sequence import SequenceLayout
+from gptdraw.vq.model import ImageTokenizer
+
+
+def is_model_directory(path: str | Path) -> bool:
+    """Whether `path` is a gptdraw model directory (rather than pretrained GPT-2 text weights)."""
+    from gptdraw.pipeline import MODEL_CONFIG_NAME
+
+    return (Path(path) / MODEL_CONFIG_NAME).is_file()
+
+
+def load_for_finetuning(model_dir: str | Path, caption_tokenizer: CaptionTokenizer, image_tokenizer: ImageTokenizer,
+                        layout: SequenceLayout, dropout: float = 0.0) -> GPT2LMHeadModel:
+    """The GPT of `model_dir`, in float32 on the CPU, to train further on a dataset encoded with
+    `caption_tokenizer` and `image_tokenizer`; a dataset made with other ones is refused, naming
+    what differs."""
+    from gptdraw.data.prepare import image_tokenizer_identity
+    from gptdraw.pipeline import GPTDrawPipeline
+
+    model = GPTDrawPipeline.from_pretrained(model_dir, device="cpu", dtype="float32")
+    differences = []
+    if (model.caption_tokenizer.identity() != caption_tokenizer.identity()
+            or model.caption_tokenizer.tokenizer.get_vocab() != caption_tokenizer.tokenizer.get_vocab()):
+        differences.append("caption tokenizer")
+    if image_tokenizer_identity(model.image_tokenizer)["weights_sha256"] != image_tokenizer_identity(image_tokenizer)["weights_sha256"]:
+        differences.append("image tokenizer")
+    if model.layout != layout:
+        differences.append(f"sequence layout ({model.layout.seq_len} tokens, grid {model.layout.grid} against "
+                           f"{layout.seq_len}, {layout.grid})")
+    if differences:
+        raise ValueError(
+            f"{model_dir} was trained with another {' and '.join(differences)} than this dataset was prepared with: "
+            f"prepare it with --vq {Path(model_dir) / 'image_tokenizer'} --text-tokenizer {Path(model_dir) / 'text_tokenizer'}"
+        )
+    gpt = model.gpt
+    gpt.config.resid_pdrop = gpt.config.embd_pdrop = gpt.config.attn_pdrop = dropout
+    for module in gpt.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = dropout
+    return gpt.train()
