@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from transformers import GPT2LMHeadModel
 
+from gptdraw.hub import push_model, resolve_model
 from gptdraw.images import tensor_to_pil
 from gptdraw.gpt.model import check_model_fits_layout, load_transformer, save_transformer
 from gptdraw.runtime import native_bf16, resolve_device, resolve_dtype
@@ -146,6 +147,15 @@ class GPTDrawPipeline:
         save_model_directory(directory, self.gpt, self.caption_tokenizer, self.image_tokenizer, self.layout,
                              self.default_settings)
 
+    def push_to_hub(self, repo_id: str, license: str = "other", credits: str = "", private: bool = False,
+                    token: str | None = None) -> str:
+        """Saves the model to a temporary directory and uploads it with a model card (gptdraw.hub)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            return push_model(folder, repo_id, license=license, credits=credits, private=private, token=token)
+
     @classmethod
     def from_pretrained(
         cls,
@@ -153,15 +163,17 @@ class GPTDrawPipeline:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = "auto",
         compile: bool = False,
+        revision: str | None = None,
     ) -> "GPTDrawPipeline":
-        """Loads a model directory; a missing or incomplete one is a clear error.
+        """Loads a model directory, or a Hub repository id ("user/name", at `revision`) through
+        huggingface_hub's cache; a missing or incomplete one is a clear error.
 
         dtype: "auto" (bfloat16 on a GPU that has it, else float32, with the images decoded
         under bf16 autocast on a CPU that runs bf16 natively), "float32", "bfloat16".
         compile: torch.compile the decode step (CUDA graphs on a GPU; the first drawing of
         each batch size then takes a while longer).
         """
-        directory = Path(directory)
+        directory = resolve_model(directory, revision)
         if not directory.is_dir():
             raise FileNotFoundError(f"model directory {directory} does not exist")
         missing = [p for p in (MODEL_CONFIG_NAME, *PARTS) if not (directory / p).exists()]

@@ -13,7 +13,7 @@ import sys
 from importlib import import_module
 
 # Modules under gptdraw.cli that each define `register(subparsers)`.
-COMMAND_MODULES: tuple[str, ...] = ("quickstart", "vq", "data", "train", "generate", "edit", "evaluate", "serve",
+COMMAND_MODULES: tuple[str, ...] = ("quickstart", "vq", "data", "train", "generate", "edit", "evaluate", "push", "serve",
                                     "train_vq")
 
 

@@ -9,8 +9,9 @@ from gptdraw.gpt.config import SamplingSettings
 
 
 def add_drawing_options(parser: argparse.ArgumentParser) -> None:
-    """--model, --out, --seed, --device, and a flag for each SamplingSettings field."""
-    parser.add_argument("--model", required=True, help="model directory (e.g. runs/quickstart/model)")
+    """--model, --revision, --out, --seed, --device, and a flag for each SamplingSettings field."""
+    parser.add_argument("--model", required=True, help="model directory (e.g. runs/quickstart/model) or Hub id (user/name)")
+    parser.add_argument("--revision", help="Hub revision (branch, tag or commit) when --model is a Hub id")
     parser.add_argument("--out", default="drawings", help="output folder (default: drawings)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed draws the same images")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: auto)")

@@ -65,7 +65,7 @@ def _open_image(path: str) -> Image.Image:
 def _load(args: argparse.Namespace):
     from gptdraw.pipeline import GPTDrawPipeline
 
-    return GPTDrawPipeline.from_pretrained(args.model, device=args.device)
+    return GPTDrawPipeline.from_pretrained(args.model, device=args.device, revision=args.revision)
 
 
 def _write(out: Path, stem: str, images: list[Image.Image], record: dict, extra: list[dict] | None = None) -> None:

@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from gptdraw.pipeline import GPTDrawPipeline
 
     inception = load_inception(args.inception)
-    pipe = GPTDrawPipeline.from_pretrained(args.model, device=args.device)
+    pipe = GPTDrawPipeline.from_pretrained(args.model, device=args.device, revision=args.revision)
     result = evaluate_real_pictures(pipe, args.data, inception, args.out, images_per_prompt=args.images_per_prompt,
                                     seed=args.seed, **sampling_overrides(args))
     tone = f", tone accuracy {result['tone_accuracy']:.0%}" if "tone_accuracy" in result else ""

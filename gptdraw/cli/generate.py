@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_images < 1:
         raise ValueError(f"--num-images must be at least 1, got {args.num_images}")
-    pipe = GPTDrawPipeline.from_pretrained(args.model, device=args.device)
+    pipe = GPTDrawPipeline.from_pretrained(args.model, device=args.device, revision=args.revision)
     settings = pipe.settings(**sampling_overrides(args))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
