@@ -228,6 +228,7 @@ def main() -> None:
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: no code generated)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "adafactor", "muon"])
+    parser.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank only (0: every weight)")
     parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16"])
     parser.add_argument("--loss-chunk", type=int, default=TrainConfig.loss_chunk,
                         help="token positions per cross-entropy chunk (memory of the loss ∝ chunk × vocabulary)")
@@ -257,7 +258,7 @@ def main() -> None:
     config = TrainConfig(
         model=model_preset(args.preset), max_steps=args.warmup + args.steps, micro_batch_size=args.micro_batch,
         grad_accum=args.grad_accum, warmup_steps=1, mixed_precision=args.mixed_precision, compile=args.compile,
-        compile_backend=args.compile_backend, optimizer=args.optimizer,
+        compile_backend=args.compile_backend, optimizer=args.optimizer, lora_rank=args.lora_rank,
         gradient_checkpointing=args.gradient_checkpointing, loss_chunk=args.loss_chunk, caption_dropout=0.1, log_every=1,
         eval_every=0, sample_every=0, checkpoint_every=10**9,
     )
@@ -322,6 +323,7 @@ def main() -> None:
         "mixed_precision_used": resolve_mixed_precision(args.mixed_precision),
         "compile": args.compile,
         "optimizer": args.optimizer,
+        "lora_rank": args.lora_rank,
         "gradient_checkpointing": args.gradient_checkpointing,
         "loss_chunk": args.loss_chunk,
         "tokens_per_s": tokens_per_s,

@@ -21,6 +21,7 @@ MODEL_FILES = [
     "transformer/*.json", "transformer/*.safetensors",
     "text_tokenizer/*.json",
     "image_tokenizer/*.json", "image_tokenizer/*.safetensors",
+    "adapter/*.json", "adapter/*.safetensors",
 ]
 """What a model directory is made of: the only files pushed or fetched."""
 

@@ -27,6 +27,7 @@ from transformers import GPT2LMHeadModel
 
 from gptdraw.hub import push_model, resolve_model
 from gptdraw.images import tensor_to_pil
+from gptdraw.gpt.lora import ADAPTER_DIR, base_model, has_lora, load_adapter, save_adapter
 from gptdraw.gpt.model import check_model_fits_layout, load_transformer, save_transformer
 from gptdraw.runtime import native_bf16, resolve_device, resolve_dtype
 from gptdraw.gpt.sampling import CodeDrawer, DrawerOptions, SamplingSettings
@@ -67,6 +68,11 @@ def save_model_directory(
         "text_tokenizer": caption_tokenizer.save_pretrained,
         "image_tokenizer": image_tokenizer.save_pretrained,
     }
+    if has_lora(gpt):  # the frozen base in transformer/, the adapter beside it
+        writers["transformer"] = lambda d: save_transformer(base_model(gpt), d)
+        writers[ADAPTER_DIR] = lambda d: save_adapter(gpt, d)
+    elif (directory / ADAPTER_DIR).exists():  # an adapter merged into the weights since
+        shutil.rmtree(directory / ADAPTER_DIR)
     for part, write in writers.items():
         temporary = Path(tempfile.mkdtemp(prefix=f".{part}-", dir=directory))
         write(temporary)
@@ -190,8 +196,11 @@ class GPTDrawPipeline:
         device = resolve_device(device)
         decode_in_bf16 = dtype in (None, "auto") and device.type == "cpu" and native_bf16(device)
         dtype = resolve_dtype(dtype, device)
+        gpt = load_transformer(directory / "transformer", device)
+        if (directory / ADAPTER_DIR).is_dir():
+            gpt = load_adapter(gpt, directory / ADAPTER_DIR).to(device).eval()
         return cls(
-            gpt=load_transformer(directory / "transformer", device).to(dtype),
+            gpt=gpt.to(dtype),
             caption_tokenizer=CaptionTokenizer.from_pretrained(directory / "text_tokenizer"),
             image_tokenizer=ImageTokenizer.from_pretrained(directory / "image_tokenizer", device, dtype),
             layout=layout,

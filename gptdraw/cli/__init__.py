@@ -13,8 +13,8 @@ import sys
 from importlib import import_module
 
 # Modules under gptdraw.cli that each define `register(subparsers)`.
-COMMAND_MODULES: tuple[str, ...] = ("quickstart", "vq", "data", "train", "generate", "edit", "evaluate", "push", "serve",
-                                    "train_vq")
+COMMAND_MODULES: tuple[str, ...] = ("quickstart", "vq", "data", "train", "adapter", "generate", "edit", "evaluate",
+                                    "push", "serve", "train_vq")
 
 
 class UserError(Exception):

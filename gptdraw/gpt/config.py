@@ -84,6 +84,11 @@ class TrainConfig:
     """torch.compile the model (worth it on GPUs for long runs)."""
     compile_backend: str = "inductor"
     """torch.compile backend; "aot_eager" traces the same graphs without generating code (to debug)."""
+    lora_rank: int = 0
+    """Train LoRA adapters of this rank beside the blocks' matrices, all else frozen (0: train every weight).
+    Meant with --init-from a trained model; needs peft."""
+    lora_alpha: float = 16.0
+    """LoRA scale numerator: the adapters' update is scaled by lora_alpha / lora_rank."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to fit big micro-batches in little memory."""
     caption_dropout: float = 0.1
@@ -119,6 +124,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.warmup_steps < 0:
             raise ValueError("lr must be positive and warmup_steps non-negative")
+        if self.lora_rank < 0 or self.lora_alpha <= 0:
+            raise ValueError("lora_rank must be non-negative and lora_alpha positive")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if self.text_loss_weight < 0 or self.image_loss_weight <= 0:

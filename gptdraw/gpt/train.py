@@ -44,6 +44,7 @@ from gptdraw.gpt.checkpoint import (
     load_optimizer_state, prune_checkpoints, save_checkpoint,
 )
 from gptdraw.gpt.config import TrainConfig
+from gptdraw.gpt.lora import add_lora
 from gptdraw.gpt.model import TrainingForward, build_model, check_model_fits_layout, split_targets, weighted_loss
 from gptdraw.gpt.optimizer import make_optimizer
 from gptdraw.gpt.run_log import RunLog, import_wandb
@@ -288,11 +289,16 @@ class TrainingRun:
         self.accelerator, self.sharded = start_accelerator(config)
         if self.sharded and config.optimizer == "muon":
             raise ValueError("optimizer muon orthogonalises whole matrices: it cannot train sharded under FSDP; use adamw")
+        if self.sharded and config.lora_rank:
+            raise ValueError("LoRA is for one process with little memory; it is not supported under FSDP")
         self.main, world = self.accelerator.is_main_process, self.accelerator.num_processes
         set_seed(config.seed)
 
         gpt = init_model if init_model is not None else build_model(config.model, layout, seed=config.seed)
         check_model_fits_layout(gpt, layout, "train")
+        if config.lora_rank:
+            torch.manual_seed(config.seed)  # the adapters' A matrices start random: the same on a resume
+            gpt = add_lora(gpt, config.lora_rank, config.lora_alpha)
         if config.gradient_checkpointing:
             gpt.gradient_checkpointing_enable()
         gpt.train()

@@ -47,10 +47,10 @@ def test_training_lowers_loss_and_writes_a_model(dataset, caption_tokenizer, tmp
     assert len(pipe(["a red circle"], seed=0)) == 1
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_stopped_and_resumed_equals_uninterrupted(dataset, caption_tokenizer, tmp_path, optimizer):
+@pytest.mark.parametrize("optimizer, lora_rank", [("adamw", 0), ("muon", 0), ("adamw", 4)])
+def test_stopped_and_resumed_equals_uninterrupted(dataset, caption_tokenizer, tmp_path, optimizer, lora_rank):
     train_data, _, vq = dataset
-    config = tiny_config(caption_dropout=0.3, optimizer=optimizer)
+    config = tiny_config(caption_dropout=0.3, optimizer=optimizer, lora_rank=lora_rank)
     train(config, train_data, tmp_path / "straight", caption_tokenizer, vq, progress=False)
     train(config, train_data, tmp_path / "resumed", caption_tokenizer, vq, progress=False, stop_after=5)
     # stop_after=5 leaves a checkpoint at step 5 (the last step of the invocation).
