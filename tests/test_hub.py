@@ -117,3 +117,13 @@ def pipe_dir(tmp_path, gpt, caption_tokenizer, image_tokenizer, layout):
     (folder / "train_config.json").write_text(json.dumps({"model": {"n_layer": 2, "n_embd": 32, "n_head": 2},
                                                           "max_steps": 5, "optimizer": "muon", "lr": 0.002}))
     return folder
+
+
+def test_a_malformed_config_is_a_clear_error_on_push(pipe_dir):
+    (pipe_dir / "train_config.json").write_text("{cut")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        push_model(pipe_dir, "someone/tiny-draw", api=RecordingApi())
+    (pipe_dir / "train_config.json").unlink()
+    (pipe_dir / "gptdraw.json").write_text("[]")
+    with pytest.raises(ValueError, match="not a gptdraw model config"):
+        push_model(pipe_dir, "someone/tiny-draw", api=RecordingApi())
