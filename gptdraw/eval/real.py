@@ -80,7 +80,8 @@ def read_tone(image: Image.Image, colours: dict[str, np.ndarray]) -> str | None:
 
 def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Path, images_per_prompt: int = 2,
                            other_subjects: int = 300, seed: int = 0, progress: bool = True, **settings) -> dict:
-    """Draws DATA/heldout's captions with `pipe` and scores them (see the module doc).
+    """Draws DATA/heldout's captions with `pipe` and scores them (see the module doc); without an
+    `inception` network only the tone accuracy is measured.
 
     other_subjects: training pictures of subjects that are not held out, taken evenly, beside all
     those of the held-out subjects, as the pictures retrieval chooses among.
@@ -100,21 +101,24 @@ def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Pat
     drawings = [(image, prompt) for prompt in prompts for image in drawn[prompt]]
 
     real_heldout = [image.resize((size, size), Image.LANCZOS) for image, _ in heldout]
-    real_all = real_heldout + [image.resize((size, size), Image.LANCZOS) for image, _ in reference]
-    real_features = inception_features(inception, real_all)
-    drawn_features = inception_features(inception, [image for image, _ in drawings])
-    heldout_features = real_features[: len(real_heldout)]
-    real_subjects = [subject_of(c) for _, c in heldout] + [subject_of(c) for _, c in reference]
     result = {
         "heldout_captions": len(prompts), "drawings": len(drawings), "real_heldout": len(real_heldout),
-        "reference_pictures": len(reference), "image_size": size,
-        "fid": frechet_distance(heldout_features, drawn_features),
-        "kid": kernel_distance(heldout_features, drawn_features, subset_size=min(100, len(drawings))),
-        "retrieval_accuracy": retrieval_accuracy(drawn_features, [subject_of(p) for _, p in drawings],
-                                                 real_features, real_subjects),
-        "retrieval_chance": 1 / len(set(real_subjects)),
-        "settings": pipe.settings(**settings).to_dict(),
+        "image_size": size, "settings": pipe.settings(**settings).to_dict(),
     }
+    if inception is not None:  # the Inception figures
+        real_all = real_heldout + [image.resize((size, size), Image.LANCZOS) for image, _ in reference]
+        real_features = inception_features(inception, real_all)
+        drawn_features = inception_features(inception, [image for image, _ in drawings])
+        heldout_features = real_features[: len(real_heldout)]
+        real_subjects = [subject_of(c) for _, c in heldout] + [subject_of(c) for _, c in reference]
+        result.update({
+            "reference_pictures": len(reference),
+            "fid": frechet_distance(heldout_features, drawn_features),
+            "kid": kernel_distance(heldout_features, drawn_features, subset_size=min(100, len(drawings))),
+            "retrieval_accuracy": retrieval_accuracy(drawn_features, [subject_of(p) for _, p in drawings],
+                                                     real_features, real_subjects),
+            "retrieval_chance": 1 / len(set(real_subjects)),
+        })
     toned = [(image, prompt) for image, prompt in drawings if tone_of_caption(prompt) is not None]
     if toned:
         colours = tone_colours(training)  # the tones' colours from training pictures only

@@ -86,3 +86,8 @@ def test_evaluate_writes_its_figures(emoji_data, tmp_path):
     assert result["drawings"] == 8 and result["real_heldout"] == 4
     assert result["fid"] >= 0 and 0 <= result["retrieval_accuracy"] <= 1 and 0 <= result["tone_accuracy"] <= 1
     assert result["tone_drawings"] == 8 and (out / "pairs.png").stat().st_size > 1000
+    # Without an Inception network: the tone figure only.
+    assert main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(emoji_data), "--out", str(tmp_path / "e2"),
+                 "--images-per-prompt", "1"]) == 0
+    result = json.loads((tmp_path / "e2" / "evaluation.json").read_text())
+    assert "fid" not in result and result["tone_drawings"] == 4
