@@ -104,7 +104,7 @@ def keeps_variety(scores: dict) -> bool:
 def sweep_sampling(model_dir: str, temperatures: list[float], top_ks: list[int], cfg_scales: list[float],
                    images_per_prompt: int, seed: int) -> dict:
     """Every combination on the tuning set; the best that keeps variety (by mean one- and
-    two-object accuracy) is then drawn once on the report set."""
+    two-object accuracy; ties to the hottest) is then drawn once on the report set."""
     pipe = GPTDrawPipeline.from_pretrained(model_dir)
     tuning, report = shapes.evaluation_sets()
     rows = []
@@ -117,7 +117,9 @@ def sweep_sampling(model_dir: str, temperatures: list[float], top_ks: list[int],
         print(f"T {temperature:<4} top-k {top_k:<3} cfg {cfg_scale:<4} tune {row['tune_one']:.0%}/{row['tune_two']:.0%} "
               f"small {row['small_share'] or 0:.0%} distinct {row['distinct']:.0%}", flush=True)
     eligible = [row for row in rows if row["keeps_variety"]] or rows
-    best = max(eligible, key=lambda row: row["tune_one"] + row["tune_two"])
+    # Ties go to the hottest settings (temperature, then top-k): the same score with more variety.
+    best = max(eligible, key=lambda row: (round(row["tune_one"] + row["tune_two"], 6), row["temperature"], row["top_k"],
+                                          -row["cfg_scale"]))
     settings = {key: best[key] for key in ("temperature", "top_k", "cfg_scale")}
     scores = evaluate_shapes(pipe, report.prompts, images_per_prompt, seed=seed, progress=False, **settings)
     chosen = {**settings, "report_one": scores["one_object"], "report_two": scores["two_object"],

@@ -146,3 +146,19 @@ def layout(caption_tokenizer, image_tokenizer) -> SequenceLayout:
 @pytest.fixture(scope="session")
 def gpt(layout):
     return build_model(ModelConfig(n_layer=2, n_head=2, n_embd=32), layout, seed=0).eval()
+
+
+def copy_twemoji(folder: Path, codes: tuple[str, ...]) -> Path:
+    """Copies the installed Twemoji pictures of these code points, untoned and in their five skin
+    tones, into `folder` (a small real emoji set for the tests)."""
+    import re
+    import shutil
+
+    from gptdraw.data.emoji import twemoji_folder
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in twemoji_folder().iterdir():
+        if re.fullmatch(rf"({'|'.join(codes)})(-1f3f[b-f])?\.png", path.name):
+            shutil.copy(path, folder / path.name)
+    return folder
+

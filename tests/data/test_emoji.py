@@ -1,7 +1,6 @@
 """Real pictures: the installed Twemoji set named, split and written as folder sources."""
 
 import json
-import re
 import shutil
 import sys
 
@@ -9,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import copy_twemoji
 from gptdraw.data import emoji
 from gptdraw.data.sources import open_source
 
@@ -21,11 +21,7 @@ PICKED = ("1f44b", "1f466", "1f467", "1f34e", "1f1ef-1f1f5")
 
 @pytest.fixture(scope="module")
 def picked_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("twemoji")
-    for path in emoji.twemoji_folder().iterdir():
-        if re.fullmatch(rf"({'|'.join(PICKED)})(-1f3f[b-f])?\.png", path.name):
-            shutil.copy(path, folder / path.name)
-    return folder
+    return copy_twemoji(tmp_path_factory.mktemp("twemoji") / "pictures", PICKED)
 
 
 def test_the_installed_set_is_named_from_its_file_names():

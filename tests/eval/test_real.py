@@ -2,12 +2,11 @@
 command writes its figures for a (tiny, untrained) model."""
 
 import json
-import re
-import shutil
 
 import pytest
 import torch
 
+from conftest import copy_twemoji
 from gptdraw.captions import CaptionTokenizer
 from gptdraw.data import emoji
 from gptdraw.eval.real import read_pairs, read_tone, subject_of, tone_colours, tone_of_caption
@@ -28,11 +27,7 @@ PICKED = ("1f44b", "1f466", "1f467", "1f468", "1f34e", "1f1ef-1f1f5")
 @pytest.fixture(scope="module")
 def emoji_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("emoji")
-    folder = root / "pictures"
-    folder.mkdir()
-    for path in emoji.twemoji_folder().iterdir():
-        if re.fullmatch(rf"({'|'.join(PICKED)})(-1f3f[b-f])?\.png", path.name):
-            shutil.copy(path, folder / path.name)
+    folder = copy_twemoji(root / "pictures", PICKED)
     config = emoji.EmojiConfig(twemoji_folder=str(folder), image_size=16, heldout_fraction=0.5)
     emoji.write_emoji_folder(root / "data", config, progress=False)
     return root / "data"
