@@ -53,6 +53,20 @@ def machine(device: torch.device) -> dict:
             "load_average_before": load_average()}
 
 
+def parse_variant(text: str, defaults) -> tuple[str, dict]:
+    """"name:field=value,field=value" → (name, {field: value}), each value typed as the field of
+    the dataclass instance `defaults` is; an unknown field ends the bench with its name."""
+    name, _, settings = text.partition(":")
+    values = {}
+    for item in filter(None, settings.split(",")):
+        field, _, value = item.partition("=")
+        if not hasattr(defaults, field):
+            raise SystemExit(f"--variant {name}: unknown {type(defaults).__name__} field {field!r}")
+        kind = type(getattr(defaults, field))
+        values[field] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
+    return name, values
+
+
 def add_out_option(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--out", default=f"bench/out/{name}.json", help="JSON file to write (default: %(default)s)")
 

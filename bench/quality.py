@@ -30,7 +30,7 @@ import itertools
 
 import torch
 
-from common import add_out_option, machine, write_result  # bench/common.py
+from common import add_out_option, machine, parse_variant, write_result  # bench/common.py
 from gptdraw.apps.quickstart import QuickstartConfig, run_quickstart
 from gptdraw.data import shapes
 from gptdraw.eval.shapes import evaluate_shapes
@@ -40,20 +40,6 @@ from gptdraw.pipeline import GPTDrawPipeline
 VQ_FIELDS = ("image_size", "vq_preset", "train_examples", "eval_examples", "vq_images", "vq_steps", "vq_lr",
              "vq_autoencoder_warmup", "seed", "two_object_prob")
 DATA_FIELDS = VQ_FIELDS + ("text_len", "text_vocab_size")
-
-
-def parse_variant(text: str) -> tuple[str, dict]:
-    """"name:field=value,field=value" → (name, {field: value typed as the QuickstartConfig field})."""
-    name, _, settings = text.partition(":")
-    defaults = QuickstartConfig()
-    values = {}
-    for item in filter(None, settings.split(",")):
-        field, _, value = item.partition("=")
-        if not hasattr(defaults, field):
-            raise SystemExit(f"--variant {name}: unknown QuickstartConfig field {field!r}")
-        kind = type(getattr(defaults, field))
-        values[field] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
-    return name, values
 
 
 def stage_key(config: QuickstartConfig, fields: tuple[str, ...]) -> str:
@@ -155,9 +141,9 @@ def main() -> int:
         write_result(result, args.out)
         return 0
 
-    _, base = parse_variant(f"base:{args.base}")
+    _, base = parse_variant(f"base:{args.base}", QuickstartConfig())
     variants = [] if args.no_defaults else [("defaults", {})]
-    variants += [parse_variant(text) for text in args.variant]
+    variants += [parse_variant(text, QuickstartConfig()) for text in args.variant]
     result = {"machine": machine(torch.device("cpu")), "base": base, "runs": []}
     work = Path(args.work)
     for steps in args.steps:
@@ -171,7 +157,6 @@ def main() -> int:
             print(f"{label:28s} tune {row['tune_one']:.0%}/{row['tune_two']:.0%}  report {row['report_one']:.0%}/"
                   f"{row['report_two']:.0%}  sizeless {row['sizeless']:.0%} small {row['small_share'] or 0:.0%} "
                   f"distinct {row['distinct']:.0%}  gpt {row['gpt_seconds']:.0f} s", flush=True)
-    result["machine"]["load_average_after"] = machine(torch.device("cpu"))["load_average_before"]
     write_result(result, args.out)
     return 0
 

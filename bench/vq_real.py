@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import add_out_option, machine, write_result  # bench/common.py
+from common import add_out_option, machine, parse_variant, write_result  # bench/common.py
 from gptdraw.eval.inception import frechet_distance, inception_features, load_inception
 from gptdraw.images import make_grid, tensor_to_pil, uint8_to_tensor
 from gptdraw.vq.metrics import psnr, ssim
@@ -38,19 +38,6 @@ def read_folder(folder: Path, limit: int = 0) -> np.ndarray:
     if not files:
         raise SystemExit(f"no PNG pictures in {folder}: write them with `gptdraw data emoji --out ...`")
     return np.stack([np.asarray(Image.open(path).convert("RGB")) for path in files])
-
-
-def parse_variant(text: str) -> tuple[str, dict]:
-    """"name:field=value,..." with VQTrainConfig fields."""
-    name, _, settings = text.partition(":")
-    defaults = VQTrainConfig()
-    values = {}
-    for item in filter(None, settings.split(",")):
-        field, _, value = item.partition("=")
-        if not hasattr(defaults, field):
-            raise SystemExit(f"--variant {name}: unknown VQTrainConfig field {field!r}")
-        values[field] = type(getattr(defaults, field))(value)
-    return name, values
 
 
 def main() -> int:
@@ -75,7 +62,7 @@ def main() -> int:
     result = {"machine": machine(torch.device("cpu")), "data": str(data), "training_pictures": len(train_images),
               "heldout_pictures": len(heldout), "image_size": image_size, "runs": []}
     rows_of_pictures = [[Image.fromarray(image) for image in heldout[:8]]]
-    for name, changes in [parse_variant(text) for text in args.variant] or [("plain", {})]:
+    for name, changes in [parse_variant(text, VQTrainConfig()) for text in args.variant] or [("plain", {})]:
         config = VQTrainConfig(preset=args.preset, image_size=image_size, steps=args.steps, batch_size=args.batch_size,
                                reconstruction_loss="l1", foreground_weight=0.0, seed=args.seed, eval_images=64,
                                **changes)
@@ -101,7 +88,6 @@ def main() -> int:
         rows_of_pictures.append(pictures[:8])
         print(f"{name:12s} PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.3f}  usage {row['codebook_usage']:.0%}  "
               f"rFID {row.get('rfid', float('nan')):.1f}  {seconds:.0f} s", flush=True)
-    result["machine"]["load_average_after"] = machine(torch.device("cpu"))["load_average_before"]
     grid = make_grid([picture.resize((128, 128), Image.NEAREST) for row in rows_of_pictures for picture in row],
                      columns=8)
     grid_path = Path(args.out).with_suffix(".png")
