@@ -79,6 +79,11 @@ def figures(summary: dict) -> dict:
     }
 
 
+def share(value: float | None) -> str:
+    """A figure as a percentage, or "–" where there was nothing to count (e.g. one drawing per prompt)."""
+    return "–" if value is None else f"{value:.0%}"
+
+
 def keeps_variety(scores: dict) -> bool:
     """The issue's variety targets: both sizes for size-less prompts (each at least a quarter of
     the correct drawings' objects) and at least two distinct drawings for 75% of the prompts."""
@@ -100,8 +105,8 @@ def sweep_sampling(model_dir: str, temperatures: list[float], top_ks: list[int],
         row = {**settings, "tune_one": scores["one_object"], "tune_two": scores["two_object"],
                "sizeless": scores["sizeless_accuracy"], **scores["variety"], "keeps_variety": keeps_variety(scores)}
         rows.append(row)
-        print(f"T {temperature:<4} top-k {top_k:<3} cfg {cfg_scale:<4} tune {row['tune_one']:.0%}/{row['tune_two']:.0%} "
-              f"small {row['small_share'] or 0:.0%} distinct {row['distinct']:.0%}", flush=True)
+        print(f"T {temperature:<4} top-k {top_k:<3} cfg {cfg_scale:<4} tune {share(row['tune_one'])}/{share(row['tune_two'])} "
+              f"small {share(row['small_share'])} distinct {share(row['distinct'])}", flush=True)
     eligible = [row for row in rows if row["keeps_variety"]] or rows
     # Ties go to the hottest settings (temperature, then top-k): the same score with more variety.
     best = max(eligible, key=lambda row: (round(row["tune_one"] + row["tune_two"], 6), row["temperature"], row["top_k"],
@@ -110,7 +115,7 @@ def sweep_sampling(model_dir: str, temperatures: list[float], top_ks: list[int],
     scores = evaluate_shapes(pipe, report.prompts, images_per_prompt, seed=seed, progress=False, **settings)
     chosen = {**settings, "report_one": scores["one_object"], "report_two": scores["two_object"],
               "sizeless": scores["sizeless_accuracy"], **scores["variety"]}
-    print(f"chosen on the tuning set: {settings}; on the report set {chosen['report_one']:.0%}/{chosen['report_two']:.0%}")
+    print(f"chosen on the tuning set: {settings}; on the report set {share(chosen['report_one'])}/{share(chosen['report_two'])}")
     return {"model": model_dir, "tuning": rows, "chosen": chosen}
 
 
@@ -154,9 +159,9 @@ def main() -> int:
             row = {"variant": name, "steps": steps, "changes": changes, **figures(summary),
                    "samples": str(work / label / "samples.png")}
             result["runs"].append(row)
-            print(f"{label:28s} tune {row['tune_one']:.0%}/{row['tune_two']:.0%}  report {row['report_one']:.0%}/"
-                  f"{row['report_two']:.0%}  sizeless {row['sizeless']:.0%} small {row['small_share'] or 0:.0%} "
-                  f"distinct {row['distinct']:.0%}  gpt {row['gpt_seconds']:.0f} s", flush=True)
+            print(f"{label:28s} tune {share(row['tune_one'])}/{share(row['tune_two'])}  report {share(row['report_one'])}/"
+                  f"{share(row['report_two'])}  sizeless {share(row['sizeless'])} small {share(row['small_share'])} "
+                  f"distinct {share(row['distinct'])}  gpt {row['gpt_seconds']:.0f} s", flush=True)
     write_result(result, args.out)
     return 0
 
