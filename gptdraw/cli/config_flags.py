@@ -79,7 +79,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str
         if field.name in (choices or {}):
             options["choices"] = choices[field.name]
         group.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, default=None,
-                           help=helps.get(field.name, ""), **options)
+                           help=helps.get(field.name, "").replace("%", "%%"), **options)  # argparse formats help with %
 
 
 def given_fields(args: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
