@@ -23,7 +23,8 @@ def test_the_emoji_example_runs_every_stage(tmp_path):
     pictures = copy_twemoji(tmp_path / "twemoji", PICKED)
     out = tmp_path / "run"
     env = {**os.environ, "TWEMOJI_FOLDER": str(pictures), "SIZE": "32", "VQ_STEPS": "2", "GPT_STEPS": "2", "BATCH": "4",
-           "GPTDRAW": f"{sys.executable} -m gptdraw.cli", "OMP_NUM_THREADS": "2"}
+           "GPTDRAW": f"{sys.executable} -m gptdraw.cli", "OMP_NUM_THREADS": "2",
+           "ADVERSARIAL": "0.8"}  # the discriminator's path runs too (off by default)
     done = subprocess.run(["bash", str(ROOT / "examples" / "emoji.sh"), str(out)], env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
