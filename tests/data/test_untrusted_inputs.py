@@ -163,6 +163,10 @@ def test_damaged_parquet_row_group_is_skipped_and_the_rest_kept(tmp_path, image_
     result = prepare(open_source(str(path)), tmp_path / "out", image_tokenizer, caption_tokenizer, workers=0,
                      min_image_size=16, progress=False)
     assert result.examples == 4 and result.skipped == {"damaged_parquet": 2}  # no OSError, nothing else lost
+    # A damaged footer leaves not even the row count: a one-line error, not an OSError.
+    path.write_bytes(bytes(data[:-12]) + b"\x00" * 4 + b"PAR1")
+    with pytest.raises(ValueError, match="not a readable parquet file"):
+        open_source(str(path))
 
 
 def test_damaged_hugging_face_files_give_a_clear_error(tmp_path):

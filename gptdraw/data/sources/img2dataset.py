@@ -258,7 +258,10 @@ class _ParquetUnit(_Unit):
     def __init__(self, path: Path, image_column: str | None, text_column: str | None):
         self.path = path
         pq = _parquet()
-        self.file = pq.ParquetFile(path)
+        try:
+            self.file = pq.ParquetFile(path)
+        except _parquet_errors() as error:  # a damaged footer: not even the row count can be read
+            raise ValueError(f"{path} is not a readable parquet file ({str(error).splitlines()[0]})") from None
         schema = self.file.schema_arrow
         names = schema.names
         self.image_column = image_column or _image_field(names) or next(
