@@ -130,6 +130,17 @@ class Corpus:
         return None
 
 
+def count_lost(corpus: Corpus, result, out: Path, name: str, wanted: list[str], by: str) -> None:
+    """Counts the good examples (named by their key or their caption, `by`) missing from the dataset
+    that prepare wrote to `out` (all of them when it raised)."""
+    kept = result.examples if result is not None else 0
+    dataset = ShardDataset(out) if kept else None
+    found = {getattr(dataset, by)(i) for i in range(kept)}
+    missing = [item for item in wanted if item not in found]
+    corpus.lost += len(missing)
+    corpus.lost_cases += [f"{name}: {item}" for item in missing]
+
+
 def parts(work: Path):
     """The tiny tokenizers and model every case uses."""
     torch.manual_seed(0)
@@ -159,10 +170,8 @@ def image_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) ->
     result = corpus.run("prepare: folder of mutated images", lambda: prepare(
         open_source(str(folder)), work / "images-out", vq, captions, workers=0, progress=False, min_image_size=8),
         inputs=len(bad))
-    kept = {ShardDataset(work / "images-out").key(i) for i in range(result.examples)} if result is not None else set()
-    missing = [f"good-{index}" for index in range(good) if f"good-{index}" not in kept]
-    corpus.lost += len(missing)
-    corpus.lost_cases += [f"folder of mutated images: {name}" for name in missing]
+    count_lost(corpus, result, work / "images-out", "folder of mutated images",
+               [f"good-{index}" for index in range(good)], by="key")
 
 
 def manifest_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) -> None:
@@ -222,12 +231,6 @@ def _mixed_rows(rng, bad: list[bytes]) -> tuple[list, list]:
     return images, captions
 
 
-def _count_kept(corpus: Corpus, result, out: Path, name: str, expected: int) -> None:
-    kept = result.examples if result is not None else 0
-    captions = {ShardDataset(out).caption(i) for i in range(kept)} if kept else set()
-    missing = [f"good {index}" for index in range(expected) if f"good {index}" not in captions]
-    corpus.lost += len(missing)
-    corpus.lost_cases += [f"{name}: {caption}" for caption in missing]
 
 
 def parquet_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) -> None:
@@ -243,7 +246,7 @@ def parquet_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) 
     result = corpus.run("prepare: parquet rows with broken images and captions", lambda: prepare(
         open_source(str(folder / "rows.parquet")), work / "parquet-out", vq, captions, workers=0, progress=False,
         min_image_size=8), inputs=len(images) - 4)
-    _count_kept(corpus, result, work / "parquet-out", "parquet rows", 4)
+    count_lost(corpus, result, work / "parquet-out", "parquet rows", [f"good {i}" for i in range(4)], by="caption")
     # Columns of the wrong kind, and damaged files.
     odd_tables = {
         "ints.parquet": pa.table({"image": pa.array([1, 2]), "caption": pa.array([3, 4])}),
@@ -275,7 +278,7 @@ def huggingface_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: i
     result = corpus.run("prepare: hf dataset with broken images and captions", lambda: prepare(
         open_source(str(saved)), work / "hf-out", vq, captions, workers=0, progress=False, min_image_size=8),
         inputs=len(images) - 4)
-    _count_kept(corpus, result, work / "hf-out", "hf rows", 4)
+    count_lost(corpus, result, work / "hf-out", "hf rows", [f"good {i}" for i in range(4)], by="caption")
     arrow = next(saved.glob("*.arrow"))
     original = arrow.read_bytes()
     for index, damaged in enumerate(mutations(original, rng, max(2, per_kind // 4))):

@@ -163,8 +163,8 @@ def heldout_pairs(pictures: list[EmojiPicture], fraction: float, seed: int) -> s
     for number, index in enumerate(rng.permutation(len(candidates))[:wanted]):
         subject = candidates[index]
         # Tones in turn, so that each is held out about as often as the others.
-        tone = next((tone_names[(number + k) % len(tone_names)] for k in range(len(tone_names))
-                     if tone_names[(number + k) % len(tone_names)] in tones_of[subject]))
+        turn = number % len(tone_names)
+        tone = next(tone for tone in tone_names[turn:] + tone_names[:turn] if tone in tones_of[subject])
         chosen.add((subject, tone))
     return chosen
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import GPT2LMHeadModel
 
 from gptdraw.captions import CaptionTokenizer
+from gptdraw.gpt.model import set_dropout
 from gptdraw.sequence import SequenceLayout
 from gptdraw.vq.model import ImageTokenizer
 
@@ -49,9 +49,5 @@ def load_for_finetuning(model_dir: str | Path, caption_tokenizer: CaptionTokeniz
             f"{model_dir} was trained with another {' and '.join(differences)} than this dataset was prepared with: "
             f"prepare it with --vq {Path(model_dir) / 'image_tokenizer'} --text-tokenizer {Path(model_dir) / 'text_tokenizer'}"
         )
-    gpt = model.gpt
-    gpt.config.resid_pdrop = gpt.config.embd_pdrop = gpt.config.attn_pdrop = dropout
-    for module in gpt.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = dropout
-    return gpt.train()
+    set_dropout(model.gpt, dropout)
+    return model.gpt.train()

@@ -228,6 +228,14 @@ def load_transformer(directory: str | Path, device: str | torch.device = "cpu") 
     return gpt.to(device).eval()
 
 
+def set_dropout(gpt: GPT2LMHeadModel, dropout: float) -> None:
+    """Sets every dropout of a loaded GPT-2, in its config and in its modules, to `dropout`."""
+    gpt.config.resid_pdrop = gpt.config.embd_pdrop = gpt.config.attn_pdrop = dropout
+    for module in gpt.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = dropout
+
+
 def adapt_pretrained_gpt2(name_or_dir: str | Path, layout: SequenceLayout, dropout: float = 0.0) -> GPT2LMHeadModel:
     """Starts from pretrained GPT-2 weights: keeps its text embeddings, adds rows for the pad
     id and the image codes, and lengthens the position table if the layout needs more context.
@@ -260,11 +268,7 @@ def adapt_pretrained_gpt2(name_or_dir: str | Path, layout: SequenceLayout, dropo
         grown.weight.data[: old.shape[0]] = old
         gpt.transformer.wpe = grown
         gpt.config.n_positions = layout.seq_len
-    # GPT-2 trains with dropout 0.1; the reference recipe uses none.
-    gpt.config.resid_pdrop = gpt.config.embd_pdrop = gpt.config.attn_pdrop = dropout
-    for module in gpt.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = dropout
+    set_dropout(gpt, dropout)  # GPT-2 trains with dropout 0.1; the reference recipe uses none
     gpt.config.bos_token_id = gpt.config.eos_token_id = None
     gpt.config.pad_token_id = layout.pad_id
     return gpt
