@@ -78,8 +78,11 @@ def load_adapter(gpt: GPT2LMHeadModel, directory: str | Path) -> GPT2LMHeadModel
     if (settings.get("n_layer"), settings.get("n_embd")) != (gpt.config.n_layer, gpt.config.n_embd):
         raise ValueError(f"the adapter in {directory} was made for a GPT of {settings.get('n_layer')} layers × "
                          f"{settings.get('n_embd')}, not this one ({gpt.config.n_layer} × {gpt.config.n_embd})")
+    try:
+        tensors = load_file(directory / _WEIGHTS)
+    except Exception as error:  # safetensors raises its own error type for a cut or damaged file
+        raise ValueError(f"{directory / _WEIGHTS} is not a readable safetensors file: {error}") from None
     gpt = add_lora(gpt, rank, alpha)
-    tensors = load_file(directory / _WEIGHTS)
     expected = {name for name in gpt.state_dict() if "lora_" in name}
     if set(tensors) != expected:
         raise ValueError(f"the adapter in {directory} does not fit this GPT: "

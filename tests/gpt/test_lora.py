@@ -69,3 +69,15 @@ def test_an_adapter_for_another_base_is_refused(runs, tmp_path, shapes_data):
     shutil.copytree(runs / "lora" / "adapter", tmp_path / "other" / "adapter")
     with pytest.raises(ValueError, match="made for a GPT of 2 layers × 32"):
         GPTDrawPipeline.from_pretrained(tmp_path / "other", device="cpu")
+
+
+def test_a_damaged_adapter_is_a_clear_error(runs, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(runs / "lora", model)
+    weights = model / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # cut short
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        GPTDrawPipeline.from_pretrained(model, device="cpu")
+    (model / "adapter" / "adapter_config.json").write_text("{cut")
+    with pytest.raises(ValueError, match="not a readable LoRA adapter"):
+        GPTDrawPipeline.from_pretrained(model, device="cpu")
