@@ -101,12 +101,14 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
         compute_dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) else hidden.dtype
-        needs_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        # A frozen head (LoRA) needs no weight gradient: neither its fp32 (V, C) buffer nor its matmul.
+        needs_hidden, needs_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        needs_grad = needs_hidden or needs_weight
         with torch.autocast(hidden.device.type, enabled=False):
             h_all, w = hidden.to(compute_dtype), weight.to(compute_dtype)
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-            grad_hidden = torch.empty_like(hidden) if needs_grad else None
-            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_grad else None
+            grad_hidden = torch.empty_like(hidden) if needs_hidden else None
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if needs_weight else None
             for start in range(0, targets.numel(), chunk):
                 rows = slice(start, start + chunk)
                 h, t = h_all[rows], targets[rows]
@@ -130,16 +132,19 @@ class LinearCrossEntropy(torch.autograd.Function):
                 if compute_dtype != torch.float32:
                     grad_logits = scores.copy_(grad_logits)  # cast into the scores' buffer
                 del scores, logits
-                grad_hidden[rows] = (grad_logits @ w).to(hidden.dtype)
-                grad_weight += (grad_logits.t() @ h).float()
+                if needs_hidden:
+                    grad_hidden[rows] = (grad_logits @ w).to(hidden.dtype)
+                if needs_weight:
+                    grad_weight += (grad_logits.t() @ h).float()
                 del grad_logits  # before the next chunk makes its own
-        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if needs_grad else None)
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype) if needs_weight else None)
         return total
 
     @staticmethod
     def backward(ctx, grad_total: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_total, grad_weight * grad_total, None, None
+        return (grad_hidden * grad_total if grad_hidden is not None else None,
+                grad_weight * grad_total if grad_weight is not None else None, None, None)
 
 
 def split_targets(ids: torch.Tensor, layout: SequenceLayout) -> tuple[torch.Tensor, torch.Tensor]:

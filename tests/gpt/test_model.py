@@ -97,3 +97,18 @@ def test_linear_cross_entropy_gradients_match_autograd():
     assert torch.allclose(ours, plain, atol=1e-4)
     assert torch.allclose(grads[0], hidden.grad, atol=1e-5)
     assert torch.allclose(grads[1], weight.grad, atol=1e-5)
+
+
+def test_linear_cross_entropy_with_a_frozen_head_gives_the_same_hidden_gradient_and_none_for_the_head():
+    from gptdraw.gpt.model import LinearCrossEntropy
+
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    LinearCrossEntropy.apply(hidden, weight, targets, 8).backward()
+    trained_head = hidden.grad.clone()
+    hidden.grad = None
+    frozen = weight.detach()  # as under LoRA: the tied head is frozen
+    LinearCrossEntropy.apply(hidden, frozen, targets, 8).backward()
+    assert torch.equal(hidden.grad, trained_head) and frozen.grad is None
