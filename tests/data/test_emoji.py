@@ -85,3 +85,52 @@ def test_missing_packages_and_sets_are_named(monkeypatch, tmp_path):
     from gptdraw.cli import main
 
     assert main(["data", "emoji", "--out", str(tmp_path / "x")]) == 2  # a one-line error, no traceback
+
+
+def write_svg_set(folder, codes):
+    """OpenMoji-like files: one coloured disc per emoji, named by its code points in capitals."""
+    svg = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 72 72">'
+           '<circle cx="36" cy="36" r="24" fill="{colour}"/></svg>')
+    folder.mkdir(parents=True)
+    for number, name in enumerate(codes):
+        (folder / f"{name.upper()}.svg").write_text(svg.format(colour=["#d22", "#2a2", "#22d"][number % 3]))
+    return folder
+
+
+def test_pooled_sets_hold_out_subjects_in_one_style_and_render_svg(picked_folder, tmp_path):
+    pytest.importorskip("cairosvg")
+    codes = [path.stem for path in sorted(picked_folder.glob("*.png"))]
+    svgs = write_svg_set(tmp_path / "openmoji" / "color" / "svg", codes)
+    (tmp_path / "openmoji" / "black" / "svg").mkdir(parents=True)  # the package's outlines: never read
+    (tmp_path / "openmoji" / "black" / "svg" / "1F34E.svg").write_text("not read")
+    config = emoji.EmojiConfig(sets=("twemoji", "openmoji"), twemoji_folder=str(picked_folder),
+                               openmoji_folder=str(tmp_path / "openmoji"), image_size=32, heldout_fraction=0.2,
+                               heldout_style_fraction=0.5, seed=0)
+    summary = emoji.write_emoji_folder(tmp_path / "out", config, progress=False)
+    assert summary["counts"]["unreadable"] == 0 and summary["counts"]["train"] + summary["counts"]["heldout"] == 2 * len(codes)
+    held_styles = {tuple(pair) for pair in summary["heldout_style_pairs"]}
+    assert held_styles and {style for _, style in held_styles} <= {"twemoji", "openmoji"}
+    train = [c.strip() for c in (p.read_text() for p in (tmp_path / "out" / "train").glob("*.txt"))]
+    subject_style = {(emoji.split_tone(c.rsplit(", ", 1)[0])[0], c.rsplit(", ", 1)[1]) for c in train}
+    for subject, style in held_styles:
+        assert (subject, style) not in subject_style  # never trained in that style, in any tone
+        assert any(s == subject for s, _ in subject_style)  # the subject, in the other style
+        assert any(st == style and s != subject for s, st in subject_style)  # the style, on other subjects
+    # A tone held out is held out in both styles: no skin-tone twin in the other style.
+    for subject, tone in summary["heldout_pairs"]:
+        assert not any(c.startswith(f"{subject} {tone},") for c in train)
+    # The SVG is rendered on white at the size asked.
+    rendered = np.asarray(Image.open(next((tmp_path / "out").glob(f"*/openmoji-{codes[0].upper()}.png"))))
+    assert rendered.shape == (32, 32, 3) and (rendered[0, 0] == 255).all() and not (rendered[16, 16] == 255).all()
+
+
+def test_a_broken_svg_is_counted_and_a_missing_renderer_named(picked_folder, tmp_path, monkeypatch):
+    pytest.importorskip("cairosvg")
+    svgs = write_svg_set(tmp_path / "openmoji", ["1f34e", "1f44b"])
+    (svgs / "1F44B.svg").write_text("<svg><circle")
+    config = emoji.EmojiConfig(sets=("openmoji",), openmoji_folder=str(svgs), image_size=16, heldout_fraction=0.0)
+    assert emoji.write_emoji_folder(tmp_path / "out", config, progress=False)["counts"] == {
+        "train": 1, "heldout": 0, "unreadable": 1}
+    monkeypatch.setitem(sys.modules, "cairosvg", None)
+    with pytest.raises(ImportError, match="pip install cairosvg"):
+        emoji.render(svgs / "1F34E.svg", 16)
