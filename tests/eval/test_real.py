@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from conftest import copy_twemoji
+from conftest import copy_twemoji, write_tiny_inception
 from gptdraw.captions import CaptionTokenizer
 from gptdraw.data import emoji
-from gptdraw.eval.real import read_pairs, read_tone, subject_of, tone_colours, tone_of_caption
+from gptdraw.eval.real import gap_closed, read_pairs, read_tone, subject_of, tone_colours, tone_of_caption
 from gptdraw.gpt.config import ModelConfig
 from gptdraw.gpt.model import build_model
 from gptdraw.pipeline import GPTDrawPipeline
@@ -49,15 +49,6 @@ def test_the_tone_reader_reads_real_pictures(emoji_data):
     assert len(heldout) == 4 and all(read_tone(image, colours) == tone_of_caption(c) for image, c in heldout)
 
 
-class TinyInception(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.project = torch.nn.Linear(3, 2048)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(torch.nn.functional.adaptive_avg_pool2d(x, 1).flatten(1))
-
-
 def test_evaluate_writes_its_figures(emoji_data, tmp_path):
     from gptdraw.cli import main
 
@@ -73,7 +64,7 @@ def test_evaluate_writes_its_figures(emoji_data, tmp_path):
                             text_len=12, grid=(8, 8))
     GPTDrawPipeline(build_model(ModelConfig(n_layer=1, n_head=2, n_embd=32), layout), tokenizer, vq, layout
                     ).save_pretrained(tmp_path / "model")
-    torch.jit.script(TinyInception()).save(str(tmp_path / "inception.pt"))
+    write_tiny_inception(tmp_path / "inception.pt")
     out = tmp_path / "evaluation"
     assert main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(emoji_data), "--inception",
                  str(tmp_path / "inception.pt"), "--out", str(out), "--images-per-prompt", "2"]) == 0
@@ -81,8 +72,22 @@ def test_evaluate_writes_its_figures(emoji_data, tmp_path):
     assert result["drawings"] == 8 and result["real_heldout"] == 4
     assert result["fid"] >= 0 and 0 <= result["retrieval_accuracy"] <= 1 and 0 <= result["tone_accuracy"] <= 1
     assert result["tone_drawings"] == 8 and (out / "pairs.png").stat().st_size > 1000
+    # Top 5 finds at least what top 1 finds; captions the model trained on are scored too.
+    assert result["retrieval_top5"] >= result["retrieval_accuracy"]
+    assert result["training_captions"] > 0 and 0 <= result["training_retrieval_top5"] <= 1
+    # The two baselines, and where the drawings fall between them.
+    fid = result["fid_baselines"]
+    assert set(fid) == {"random_codes", "reconstructions"} and min(fid.values()) >= 0
+    assert result["fid_gap_closed"] == pytest.approx(gap_closed(result["fid"], fid["random_codes"], fid["reconstructions"]))
     # Without an Inception network: the tone figure only.
     assert main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(emoji_data), "--out", str(tmp_path / "e2"),
                  "--images-per-prompt", "1"]) == 0
     result = json.loads((tmp_path / "e2" / "evaluation.json").read_text())
     assert "fid" not in result and result["tone_drawings"] == 4
+
+
+def test_gap_closed_is_one_at_the_floor_and_zero_at_the_ceiling():
+    assert gap_closed(100.0, ceiling=100.0, floor=20.0) == 0
+    assert gap_closed(20.0, ceiling=100.0, floor=20.0) == 1
+    assert gap_closed(52.0, ceiling=100.0, floor=20.0) == pytest.approx(0.6)
+    assert gap_closed(5.0, ceiling=5.0, floor=5.0) is None
