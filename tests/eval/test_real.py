@@ -2,14 +2,15 @@
 command writes its figures for a (tiny, untrained) model."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import copy_twemoji, write_tiny_inception
+from conftest import another_style, copy_twemoji, write_tiny_inception
 from gptdraw.captions import CaptionTokenizer
 from gptdraw.data import emoji
-from gptdraw.eval.real import gap_closed, read_pairs, read_tone, subject_of, tone_colours, tone_of_caption
+from gptdraw.eval.real import gap_closed, read_pairs, read_tone, style_of, subject_of, tone_colours, tone_of_caption
 from gptdraw.gpt.config import ModelConfig
 from gptdraw.gpt.model import build_model
 from gptdraw.pipeline import GPTDrawPipeline
@@ -37,6 +38,8 @@ def test_captions_give_subjects_and_tones():
     assert subject_of("waving hand medium-dark skin tone") == "waving hand"
     assert tone_of_caption("waving hand medium-dark skin tone, twemoji") == "medium-dark skin tone"
     assert tone_of_caption("red apple") is None
+    assert style_of("waving hand medium-dark skin tone, twemoji") == "twemoji"
+    assert style_of("flag of Japan") is None and style_of("apple, pear") is None
 
 
 def test_the_tone_reader_reads_real_pictures(emoji_data):
@@ -49,11 +52,10 @@ def test_the_tone_reader_reads_real_pictures(emoji_data):
     assert len(heldout) == 4 and all(read_tone(image, colours) == tone_of_caption(c) for image, c in heldout)
 
 
-def test_evaluate_writes_its_figures(emoji_data, tmp_path):
-    from gptdraw.cli import main
-
+def tiny_model(data: Path, out: Path) -> Path:
+    """An untrained tiny model for DATA's captions (figures are then near chance, but all computed)."""
     torch.manual_seed(0)
-    captions = [caption for _, caption in read_pairs(emoji_data / "train")]
+    captions = [caption for _, caption in read_pairs(data / "train")]
     tokenizer = CaptionTokenizer.train(captions, vocab_size=300, text_len=12)
     vq = ImageTokenizer(VQConfig(
         image_size=16, block_out_channels=(16, 16), down_block_types=("DownEncoderBlock2D",) * 2,
@@ -63,7 +65,14 @@ def test_evaluate_writes_its_figures(emoji_data, tmp_path):
     layout = SequenceLayout(text_vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, codebook_size=32,
                             text_len=12, grid=(8, 8))
     GPTDrawPipeline(build_model(ModelConfig(n_layer=1, n_head=2, n_embd=32), layout), tokenizer, vq, layout
-                    ).save_pretrained(tmp_path / "model")
+                    ).save_pretrained(out)
+    return out
+
+
+def test_evaluate_writes_its_figures(emoji_data, tmp_path):
+    from gptdraw.cli import main
+
+    tiny_model(emoji_data, tmp_path / "model")
     write_tiny_inception(tmp_path / "inception.pt")
     out = tmp_path / "evaluation"
     assert main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(emoji_data), "--inception",
@@ -74,6 +83,7 @@ def test_evaluate_writes_its_figures(emoji_data, tmp_path):
     assert result["tone_drawings"] == 8 and (out / "pairs.png").stat().st_size > 1000
     # Top 5 finds at least what top 1 finds; captions the model trained on are scored too.
     assert result["retrieval_top5"] >= result["retrieval_accuracy"]
+    assert result["retrieval_top5_reconstructions"] >= result["retrieval_reconstructions"] >= 0
     assert result["training_captions"] > 0 and 0 <= result["training_retrieval_top5"] <= 1
     # The two baselines, and where the drawings fall between them.
     fid = result["fid_baselines"]
@@ -91,3 +101,20 @@ def test_gap_closed_is_one_at_the_floor_and_zero_at_the_ceiling():
     assert gap_closed(20.0, ceiling=100.0, floor=20.0) == 1
     assert gap_closed(52.0, ceiling=100.0, floor=20.0) == pytest.approx(0.6)
     assert gap_closed(5.0, ceiling=5.0, floor=5.0) is None
+
+
+def test_evaluate_scores_the_named_style_when_sets_are_pooled(tmp_path):
+    folder = copy_twemoji(tmp_path / "pictures", PICKED)
+    config = emoji.EmojiConfig(sets=("twemoji", "fluent-3d"), twemoji_folder=str(folder),
+                               fluent_folder=str(another_style(folder, tmp_path / "inverted")), image_size=16,
+                               heldout_fraction=0.2, heldout_style_fraction=0.5)
+    summary = emoji.write_emoji_folder(tmp_path / "data", config, progress=False)
+    assert summary["heldout_style_pairs"]
+    from gptdraw.cli import main
+
+    assert main(["evaluate", "--model", str(tiny_model(tmp_path / "data", tmp_path / "model")), "--data",
+                 str(tmp_path / "data"), "--inception", str(write_tiny_inception(tmp_path / "inception.pt")),
+                 "--out", str(tmp_path / "evaluation"), "--images-per-prompt", "1"]) == 0
+    result = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
+    # The probe tells the real held-out pictures' sets apart; the untrained model's drawings are scored.
+    assert result["style_probe_accuracy_real"] >= 0.9 and 0 <= result["style_accuracy"] <= 1
