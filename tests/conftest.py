@@ -194,3 +194,23 @@ def write_tiny_inception(path: Path, width: int = 2048) -> Path:
     torch.manual_seed(0)
     torch.jit.script(TinyInception(width)).save(str(path))
     return path
+
+
+def tiny_emoji_model(data: Path, out: Path) -> Path:
+    """An untrained tiny model for the captions of DATA/train (an emoji folder) at 16 px, saved to OUT."""
+    from gptdraw.eval.real import read_pairs
+    from gptdraw.pipeline import GPTDrawPipeline
+
+    torch.manual_seed(0)
+    captions = [caption for _, caption in read_pairs(data / "train")]
+    tokenizer = CaptionTokenizer.train(captions, vocab_size=300, text_len=12)
+    vq = ImageTokenizer(VQConfig(
+        image_size=16, block_out_channels=(16, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=8, vq_embed_dim=8,
+        num_vq_embeddings=32, norm_num_groups=8, mid_block_add_attention=False,
+    )).eval()
+    layout = SequenceLayout(text_vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, codebook_size=32,
+                            text_len=12, grid=(8, 8))
+    GPTDrawPipeline(build_model(ModelConfig(n_layer=1, n_head=2, n_embd=32), layout), tokenizer, vq, layout
+                    ).save_pretrained(out)
+    return out

