@@ -156,6 +156,8 @@ def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Pat
     data, out_dir = Path(data), Path(out_dir)
     all_heldout = read_pairs(data / "heldout")
     heldout = heldout_half(all_heldout, half)
+    if not heldout:
+        raise ValueError(f"the {half} half of {data / 'heldout'} holds no pictures: too few held out to halve")
     training = read_pairs(data / "train")
     heldout_subjects = {subject_of(caption) for _, caption in all_heldout}  # the same retrieval choices for both halves
     own = [pair for pair in training if subject_of(pair[1]) in heldout_subjects]
