@@ -196,19 +196,28 @@ def write_tiny_inception(path: Path, width: int = 2048) -> Path:
     return path
 
 
-def tiny_emoji_model(data: Path, out: Path) -> Path:
-    """An untrained tiny model for the captions of DATA/train (an emoji folder) at 16 px, saved to OUT."""
+def tiny_emoji_model(data: Path, out: Path, vq_steps: int = 0) -> Path:
+    """A tiny model for the captions of DATA/train (an emoji folder) at 16 px, saved to OUT: its GPT
+    untrained, its image tokenizer trained for `vq_steps` on the pictures (0: untrained)."""
     from gptdraw.eval.real import read_pairs
     from gptdraw.pipeline import GPTDrawPipeline
+    from gptdraw.vq.train import VQTrainConfig, train_vq
 
     torch.manual_seed(0)
-    captions = [caption for _, caption in read_pairs(data / "train")]
+    pairs = read_pairs(data / "train")
+    captions = [caption for _, caption in pairs]
     tokenizer = CaptionTokenizer.train(captions, vocab_size=300, text_len=12)
     vq = ImageTokenizer(VQConfig(
         image_size=16, block_out_channels=(16, 16), down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2, layers_per_block=1, latent_channels=8, vq_embed_dim=8,
         num_vq_embeddings=32, norm_num_groups=8, mid_block_add_attention=False,
-    )).eval()
+    ))
+    if vq_steps:
+        pictures = np.stack([np.asarray(image.resize((16, 16))) for image, _ in pairs])  # (N, 16, 16, 3) uint8
+        train_vq(VQTrainConfig(preset="shapes-f4", image_size=16, steps=vq_steps, batch_size=8, eval_images=4,
+                               precision="fp32", restart_every=0, foreground_weight=0), pictures, None, tokenizer=vq,
+                 progress=False)
+    vq.eval()
     layout = SequenceLayout(text_vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, codebook_size=32,
                             text_len=12, grid=(8, 8))
     GPTDrawPipeline(build_model(ModelConfig(n_layer=1, n_head=2, n_embd=32), layout), tokenizer, vq, layout

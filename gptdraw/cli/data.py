@@ -179,7 +179,9 @@ def run_emoji(args: argparse.Namespace) -> int:
     summary = write_emoji_folder(args.out, config)
     counts = summary["counts"]
     print(f"{counts['train']} training pictures in {args.out}/train, {counts['heldout']} held out in "
-          f"{args.out}/heldout ({len(summary['heldout_pairs'])} subject–tone pairs), {counts['unreadable']} unreadable; "
+          f"{args.out}/heldout ({len(summary['heldout_pairs'])} subject–tone pairs"
+          + (f", {len(summary['heldout_style_pairs'])} subject–set pairs" if summary["heldout_style_pairs"] else "")
+          + f"), {counts['unreadable']} unreadable; "
           f"next: gptdraw data prepare {args.out}/train --out DATA --vq VQ_DIR")
     return 0
 

@@ -52,8 +52,8 @@ def run(args: argparse.Namespace) -> int:
             figures.append(f"training captions' retrieval top 1 {result['training_retrieval_accuracy']:.0%} / top 5 "
                            f"{result['training_retrieval_top5']:.0%}")
     if "style_accuracy" in result:
-        figures.append(f"style accuracy {result['style_accuracy']:.0%} (the probe on real pictures "
-                       f"{result['style_probe_accuracy_real']:.0%})")
+        figures.append(f"style accuracy {result['style_accuracy']:.0%} (the probe "
+                       f"{result['style_probe_accuracy']:.0%} on reconstructed real pictures)")
     if "tone_accuracy" in result:
         figures.append(f"tone accuracy {result['tone_accuracy']:.0%}")
     print(f"{'; '.join(figures) or 'no figures (no Inception network, no toned captions)'}: "

@@ -17,8 +17,8 @@ data emoji` writes). Each held-out caption is drawn; the figures are
 - tone accuracy, for captions that name a skin tone: the share of drawings whose skin is the
   named tone, read from pixels against each tone's colour as the training pictures show it;
 - style accuracy, for captions that name an emoji set (pooled sets): the share of drawings that a
-  style probe (logistic regression on Inception features of the training pictures) puts in the
-  named set.
+  style probe (logistic regression on Inception features of the training pictures, as the image
+  tokenizer reconstructs them) puts in the named set.
 
 It writes DIR/evaluation.json and DIR/pairs.png (each real held-out picture beside its drawings).
 """
@@ -138,6 +138,66 @@ def heldout_half(pairs: list[tuple[Image.Image, str]], half: str) -> list[tuple[
     return [pair for pair in pairs if pair[1] in kept]
 
 
+def inception_figures(pipe, inception, heldout, real_heldout: list[Image.Image], reference, drawings,
+                      learnt_drawings, seed: int) -> dict:
+    """FID and KID with their baselines, retrieval, and with pooled sets style accuracy (see the
+    module doc). heldout / reference: (picture, caption) pairs, real_heldout the held-out pictures
+    at the drawings' size; drawings / learnt_drawings: (picture, caption) of held-out and training
+    captions."""
+    size = real_heldout[0].width
+    real_features = inception_features(inception, real_heldout + [image.resize((size, size), Image.LANCZOS)
+                                                                  for image, _ in reference])
+    heldout_features = real_features[: len(real_heldout)]
+    real_subjects = [subject_of(c) for _, c in heldout] + [subject_of(c) for _, c in reference]
+    drawn_features = inception_features(inception, [image for image, _ in drawings])
+    drawn_captions = [caption for _, caption in drawings]
+    heldout_captions = [caption for _, caption in heldout]
+
+    def retrieval(features: np.ndarray, captions: list[str], top: int) -> float:
+        return retrieval_accuracy(features, [subject_of(c) for c in captions], real_features, real_subjects, top=top)
+
+    baseline_features = {name: inception_features(inception, pictures)
+                         for name, pictures in baselines(pipe, real_heldout, len(drawings), seed).items()}
+    fid = {name: frechet_distance(heldout_features, features) for name, features in baseline_features.items()}
+    kid = {name: kernel_distance(heldout_features, features, subset_size=min(100, len(features)))
+           for name, features in baseline_features.items()}
+    figures = {
+        "reference_pictures": len(reference),
+        "fid": frechet_distance(heldout_features, drawn_features),
+        "kid": kernel_distance(heldout_features, drawn_features, subset_size=min(100, len(drawings))),
+        "fid_baselines": fid,
+        "kid_baselines": kid,
+        "retrieval_accuracy": retrieval(drawn_features, drawn_captions, 1),
+        "retrieval_top5": retrieval(drawn_features, drawn_captions, 5),
+        "retrieval_chance": 1 / len(set(real_subjects)),
+        # What the metric reaches through this tokenizer: the reconstructions of the real held-out pictures.
+        "retrieval_reconstructions": retrieval(baseline_features["reconstructions"], heldout_captions, 1),
+        "retrieval_top5_reconstructions": retrieval(baseline_features["reconstructions"], heldout_captions, 5),
+    }
+    figures["fid_gap_closed"] = gap_closed(figures["fid"], fid["random_codes"], fid["reconstructions"])
+    figures["kid_gap_closed"] = gap_closed(figures["kid"], kid["random_codes"], kid["reconstructions"])
+    if learnt_drawings:
+        learnt_features = inception_features(inception, [image for image, _ in learnt_drawings])
+        learnt_captions = [caption for _, caption in learnt_drawings]
+        figures.update({
+            "training_captions": len(set(learnt_captions)),
+            "training_retrieval_accuracy": retrieval(learnt_features, learnt_captions, 1),
+            "training_retrieval_top5": retrieval(learnt_features, learnt_captions, 5),
+        })
+    styled = [index for index, caption in enumerate(drawn_captions) if style_of(caption) is not None]
+    reference_styles = [style_of(c) for _, c in reference]
+    if styled and len(set(reference_styles)) >= 2 and None not in reference_styles:
+        # Pooled sets: is a drawing in the style its caption names? A probe fitted on the training
+        # pictures decides, as the tokenizer reconstructs them: fitted on the real pictures it would
+        # take blur for a style (a smooth 3-D render looks more like a blur than a flat drawing does).
+        probe = LinearProbe(inception_features(inception, reconstruct(pipe, [image for image, _ in reference])),
+                            reference_styles)
+        figures["style_accuracy"] = probe.accuracy(drawn_features[styled], [style_of(drawn_captions[i]) for i in styled])
+        figures["style_probe_accuracy"] = probe.accuracy(baseline_features["reconstructions"],
+                                                         [style_of(c) for c in heldout_captions])
+    return figures
+
+
 def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Path, images_per_prompt: int = 2,
                            other_subjects: int = 300, training_prompts: int = 100, half: str = "all", seed: int = 0,
                            progress: bool = True, **settings) -> dict:
@@ -177,52 +237,9 @@ def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Pat
         "half": half, "heldout_captions": len(prompts), "drawings": len(drawings), "real_heldout": len(real_heldout),
         "image_size": size, "settings": pipe.settings(**settings).to_dict(),
     }
-    if inception is not None:  # the Inception figures
-        real_all = real_heldout + [image.resize((size, size), Image.LANCZOS) for image, _ in reference]
-        real_features = inception_features(inception, real_all)
-        drawn_features = inception_features(inception, [image for image, _ in drawings])
-        heldout_features = real_features[: len(real_heldout)]
-        real_subjects = [subject_of(c) for _, c in heldout] + [subject_of(c) for _, c in reference]
-
-        def retrieval(features: np.ndarray, captions: list[str], top: int) -> float:
-            return retrieval_accuracy(features, [subject_of(c) for c in captions], real_features, real_subjects, top=top)
-
-        baseline_features = {name: inception_features(inception, pictures)
-                             for name, pictures in baselines(pipe, real_heldout, len(drawings), seed).items()}
-        fid = {name: frechet_distance(heldout_features, features) for name, features in baseline_features.items()}
-        kid = {name: kernel_distance(heldout_features, features, subset_size=min(100, len(features)))
-               for name, features in baseline_features.items()}
-        result.update({
-            "reference_pictures": len(reference),
-            "fid": frechet_distance(heldout_features, drawn_features),
-            "kid": kernel_distance(heldout_features, drawn_features, subset_size=min(100, len(drawings))),
-            "fid_baselines": fid,
-            "kid_baselines": kid,
-            "retrieval_accuracy": retrieval(drawn_features, [p for _, p in drawings], 1),
-            "retrieval_top5": retrieval(drawn_features, [p for _, p in drawings], 5),
-            "retrieval_chance": 1 / len(set(real_subjects)),
-        })
-        # What the metric reaches through this tokenizer: the reconstructions of the real held-out pictures.
-        heldout_captions = [c for _, c in heldout]
-        result["retrieval_reconstructions"] = retrieval(baseline_features["reconstructions"], heldout_captions, 1)
-        result["retrieval_top5_reconstructions"] = retrieval(baseline_features["reconstructions"], heldout_captions, 5)
-        result["fid_gap_closed"] = gap_closed(result["fid"], fid["random_codes"], fid["reconstructions"])
-        result["kid_gap_closed"] = gap_closed(result["kid"], kid["random_codes"], kid["reconstructions"])
-        styled = [index for index, (_, prompt) in enumerate(drawings) if style_of(prompt) is not None]
-        reference_styles = [style_of(c) for _, c in reference]
-        if styled and len(set(reference_styles)) >= 2 and None not in reference_styles:
-            # Pooled sets: is a drawing in the style its caption names? A probe fitted on the
-            # training pictures' features decides; on the real held-out pictures it shows its own accuracy.
-            probe = LinearProbe(real_features[len(real_heldout):], reference_styles)
-            result["style_accuracy"] = probe.accuracy(drawn_features[styled], [style_of(drawings[i][1]) for i in styled])
-            result["style_probe_accuracy_real"] = probe.accuracy(heldout_features, [style_of(c) for c in heldout_captions])
-        if learnt_drawings:
-            learnt_features = inception_features(inception, [image for image, _ in learnt_drawings])
-            result.update({
-                "training_captions": len(learnt),
-                "training_retrieval_accuracy": retrieval(learnt_features, [p for _, p in learnt_drawings], 1),
-                "training_retrieval_top5": retrieval(learnt_features, [p for _, p in learnt_drawings], 5),
-            })
+    if inception is not None:
+        result.update(inception_figures(pipe, inception, heldout, real_heldout, reference, drawings, learnt_drawings,
+                                        seed))
     toned = [(image, prompt) for image, prompt in drawings if tone_of_caption(prompt) is not None]
     if toned:
         colours = tone_colours(training)  # the tones' colours from training pictures only
