@@ -23,8 +23,8 @@ weights (full) and LoRA adapters only, with the same optimiser, batch and steps;
 - cost: training seconds, trainable parameters, peak tensor memory of a training step
   (bench/memory.py, as bench/train.py --memory measures it).
 
-Each run's directory is a model directory; its figures and a grid of its drawings at each step
-are written beside the JSON. Runs and evaluations resume when the bench is rerun (with other
+Each run's directory is a model directory, with its figures and its drawings at each step; one
+picture of them all (the base's row, then each run's at each judgement) is written beside the JSON. Runs and evaluations resume when the bench is rerun (with other
 drawing settings, give another --work).
 """
 
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -163,8 +164,9 @@ def run_one(name: str, config: TrainConfig, base_dir: Path, data: ShardDataset, 
         if result.step <= done:
             raise RuntimeError(f"{name}: training made no progress past step {done}")
     if "peak_memory_gib" not in record:
-        peak = highest(measure_training_memory(replace(config, max_steps=2), data, base.caption_tokenizer,
-                                               base.image_tokenizer, work / f"memory-{name}-{time.time_ns()}"))
+        with tempfile.TemporaryDirectory() as scratch:  # two throwaway steps, measured
+            peak = highest(measure_training_memory(replace(config, max_steps=2), data, base.caption_tokenizer,
+                                                   base.image_tokenizer, Path(scratch) / "run"))
         record["peak_memory_gib"] = peak.peak_bytes / GIB
         record["peak_memory_breakdown_gib"] = {k: v for k, v in peak.gib().items() if k != "peak"}
         figures_path.write_text(json.dumps(record, indent=2) + "\n")
@@ -233,6 +235,12 @@ def main() -> int:
         print(f"{name:6} {last:>5} {record['train_seconds']:8.0f} {record['trainable_parameters']:10,} "
               f"{record['peak_memory_gib']:9.3f} {record['steps'][last]['new_style_share']:10.0%} "
               f"{record['steps'][last]['retrieval_accuracy']:10.0%}")
+    # One picture of the style taking over: the base's drawings, then each run's at each judgement.
+    rows = [("base", work / "drawings-base.png")] + [
+        (f"{name}, step {step}", work / name / f"drawings-step-{int(step):05d}.png")
+        for name, record in result["runs"].items() for step in sorted(record["steps"], key=int) if step != "0"]
+    make_grid([Image.open(path) for _, path in rows], columns=1, labels=[label for label, _ in rows]).save(
+        Path(args.out).with_suffix(".png"))
     write_result(result, args.out)
     return 0
 

@@ -24,6 +24,7 @@ training sees it in the others, and sees that set's style on other subjects.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections import defaultdict
@@ -216,8 +217,6 @@ def render(path: str | Path, size: int) -> Image.Image:
         except (ImportError, OSError):  # OSError: cairosvg is there but the cairo library is not
             raise ImportError("OpenMoji's SVG pictures need cairosvg and the cairo library: pip install cairosvg "
                               "(and on Debian or Ubuntu apt install libcairo2)") from None
-        import io
-
         try:
             png = cairosvg.svg2png(url=str(path), output_width=size * 2, output_height=size * 2)
         except Exception as error:  # cairosvg raises XML, CSS and its own errors for a broken file

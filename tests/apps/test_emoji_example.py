@@ -59,7 +59,7 @@ def test_the_emoji_model_fine_tunes_on_another_style_fully_and_with_lora(tmp_pat
     assert 0 < lora["trainable_parameters"] < full["trainable_parameters"] / 5
     assert lora["peak_memory_breakdown_gib"]["optimizer_states"] < full["peak_memory_breakdown_gib"]["optimizer_states"]
     assert (work / "lora" / "adapter" / "adapter_model.safetensors").is_file()
-    assert (work / "full" / "drawings-step-00002.png").is_file()
+    assert (work / "full" / "drawings-step-00002.png").is_file() and result_path.with_suffix(".png").is_file()
     # A rerun reads the finished runs back instead of training them again.
     weights = (work / "full" / "transformer" / "model.safetensors").stat().st_mtime_ns
     done = subprocess.run(list(map(str, args)), env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
