@@ -1,4 +1,4 @@
-"""Train an image tokenizer (VQGAN without the GAN) from scratch: `gptdraw train-vq`.
+"""Train an image tokenizer (a VQGAN, its GAN and perceptual parts optional) from scratch: `gptdraw vq train`.
 
 By default the loss is what a VQ-VAE needs and no more: a pixel reconstruction loss and
 the commitment loss (encoder outputs stay near their codes, weighted by β = 0.25). The
@@ -433,12 +433,13 @@ def train_vq(
             with autocast:
                 output = tokenizer(batch, quantize=quantizing)
             reconstruction = _reconstruction_loss(output.reconstruction, batch, config)
+            # The recipe's "negative log-likelihood", pixel and perceptual: what the discriminator's weight is measured against.
+            nll = reconstruction
             if lpips is not None:
                 with autocast:
                     perceptual = lpips(output.reconstruction, batch).float().mean()
-                # The recipe's "negative log-likelihood": what the discriminator's weight is measured against.
-                reconstruction = reconstruction + config.perceptual_weight * perceptual
-            loss = reconstruction + config.commitment_weight * output.commitment_loss
+                nll = reconstruction + config.perceptual_weight * perceptual
+            loss = nll + config.commitment_weight * output.commitment_loss
             if not use_ema:
                 loss = loss + config.codebook_weight * output.codebook_loss
             adversarial = discriminator is not None and step >= adversarial_from
@@ -446,7 +447,7 @@ def train_vq(
                 with autocast:
                     fake_scores = discriminator(output.reconstruction * 2 - 1)  # the discriminator sees [-1, 1]
                 fooling = generator_loss(fake_scores.float())
-                weight = config.adversarial_weight * adaptive_weight(reconstruction, fooling, last_layer)
+                weight = config.adversarial_weight * adaptive_weight(nll, fooling, last_layer)
                 loss = loss + weight * fooling
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

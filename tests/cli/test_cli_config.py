@@ -121,6 +121,8 @@ def test_every_vq_training_field_is_a_flag_and_a_config_entry(tmp_path):
             values[field.name] = current + 1
         elif hint is float:
             values[field.name] = round(min(current + 0.05, 0.95), 6) if current < 1 else current + 0.5
+        elif hint == (str | None):
+            values[field.name] = f"{field.name}.pth"
         else:
             raise AssertionError(f"no test value for {field.name}: {hint}")
     base = ["train-vq", "--out", str(tmp_path / "vq")]
