@@ -15,7 +15,10 @@ set -euo pipefail
 OUT=${1:-runs/emoji}
 SIZE=${SIZE:-64}
 VQ_STEPS=${VQ_STEPS:-800}
-GPT_STEPS=${GPT_STEPS:-800}
+# 500 steps rather than 800: on the tuning half of the held-out captions the shorter run draws as
+# well-toned (71% against 72%) and closer to real pictures (FID gap 75% closed against 56%), since the
+# longer one only memorises its 3,572 pictures further (held-out loss 3.00 against 3.40).
+GPT_STEPS=${GPT_STEPS:-500}
 BATCH=${BATCH:-48}
 # The VQGAN's discriminator (ADVERSARIAL=0.8 is taming's weight) did not pay at 800 steps on these
 # pictures (bench/vq_real.py: rFID 257 against 162 without), so it is off unless asked for.
