@@ -157,6 +157,20 @@ def _tensor_state_dict(obj: object, source: str) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A dict of tensors from a .safetensors file, or from a pickled one through the restricted
+    loader (load_restricted_checkpoint); a file that is neither is a ValueError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"cannot read {path}: {error}") from error
+    return _tensor_state_dict(load_restricted_checkpoint(path), str(path))
+
+
 def _drop_training_only(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
     kept, dropped = {}, {}
     for key, value in state_dict.items():
@@ -675,18 +689,11 @@ def convert_diffusers_vqmodel(
 
 
 def _read_diffusers_weights(directory: Path) -> tuple[Path, dict[str, torch.Tensor]]:
-    for name in DIFFUSERS_SAFETENSORS_FILES:
+    # safetensors first; a pickle only through the restricted loader, which refuses anything but tensors.
+    for name in DIFFUSERS_SAFETENSORS_FILES + DIFFUSERS_PICKLE_FILES:
         path = directory / name
         if path.is_file():
-            try:
-                return path, load_file(str(path))
-            except (SafetensorError, OSError) as error:
-                raise ValueError(f"cannot read {path}: {error}") from error
-    for name in DIFFUSERS_PICKLE_FILES:
-        path = directory / name
-        if path.is_file():
-            # A pickle: only through the restricted loader, which refuses anything but tensors.
-            return path, _tensor_state_dict(load_restricted_checkpoint(path), str(path))
+            return path, read_state_dict(path)
     if any(directory.glob("*.index.json")):
         raise ValueError(f"{directory}: sharded weights are not supported for VQ models")
     raise FileNotFoundError(

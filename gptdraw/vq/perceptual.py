@@ -9,9 +9,9 @@ pixel to the mean of what it could be; LPIPS rewards the right texture and edges
 Two files, neither downloadable here, so both are given by path:
 - the VGG16 backbone trained on ImageNet (torchvision's `vgg16-397923af.pth`, keys `features.N.*`);
 - LPIPS's linear layers (the lpips package's `lpips/weights/v0.1/vgg.pth`, keys `linK.model.1.weight`).
-Both are pickled torch files; they are read with `torch.load(weights_only=True)`, torch's
-restricted unpickler that builds tensors and nothing else. `.safetensors` files with the same
-keys are read too.
+Both are pickled torch files; they are read as every pickled weights file in gptdraw is, by the
+restricted loader of gptdraw.vq.convert (`read_state_dict`: torch's weights-only unpickler, tensors
+and nothing else). `.safetensors` files with the same keys are read too.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from gptdraw.vq.convert import read_state_dict
 
 VGG16_LAYERS = (64, 64, "pool", 128, 128, "pool", 256, 256, 256, "pool", 512, 512, 512, "pool", 512, 512, 512)
 """VGG16's convolutions (output channels) and max-pools, in torchvision's order."""
@@ -43,25 +45,6 @@ def vgg16_features() -> nn.Sequential:
             layers += [nn.Conv2d(channels, entry, 3, padding=1), nn.ReLU(inplace=False)]
             channels = entry
     return nn.Sequential(*layers)
-
-
-def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a .safetensors file or a pickled torch file read with the restricted loader."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            weights = load_file(path)
-        else:
-            weights = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling refused, a cut file, not a weights file at all
-        raise ValueError(f"{path} is not a readable weights file: {str(error).splitlines()[0]}") from None
-    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    return weights
 
 
 def _take(weights: dict[str, torch.Tensor], module: nn.Module, prefix: str, path: str | Path) -> None:
@@ -94,8 +77,8 @@ class LPIPS(nn.Module):
     def from_files(cls, vgg: str | Path, linear: str | Path) -> "LPIPS":
         """LPIPS from the VGG16 backbone file and the linear-layers file (see the module doc)."""
         model = cls()
-        _take(read_weights(vgg), model.features, "features.", vgg)
-        linear_weights = read_weights(linear)
+        _take(read_state_dict(vgg), model.features, "features.", vgg)
+        linear_weights = read_state_dict(linear)
         for index, layer in enumerate(model.linear):
             _take(linear_weights, layer, f"lin{index}.model.1.", linear)
         return model

@@ -48,11 +48,14 @@ def test_bad_weight_files_are_refused_by_name(weight_files, tmp_path):
         LPIPS.from_files(good_vgg, tmp_path / "narrow.pth")
     # A pickle that would build an object rather than tensors is refused by the restricted loader.
     torch.save({"lin0.model.1.weight": torch.nn.Linear(1, 1)}, tmp_path / "object.pth")
-    with pytest.raises(ValueError, match="not a readable weights file"):
+    with pytest.raises(ValueError, match="refusing to load .*object.pth: its pickle references torch.nn"):
         LPIPS.from_files(good_vgg, tmp_path / "object.pth")
     (tmp_path / "cut.pth").write_bytes(good_linear.read_bytes()[:100])
-    with pytest.raises(ValueError, match="not a readable weights file"):
+    with pytest.raises(ValueError, match="cannot load .*cut.pth as a weights-only PyTorch checkpoint"):
         LPIPS.from_files(good_vgg, tmp_path / "cut.pth")
+    (tmp_path / "cut.safetensors").write_bytes((weight_files / "vgg.safetensors").read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot read .*cut.safetensors"):
+        LPIPS.from_files(good_vgg, tmp_path / "cut.safetensors")
 
 
 def test_the_tokenizer_trains_with_the_perceptual_loss(weight_files):
