@@ -231,8 +231,6 @@ def _mixed_rows(rng, bad: list[bytes]) -> tuple[list, list]:
     return images, captions
 
 
-
-
 def parquet_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -49,7 +49,7 @@ from gptdraw.data.prepare import prepare
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources.folder import FolderSource
 from gptdraw.eval.inception import LinearProbe, inception_features, load_inception, retrieval_accuracy
-from gptdraw.eval.real import read_pairs, reconstruct, subject_of
+from gptdraw.eval.real import read_pairs, reconstruct, spread, subject_of
 from gptdraw.eval.shapes import draw_prompts
 from gptdraw.gpt.config import TrainConfig
 from gptdraw.gpt.finetune import load_for_finetuning
@@ -71,11 +71,6 @@ def new_style_data(base: GPTDrawPipeline, base_dir: Path, fluent_folder: str, wo
         prepare(FolderSource(pictures / "train"), data, base.image_tokenizer, base.caption_tokenizer, workers=0,
                 image_tokenizer_path=str(base_dir / "image_tokenizer"))
     return pictures, data
-
-
-def spread(items: list, count: int) -> list:
-    """`count` items taken evenly from a list."""
-    return items[:: max(1, len(items) // max(1, count))][:count]
 
 
 class Judge:

@@ -53,6 +53,11 @@ def read_pairs(folder: Path, limit: int = 0) -> list[tuple[Image.Image, str]]:
     return [(Image.open(path).convert("RGB"), path.with_suffix(".txt").read_text().strip()) for path in files]
 
 
+def spread(items: list, count: int) -> list:
+    """At most `count` items taken evenly from the list."""
+    return items[:: max(1, len(items) // max(1, count))][:count]
+
+
 def subject_of(caption: str) -> str:
     return split_tone(caption.split(", ")[0])[0]
 
@@ -222,12 +227,12 @@ def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Pat
     heldout_subjects = {subject_of(caption) for _, caption in all_heldout}  # the same retrieval choices for both halves
     own = [pair for pair in training if subject_of(pair[1]) in heldout_subjects]
     others = [pair for pair in training if subject_of(pair[1]) not in heldout_subjects]
-    others = others[:: max(1, len(others) // max(1, other_subjects))][:other_subjects]
+    others = spread(others, other_subjects)
     reference = own + others
     size = pipe.layout.grid[0] * pipe.image_tokenizer.downsample_factor  # the drawings' side
     prompts = list(dict.fromkeys(caption for _, caption in heldout))
     learnt = list(dict.fromkeys(caption for _, caption in others))
-    learnt = learnt[:: max(1, len(learnt) // max(1, training_prompts))][:training_prompts] if inception is not None else []
+    learnt = spread(learnt, training_prompts) if inception is not None else []
     drawn = draw_prompts(pipe, prompts + learnt, images_per_prompt, seed, progress=progress, **settings)
     drawings = [(image, prompt) for prompt in prompts for image in drawn[prompt]]
     learnt_drawings = [(image, prompt) for prompt in learnt for image in drawn[prompt]]

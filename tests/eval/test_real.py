@@ -103,3 +103,24 @@ def test_heldout_halves_are_disjoint_and_together_all():
     assert len(tuning_captions) == 4 and len(report_captions) == 3 and heldout_half(pairs, "all") == pairs
     with pytest.raises(ValueError, match="unknown half"):
         heldout_half(pairs, "test")
+
+
+def test_too_few_held_out_pictures_to_halve_is_a_one_line_error(emoji_data, tmp_path, capsys):
+    import shutil
+
+    from gptdraw.cli import main
+
+    data = tmp_path / "data"
+    shutil.copytree(emoji_data, data)
+    kept = sorted((data / "heldout").glob("*.png"))[0]
+    for path in (data / "heldout").iterdir():
+        if path.stem != kept.stem:
+            path.unlink()  # one held-out caption left: the tuning half has it, the report half nothing
+    model = tiny_emoji_model(data, tmp_path / "model")
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "e"),
+                 "--half", "report", "--images-per-prompt", "1"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "the report half of" in error[0] and "holds no pictures" in error[0]
+    assert not (tmp_path / "e" / "evaluation.json").exists()
+    assert main(["evaluate", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "t"),
+                 "--half", "tuning", "--images-per-prompt", "1"]) == 0
