@@ -341,7 +341,7 @@ def checkpoint_and_config_cases(corpus: Corpus, work: Path, vq, captions, rng, p
     data = work / "shards"  # written by shard_cases
     config = TrainConfig(model=ModelConfig(n_layer=1, n_head=2, n_embd=32), max_steps=2, micro_batch_size=4,
                          warmup_steps=1, eval_every=0, sample_every=0, checkpoint_every=1, log_every=1,
-                         mixed_precision="no")
+                         precision="fp32")
     clean = work / "run"
     train(config, ShardDataset(data), clean, captions, vq, progress=False)
     checkpoint_files = sorted(path.relative_to(clean) for path in (clean / "checkpoints").rglob("*") if path.is_file())

@@ -39,7 +39,7 @@ from gptdraw.data.prepare import prepare
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import ShapesSource
 from gptdraw.captions import CaptionTokenizer
-from gptdraw.runtime import resolve_mixed_precision
+from gptdraw.runtime import resolve_device, resolve_precision
 from gptdraw.gpt.train import train
 from gptdraw.vq.model import ImageTokenizer, vq_preset
 
@@ -78,10 +78,10 @@ def largest_relative_difference(losses: dict[int, float], reference: dict[int, f
 
 
 def check_precision(config: TrainConfig, data_dir: Path, work: Path) -> dict:
-    if resolve_mixed_precision("auto") != "bf16":
+    if resolve_precision("auto", resolve_device(None), purpose="training", fp16_on_gpu=True) != "bf16":
         return {"skipped": "this device has no native bf16"}
-    fp32 = run_losses(replace(config, mixed_precision="no"), data_dir, work / "fp32")
-    bf16 = run_losses(replace(config, mixed_precision="bf16"), data_dir, work / "bf16")
+    fp32 = run_losses(replace(config, precision="fp32"), data_dir, work / "fp32")
+    bf16 = run_losses(replace(config, precision="bf16"), data_dir, work / "bf16")
     difference = largest_relative_difference(bf16, fp32, sorted(fp32))
     return {
         "steps": config.max_steps,

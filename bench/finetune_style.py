@@ -68,7 +68,7 @@ def new_style_data(base: GPTDrawPipeline, base_dir: Path, fluent_folder: str, wo
     if not (pictures / "emoji.json").is_file():
         write_emoji_folder(pictures, EmojiConfig(sets=(NEW,), fluent_folder=fluent_folder, image_size=size))
     if not (data / "manifest.json").is_file():
-        prepare(FolderSource(pictures / "train"), data, base.image_tokenizer, base.caption_tokenizer, workers=0,
+        prepare(FolderSource(pictures / "train"), data, base.image_tokenizer, base.text_tokenizer, workers=0,
                 image_tokenizer_path=str(base_dir / "image_tokenizer"))
     return pictures, data
 
@@ -139,16 +139,16 @@ def run_one(name: str, config: TrainConfig, base_dir: Path, data: ShardDataset, 
                                                                       "micro_batch_size", "warmup_steps")},
         "train_seconds": 0.0, "steps": {"0": start},
     }
-    base = GPTDrawPipeline.from_pretrained(base_dir, device="cpu", dtype="float32")
+    base = GPTDrawPipeline.from_pretrained(base_dir, device="cpu", precision="fp32")
     while (done := max(map(int, record["steps"]))) < config.max_steps:
-        gpt = load_for_finetuning(base_dir, base.caption_tokenizer, base.image_tokenizer, base.layout)
+        gpt = load_for_finetuning(base_dir, base.text_tokenizer, base.image_tokenizer, base.layout)
         began = time.perf_counter()
-        result = train(config, data, run_dir, base.caption_tokenizer, base.image_tokenizer, init_model=gpt,
+        result = train(config, data, run_dir, base.text_tokenizer, base.image_tokenizer, init_model=gpt,
                        stop_after=config.checkpoint_every, progress=True)
         record["train_seconds"] += time.perf_counter() - began
         tuned = GPTDrawPipeline.from_pretrained(run_dir, device="cpu")
-        record["trainable_parameters"] = sum(p.numel() for p in tuned.gpt.parameters()) if not config.lora_rank else \
-            sum(p.numel() for n, p in tuned.gpt.named_parameters() if "lora_" in n)
+        record["trainable_parameters"] = sum(p.numel() for p in tuned.transformer.parameters()) if not config.lora_rank else \
+            sum(p.numel() for n, p in tuned.transformer.named_parameters() if "lora_" in n)
         figures, images = judge(tuned, args.images_per_prompt, args.seed, **sampling(args))
         record["steps"][str(result.step)] = {**figures, "train_loss": result.train_loss}
         print(f"{name} step {result.step}: {figures['new_style_share']:.0%} drawn in the new style, "
@@ -160,7 +160,7 @@ def run_one(name: str, config: TrainConfig, base_dir: Path, data: ShardDataset, 
             raise RuntimeError(f"{name}: training made no progress past step {done}")
     if "peak_memory_gib" not in record:
         with tempfile.TemporaryDirectory() as scratch:  # two throwaway steps, measured
-            peak = highest(measure_training_memory(replace(config, max_steps=2), data, base.caption_tokenizer,
+            peak = highest(measure_training_memory(replace(config, max_steps=2), data, base.text_tokenizer,
                                                    base.image_tokenizer, Path(scratch) / "run"))
         record["peak_memory_gib"] = peak.peak_bytes / GIB
         record["peak_memory_breakdown_gib"] = {k: v for k, v in peak.gib().items() if k != "peak"}

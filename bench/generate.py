@@ -44,8 +44,8 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from common import add_out_option, device_name, machine, synchronize, write_result  # bench/common.py
 from gptdraw.gpt.config import model_preset
 from gptdraw.gpt.model import build_model
-from gptdraw.runtime import native_bf16, resolve_device, resolve_dtype
-from gptdraw.gpt.sampling import CodeDrawer, DrawerOptions, SamplingSettings, sample_codes
+from gptdraw.runtime import PRECISIONS, canonical_precision, native_bf16, resolve_device, resolve_precision, torch_dtype
+from gptdraw.gpt.sampling import CodeDrawer, DrawerConfig, SamplingConfig, sample_codes
 from gptdraw.sequence import SequenceLayout
 from gptdraw.vq.model import ImageTokenizer, vq_preset
 
@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--vq", choices=("taming", "small", "none"), default="taming",
                         help="VQGAN decoder timed: taming f16 architecture, a quarter of its channels, or no decode")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU that has it), float32, bfloat16")
+    parser.add_argument("--precision", "--dtype", dest="precision", default="auto", type=canonical_precision, choices=PRECISIONS,
+                        help="the weights' precision: auto (bf16 on a GPU that has it), fp32, bf16")
     parser.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on a GPU)")
     parser.add_argument("--compile-backend", default="inductor")
     parser.add_argument("--compile-mode", default=None,
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
 
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
+    dtype = torch_dtype(resolve_precision(args.precision, device, purpose="drawing", bf16_on_cpu=False))
     layout = SequenceLayout(
         text_vocab_size=args.text_vocab, pad_id=args.text_vocab - 1, codebook_size=args.codebook,
         text_len=args.text_len, grid=(args.grid, args.grid),
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = image_tokenizer_for(args.vq, args.grid, args.codebook)
     if tokenizer is not None:
         tokenizer = tokenizer.to(device=device, dtype=dtype)
-    settings = SamplingSettings(
+    settings = SamplingConfig(
         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale
     )
     generator = torch.Generator().manual_seed(0)
@@ -157,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
     blank = torch.full_like(caption_ids, layout.pad_id)
 
     measured_on = machine(device)
-    drawer = CodeDrawer(gpt, layout, DrawerOptions(
+    drawer = CodeDrawer(gpt, layout, DrawerConfig(
         compile=args.compile, backend=args.compile_backend, mode=args.compile_mode
     ))
 
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
         return (ids[:, layout.text_len :] - layout.image_offset).reshape(args.batch, args.grid, args.grid)
 
     # As GPTDrawPipeline decides: with dtype auto, a CPU that runs bf16 natively decodes under bf16 autocast.
-    decode_in_bf16 = args.dtype == "auto" and device.type == "cpu" and native_bf16(device)
+    decode_in_bf16 = args.precision == "auto" and device.type == "cpu" and native_bf16(device)
 
     @torch.inference_mode()
     def decode(codes: torch.Tensor) -> torch.Tensor:

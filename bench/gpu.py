@@ -69,7 +69,7 @@ TINY = ["--text-len", "8", "--text-vocab", "300", "--grid", "4", "--codebook", "
 
 
 def full_parts() -> list[Part]:
-    train = ["--preset", "gpt-draw", "--micro-batch", "16", "--mixed-precision", "bf16", *REFERENCE]
+    train = ["--preset", "gpt-draw", "--micro-batch", "16", "--precision", "bf16", *REFERENCE]
     return [
         Part("ceilings", 60, "ceilings.py"),
         Part("train", 120, "train.py", [*train, "--steps", "30", "--warmup", "5", "--profile", "5"]),
@@ -80,7 +80,7 @@ def full_parts() -> list[Part]:
                                          "--warmup", "1", "--repeats", "3"]),
         Part("checks", 120, "correctness.py", ["precision", "resume", "--preset", "gpt-draw", "--steps", "20"]),
         Part("launch", 120, "correctness.py", ["launch", "--preset", "gpt-draw", "--steps", "4"]),
-        Part("train-large", 90, "train.py", ["--preset", "gpt-draw", "--micro-batch", "64", "--mixed-precision", "bf16",
+        Part("train-large", 90, "train.py", ["--preset", "gpt-draw", "--micro-batch", "64", "--precision", "bf16",
                                              *REFERENCE, "--steps", "15", "--warmup", "3", "--skip-baseline"]),
         Part("encode-compile", 180, "vqgan.py", ["--image-size", "256", "--batch-sizes", "256",
                                                  "--variants", "bf16+cl+compile", "--warmup", "1", "--repeats", "3"]),
@@ -170,7 +170,7 @@ def table(parts: dict[str, dict]) -> str:
     for name, label in (("train", "train, eager"), ("train-compile", "train, compiled"), ("train-large", "train-large, eager")):
         if (r := result(name)) is None:
             continue
-        where = f"{r['preset']}, micro-batch {r['micro_batch']}, {r['seq_len']} tokens, {r['mixed_precision_used']}"
+        where = f"{r['preset']}, micro-batch {r['micro_batch']}, {r['seq_len']} tokens, {r['precision_used']}"
         rows.append((f"{label}: tokens/s", _number(r["tokens_per_s"]), where))
         rows.append((f"{label}: MFU", _number(r["mfu"] and 100 * r["mfu"], 3) + " %", r["peak_flops_source"]))
         rows.append((f"{label}: peak memory", f"{r['peak_memory_gib']:.2f} GiB", r["peak_memory_method"]))

@@ -287,13 +287,7 @@ def measure_training_memory(
     """
     if any(Path(out_dir).glob("*")):
         raise ValueError(f"{out_dir} is not empty: the trainer would resume from it; use a new directory")
-    layout = SequenceLayout(  # as the trainer builds it
-        text_vocab_size=caption_tokenizer.vocab_size,
-        pad_id=caption_tokenizer.pad_id,
-        codebook_size=image_tokenizer.codebook_size,
-        text_len=caption_tokenizer.text_len,
-        grid=tuple(train_data.grid),
-    )
+    layout = SequenceLayout.from_tokenizers(caption_tokenizer, image_tokenizer, train_data.grid)  # as the trainer does
     gpt = build_model(config.model, layout, seed=config.seed)
     short = replace(config, max_steps=steps, eval_every=0, sample_every=0, checkpoint_every=10**9)
     tracker = MemoryTracker(gpt, until_optimizer_steps=steps)

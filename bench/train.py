@@ -49,7 +49,7 @@ from gptdraw.gpt.model import build_model
 from gptdraw.sequence import SequenceLayout
 from gptdraw.captions import CaptionTokenizer
 from gptdraw.data.loader import EpochBatches
-from gptdraw.runtime import resolve_mixed_precision
+from gptdraw.runtime import PRECISIONS, canonical_precision, resolve_device, resolve_precision
 from gptdraw.gpt.train import micro_batch_indices, train
 from gptdraw.vq.model import ImageTokenizer, VQConfig
 from common import add_out_option, device_name, machine, synchronize, write_result  # bench/common.py
@@ -229,7 +229,8 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "adafactor", "muon"])
     parser.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank only (0: every weight)")
-    parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16"])
+    parser.add_argument("--precision", "--mixed-precision", dest="precision", default="auto", type=canonical_precision,
+                        choices=PRECISIONS)
     parser.add_argument("--loss-chunk", type=int, default=TrainConfig.loss_chunk,
                         help="token positions per cross-entropy chunk (memory of the loss ∝ chunk × vocabulary)")
     parser.add_argument("--skip-baseline", action="store_true")
@@ -257,7 +258,7 @@ def main() -> None:
                             text_len=args.text_len, grid=(args.grid, args.grid))
     config = TrainConfig(
         model=model_preset(args.preset), max_steps=args.warmup + args.steps, micro_batch_size=args.micro_batch,
-        grad_accum=args.grad_accum, warmup_steps=1, mixed_precision=args.mixed_precision, compile=args.compile,
+        grad_accum=args.grad_accum, warmup_steps=1, precision=args.precision, compile=args.compile,
         compile_backend=args.compile_backend, optimizer=args.optimizer, lora_rank=args.lora_rank,
         gradient_checkpointing=args.gradient_checkpointing, loss_chunk=args.loss_chunk, caption_dropout=0.1, log_every=1,
         eval_every=0, sample_every=0, checkpoint_every=10**9,
@@ -300,7 +301,7 @@ def main() -> None:
         memory = {"peak_memory_gib": peak_bytes / GIB, "peak_memory_method": peak_method}
         if not (args.memory_only or args.skip_baseline):
             baseline, baseline_cpu = baseline_tokens_per_s(config, layout, data, args.steps, args.warmup, device)
-            if resolve_mixed_precision("auto") == "bf16":
+            if resolve_precision("auto", resolve_device(None), purpose="training", fp16_on_gpu=True) == "bf16":
                 baseline_bf16, baseline_bf16_cpu = baseline_tokens_per_s(
                     config, layout, data, args.steps, args.warmup, device, bf16=True)
         if track_memory:
@@ -319,8 +320,8 @@ def main() -> None:
         "grad_accum": args.grad_accum,
         "seq_len": layout.seq_len,
         "vocab_size": layout.vocab_size,
-        "mixed_precision": args.mixed_precision,
-        "mixed_precision_used": resolve_mixed_precision(args.mixed_precision),
+        "precision": args.precision,
+        "precision_used": resolve_precision(args.precision, resolve_device(None), purpose="training", fp16_on_gpu=True),
         "compile": args.compile,
         "optimizer": args.optimizer,
         "lora_rank": args.lora_rank,

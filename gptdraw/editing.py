@@ -24,8 +24,9 @@ from PIL import Image
 from transformers import GPT2LMHeadModel
 
 from gptdraw.images import pil_to_tensor
-from gptdraw.pipeline import DrawingStep, GPTDrawPipeline, evaluation_mode
-from gptdraw.gpt.sampling import code_tokens, image_logits, model_rows
+from gptdraw.gpt.sampling import code_tokens, image_logits, last_step, model_rows
+from gptdraw.pipeline import DrawingStep, GPTDrawPipeline
+from gptdraw.runtime import evaluation_mode
 from gptdraw.sequence import SequenceLayout
 
 logger = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def complete(
     steps = stream_completion(
         pipe, prompt, image, keep_rows, num_images, seed, every=pipe.layout.image_len, **settings
     )
-    return _last(steps).images
+    return last_step(steps).images
 
 
 def variations(
@@ -122,14 +123,7 @@ def variations(
     # Guidance against the blank caption is a no-op when the caption is blank.
     settings["cfg_scale"] = 1.0
     steps = pipe.stream_ids(blank, seed, every=pipe.layout.image_len, prefix_codes=prefix, **settings)
-    return _last(steps).images
-
-
-def _last(steps: Iterator[DrawingStep]) -> DrawingStep:
-    last = None
-    for last in steps:
-        pass
-    return last
+    return last_step(steps).images
 
 
 # ------------------------------------------------------------------------------ ranking
@@ -246,10 +240,10 @@ def best_of(
         raise ValueError(f"keep must be between 1 and num_candidates ({num_candidates}), got {keep}")
     caption_ids, _ = pipe.encode_prompts([prompt])
     caption_ids = caption_ids.expand(num_candidates, -1)  # (N, text_len)
-    final = _last(pipe.stream_ids(caption_ids, seed, every=pipe.layout.image_len, **settings))
+    final = last_step(pipe.stream_ids(caption_ids, seed, every=pipe.layout.image_len, **settings))
     codes = final.codes.reshape(num_candidates, *pipe.layout.grid)  # (N, h, w)
-    with evaluation_mode(pipe.gpt):
-        guidance = guidance_scores(pipe.gpt, pipe.layout, caption_ids, codes)
+    with evaluation_mode(pipe.transformer):
+        guidance = guidance_scores(pipe.transformer, pipe.layout, caption_ids, codes)
     scorer, message = (clip, "") if isinstance(clip, ClipScorer) else load_clip_scorer(clip, pipe.device)
     clip_scores = scorer.score(final.images, prompt) if scorer is not None else None
     key = clip_scores if clip_scores is not None else guidance

@@ -13,24 +13,10 @@ huggingface_hub's cache (HF_HUB_CACHE; HF_HUB_OFFLINE=1 uses only what is cached
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
-MODEL_FILES = [
-    "gptdraw.json", "README.md", "train_config.json", "loss.png", "samples/*.png",
-    "transformer/*.json", "transformer/*.safetensors",
-    "text_tokenizer/*.json",
-    "image_tokenizer/*.json", "image_tokenizer/*.safetensors",
-    "adapter/*.json", "adapter/*.safetensors",
-]
-"""What a model directory is made of: the only files pushed or fetched."""
-
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-
-
-def looks_like_repo_id(name: str) -> bool:
-    """"user/name" (and not a path that exists here)."""
-    return bool(_REPO_ID.fullmatch(name)) and not Path(name).exists()
+from gptdraw.model_dir import MODEL_CONFIG_NAME, MODEL_FILES, is_model_directory
+from gptdraw.repo_id import is_repo_id, looks_like_repo_id
 
 
 def resolve_model(name: str | Path, revision: str | None = None) -> Path:
@@ -50,17 +36,13 @@ def resolve_model(name: str | Path, revision: str | None = None) -> Path:
                                 "reached (offline?)") from None
     except HfHubHTTPError as error:
         raise FileNotFoundError(f"cannot fetch {name!r} from the Hub: {str(error).splitlines()[0]}") from None
-    from gptdraw.pipeline import MODEL_CONFIG_NAME
-
-    if not (folder / MODEL_CONFIG_NAME).is_file():
+    if not is_model_directory(folder):
         raise ValueError(f"the Hub repository {name!r} is not a gptdraw model: it has no {MODEL_CONFIG_NAME}")
     return folder
 
 
 def model_card(model_dir: Path, license: str, credits: str) -> str:
     """A model card from what the directory holds: layout, sampling, training settings, figures, samples."""
-    from gptdraw.pipeline import MODEL_CONFIG_NAME
-
     try:
         config = json.loads((model_dir / MODEL_CONFIG_NAME).read_text())
         training = json.loads((model_dir / "train_config.json").read_text()) if (model_dir / "train_config.json").is_file() else {}
@@ -80,7 +62,7 @@ def model_card(model_dir: Path, license: str, credits: str) -> str:
         f"# {model_dir.name}", "",
         "A GPT-2 that draws: a caption's tokens and an image's VQGAN codes as one sequence "
         "([gptdraw](https://github.com/)).", "",
-        "```python", "from gptdraw.pipeline import GPTDrawPipeline",
+        "```python", "from gptdraw import GPTDrawPipeline",
         "pipe = GPTDrawPipeline.from_pretrained(\"REPO_ID\")", "images = pipe([\"your caption\"], seed=0)", "```", "",
         "## Model", "",
         f"- sequence: {layout.get('text_len')} caption tokens + {layout.get('grid')} image codes "
@@ -99,18 +81,16 @@ def model_card(model_dir: Path, license: str, credits: str) -> str:
     return "\n".join(lines)
 
 
-def push_model(model_dir: str | Path, repo_id: str, license: str = "other", credits: str = "", private: bool = False,
+def push_model(model_dir: str | Path, repo_id: str, *, license: str = "other", credits: str = "", private: bool = False,
                token: str | None = None, api=None) -> str:
     """Uploads the model files of `model_dir` with a model card (README.md) to `repo_id`; returns the commit URL.
 
     api: a huggingface_hub.HfApi (by default one with `token`).
     """
-    from gptdraw.pipeline import MODEL_CONFIG_NAME
-
     model_dir = Path(model_dir)
-    if not (model_dir / MODEL_CONFIG_NAME).is_file():
+    if not is_model_directory(model_dir):
         raise FileNotFoundError(f"{model_dir} is not a gptdraw model directory: it has no {MODEL_CONFIG_NAME}")
-    if not _REPO_ID.fullmatch(repo_id):
+    if not is_repo_id(repo_id):
         raise ValueError(f"{repo_id!r} is not a Hub repository id (user/name)")
     card = model_card(model_dir, license, credits).replace("REPO_ID", repo_id)
     (model_dir / "README.md").write_text(card)

@@ -78,6 +78,13 @@ class SequenceLayout:
         codes = ids[:, self.text_len :] - self.image_offset
         return caption_ids, codes.reshape(ids.shape[0], *self.grid)  # (B, h, w)
 
+    @classmethod
+    def from_tokenizers(cls, text_tokenizer, image_tokenizer, grid: tuple[int, int]) -> "SequenceLayout":
+        """The layout of a GPT trained on these two tokenizers' ids, for images of `grid` codes
+        (the one place that builds it from them)."""
+        return cls(text_vocab_size=text_tokenizer.vocab_size, pad_id=text_tokenizer.pad_id,
+                   codebook_size=image_tokenizer.codebook_size, text_len=text_tokenizer.text_len, grid=tuple(grid))
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -16,12 +16,12 @@ from gptdraw.editing import (
     variations,
 )
 from gptdraw.pipeline import GPTDrawPipeline
-from gptdraw.gpt.sampling import SamplingSettings
+from gptdraw.gpt.sampling import SamplingConfig
 
 
 @pytest.fixture
 def pipe(gpt, caption_tokenizer, image_tokenizer, layout):
-    return GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, SamplingSettings(top_k=20, cfg_scale=2.0))
+    return GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, SamplingConfig(top_k=20, cfg_scale=2.0))
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_best_of_orders_candidates_by_the_guidance_score(pipe, layout):
     assert ranking.guidance[ranking.indices].tolist() == sorted(ranking.guidance.tolist(), reverse=True)[:3]
     # The scores are those of the drawn candidates, and the kept images are those candidates.
     ids, _ = pipe.encode_prompts(["a red circle"])
-    assert torch.allclose(ranking.guidance, guidance_scores(pipe.gpt, layout, ids.expand(5, -1), ranking.codes))
+    assert torch.allclose(ranking.guidance, guidance_scores(pipe.transformer, layout, ids.expand(5, -1), ranking.codes))
     final = list(pipe.stream_ids(ids.expand(5, -1), seed=4, every=layout.image_len))[-1]
     assert [i.tobytes() for i in ranking.images] == [final.images[i].tobytes() for i in ranking.indices]
     with pytest.raises(ValueError, match="keep must be between 1 and num_candidates"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gptdraw.gpt.sampling import SamplingSettings
+from gptdraw.gpt.sampling import SamplingConfig
 from gptdraw.hub import push_model
 from gptdraw.pipeline import GPTDrawPipeline
 
@@ -50,7 +50,7 @@ def hub_cache(tmp_path, monkeypatch, gpt, caption_tokenizer, image_tokenizer, la
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     for ref, cfg in (("main", 1.0), ("v1", 3.0)):
         folder = tmp_path / f"model-{ref}"
-        GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, SamplingSettings(cfg_scale=cfg)).save_pretrained(folder)
+        GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, SamplingConfig(cfg_scale=cfg)).save_pretrained(folder)
         if ref == "main":  # a pickle beside the safetensors: it must never be unpickled
             (folder / "transformer" / "pytorch_model.bin").write_bytes(pickle.dumps(Boom(str(tmp_path / "unpickled"))))
         cache_model(tmp_path / "cache", "someone/tiny-draw", folder, COMMITS[ref], ref)
@@ -111,7 +111,7 @@ def test_push_uploads_the_model_files_with_a_card(pipe_dir):
 @pytest.fixture
 def pipe_dir(tmp_path, gpt, caption_tokenizer, image_tokenizer, layout):
     folder = tmp_path / "run"
-    GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, SamplingSettings()).save_pretrained(folder)
+    GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, SamplingConfig()).save_pretrained(folder)
     (folder / "checkpoints" / "step-00000001").mkdir(parents=True)
     (folder / "checkpoints" / "step-00000001" / "optimizer.pt").write_bytes(b"pickle")
     (folder / "train_config.json").write_text(json.dumps({"model": {"n_layer": 2, "n_embd": 32, "n_head": 2},

@@ -5,20 +5,20 @@ import numpy as np
 import pytest
 import torch
 
-from gptdraw.pipeline import GPTDrawPipeline
-from gptdraw.gpt.sampling import CodeDrawer, DrawerOptions, SamplingSettings
+from gptdraw import GPTDrawPipeline
+from gptdraw.gpt.sampling import CodeDrawer, DrawerConfig, SamplingConfig
 from gptdraw.vq.model import ImageTokenizer
 
 
 @pytest.fixture
 def pipe(gpt, caption_tokenizer, image_tokenizer, layout):
-    return GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, SamplingSettings(top_k=20, cfg_scale=2.0))
+    return GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, SamplingConfig(top_k=20, cfg_scale=2.0))
 
 
 def test_save_load_draws_identical_images(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "model")
     # float32 throughout, as `pipe` was made (auto may decode in bf16 on this CPU: see below).
-    loaded = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", dtype="float32")
+    loaded = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", precision="fp32")
     assert loaded.default_settings == pipe.default_settings
     a = pipe(["a red circle", "a blue square at the top"], num_images_per_prompt=2, seed=5)
     b = loaded(["a red circle", "a blue square at the top"], num_images_per_prompt=2, seed=5)
@@ -74,30 +74,36 @@ def test_stream_ids_matches_stream(pipe, layout):
 
 def test_bfloat16_and_compiled_pipelines_load_and_draw(pipe, tmp_path, layout):
     pipe.save_pretrained(tmp_path / "model")
-    bf16 = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", dtype="bfloat16")
-    assert next(bf16.gpt.parameters()).dtype == torch.bfloat16
+    bf16 = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", precision="bf16")
+    assert next(bf16.transformer.parameters()).dtype == torch.bfloat16
     assert bf16.image_tokenizer.codebook.dtype == torch.bfloat16
     images = bf16("a red circle", num_images_per_prompt=2, seed=0)
     assert len(images) == 2 and images[0].size == (16, 16)
-    compiled = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", dtype="float32", compile=True)
+    compiled = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", precision="fp32", compile=True)
     assert compiled.drawer.options.compile
     # The same compiled step traced by aot_eager (no code generation: seconds, not a minute)
     # must draw what the uncompiled pipeline draws.
-    compiled.drawer = CodeDrawer(compiled.gpt, compiled.layout, DrawerOptions(compile=True, backend="aot_eager"))
-    plain = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", dtype="float32")
+    compiled.drawer = CodeDrawer(compiled.transformer, compiled.layout, DrawerConfig(compile=True, backend="aot_eager"))
+    plain = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", precision="fp32")
     drawn = compiled(["a red circle", "a blue square"], num_images_per_prompt=2, seed=4)
     expected = plain(["a red circle", "a blue square"], num_images_per_prompt=2, seed=4)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(drawn, expected))
-    with pytest.raises(ValueError, match="unknown dtype"):
-        GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", dtype="float8")
+    with pytest.raises(ValueError, match="unknown precision 'float8'"):
+        GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", precision="float8")
 
 
-def test_resolve_dtype():
-    from gptdraw.runtime import resolve_dtype
+def test_the_old_dtype_argument_still_loads_with_a_warning(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "model")
+    with pytest.warns(DeprecationWarning, match="precision"):
+        old = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", dtype="bfloat16")
+    assert next(old.transformer.parameters()).dtype == torch.bfloat16
 
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
-    assert resolve_dtype(torch.float16, torch.device("cpu")) == torch.float16
+
+def test_old_attribute_names_are_deprecated_aliases(pipe):
+    with pytest.warns(DeprecationWarning, match="transformer"):
+        assert pipe.gpt is pipe.transformer
+    with pytest.warns(DeprecationWarning, match="text_tokenizer"):
+        assert pipe.caption_tokenizer is pipe.text_tokenizer
 
 
 def test_without_a_seed_each_drawing_is_new(pipe):
@@ -111,8 +117,8 @@ def test_bf16_decode_on_cpus_that_have_it(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "model")
     auto = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu")
     assert auto.decode_in_bf16 == native_bf16(torch.device("cpu"))
-    assert next(auto.gpt.parameters()).dtype == torch.float32  # only the pixels, never the codes
-    fp32 = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", dtype="float32")
+    assert next(auto.transformer.parameters()).dtype == torch.float32  # only the pixels, never the codes
+    fp32 = GPTDrawPipeline.from_pretrained(tmp_path / "model", device="cpu", precision="fp32")
     assert not fp32.decode_in_bf16
     fp32.decode_in_bf16 = True  # bf16 autocast runs (emulated) on any CPU
     codes = torch.randint(0, pipe.layout.codebook_size, (3, pipe.layout.image_len))

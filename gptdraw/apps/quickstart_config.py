@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gptdraw.gpt.config import SamplingSettings
+from gptdraw.gpt.config import SamplingConfig
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class QuickstartConfig:
     """Caption BPE vocabulary; large enough that every caption word is one token."""
     images_per_prompt: int = 4
     """Drawings per held-out prompt for the verifier's score."""
-    sampling: SamplingSettings = SamplingSettings(temperature=0.5, top_k=4, top_p=1.0, cfg_scale=1.5)
+    sampling: SamplingConfig = SamplingConfig(temperature=0.5, top_k=4, top_p=1.0, cfg_scale=1.5)
     """Default sampling settings stored with the model: the best on the tuning set of a sweep of
     temperature, top-k and guidance (bench/quality.py --sweep-sampling); guidance 3 and above draws
     stray objects."""

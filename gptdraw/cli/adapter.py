@@ -15,13 +15,14 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gptdraw.gpt.lora import ADAPTER_DIR, merged
-    from gptdraw.pipeline import GPTDrawPipeline, save_model_directory
+    from gptdraw.gpt.lora import merged
+    from gptdraw.model_dir import ADAPTER_DIR, save_model_directory
+    from gptdraw.pipeline import GPTDrawPipeline
 
     if not (Path(args.model) / ADAPTER_DIR).is_dir():
         raise ValueError(f"{args.model} has no {ADAPTER_DIR}/ to merge")
-    pipe = GPTDrawPipeline.from_pretrained(args.model, device="cpu", dtype="float32")
-    save_model_directory(args.model, merged(pipe.gpt), pipe.caption_tokenizer, pipe.image_tokenizer, pipe.layout,
-                         pipe.default_settings)
+    pipe = GPTDrawPipeline.from_pretrained(args.model, device="cpu", precision="fp32")
+    save_model_directory(args.model, transformer=merged(pipe.transformer), text_tokenizer=pipe.text_tokenizer,
+                         image_tokenizer=pipe.image_tokenizer, layout=pipe.layout, sampling=pipe.default_settings)
     print(f"merged the adapter into {args.model}/transformer; {args.model}/{ADAPTER_DIR} removed")
     return 0

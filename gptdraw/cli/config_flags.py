@@ -21,6 +21,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
+from gptdraw.runtime import PRECISIONS, canonical_precision
+
 
 def field_help(cls: type) -> dict[str, str]:
     """{field: its docstring or trailing comment} for a dataclass, read from its source."""
@@ -51,6 +53,8 @@ def _flag_options(annotation: Any) -> dict:
         return {"action": argparse.BooleanOptionalAction}
     if origin is Literal:
         choices = get_args(annotation)
+        if choices == PRECISIONS:  # the one precision vocabulary, with its aliases (runtime.py)
+            return {"choices": choices, "type": canonical_precision}
         return {"choices": choices, "type": type(choices[0])}
     if origin is tuple:
         items = get_args(annotation)
@@ -71,6 +75,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str
     values of fields whose type does not (a preset name, say)."""
     hints = typing.get_type_hints(cls)
     helps = field_help(cls)
+    old_names: dict[str, list[str]] = {}  # a renamed field keeps its old flag as an alias
+    for old, new in getattr(cls, "RENAMED", {}).items():
+        old_names.setdefault(new, []).append(old)
     group = parser.add_argument_group(title or f"{cls.__name__} fields (default: the preset's, then --config's)")
     for field in dataclasses.fields(cls):
         if field.name in skip:
@@ -78,7 +85,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: tuple[str
         options = _flag_options(hints[field.name])
         if field.name in (choices or {}):
             options["choices"] = choices[field.name]
-        group.add_argument(f"--{field.name.replace('_', '-')}", dest=field.name, default=None,
+        names = [f"--{name.replace('_', '-')}" for name in (field.name, *old_names.get(field.name, ()))]
+        group.add_argument(*names, dest=field.name, default=None,
                            help=helps.get(field.name, "").replace("%", "%%"), **options)  # argparse formats help with %
 
 
@@ -118,6 +126,8 @@ def read_config_file(path: str | Path) -> dict:
 def apply_config_file(base, data: dict, path: str | Path = "the config file"):
     """`base` (a dataclass instance) with the fields that `data` names replaced; unknown names
     are refused, naming them."""
+    renamed = getattr(type(base), "RENAMED", {})
+    data = {renamed.get(name, name): value for name, value in data.items()}
     known = {field.name for field in dataclasses.fields(base)}
     unknown = sorted(set(data) - known)
     if unknown:

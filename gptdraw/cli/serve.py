@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from gptdraw.cli import UserError
+from gptdraw.runtime import PRECISIONS, canonical_precision
 
 
 def register(subparsers) -> None:
@@ -18,7 +19,8 @@ def register(subparsers) -> None:
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     parser.add_argument("--out", default="served", help="the only folder the server writes to (default: served)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 … (default: auto)")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on a GPU that has it), float32, bfloat16")
+    parser.add_argument("--precision", "--dtype", dest="precision", default="auto", type=canonical_precision,
+                        choices=PRECISIONS, help="the weights' precision: auto (bf16 on a GPU that has it), fp32, bf16, fp16")
     parser.add_argument("--compile", action="store_true", help="compile the decode step (CUDA graphs on a GPU)")
     parser.add_argument("--max-images", type=int, default=4, help="most images per request (default: 4, at most 16)")
     parser.add_argument("--queue-size", type=int, default=8, help="requests that may wait (default: 8, at most 256)")
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out, max_images=args.max_images, queue_size=args.queue_size, frames_per_image=args.frames,
         keep_drawings=args.keep_drawings,
     )
-    pipe = GPTDrawPipeline.from_pretrained(args.model, device=args.device, dtype=args.dtype, compile=args.compile)
+    pipe = GPTDrawPipeline.from_pretrained(args.model, device=args.device, precision=args.precision, compile=args.compile)
     # Gradio polls its own server through httpx; those requests are not news to the user.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     print(f"gptdraw serve: http://{args.host}:{args.port} (writes to {config.out_dir}; Ctrl-C stops)")

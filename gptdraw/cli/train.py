@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument("--data", required=True, help="dataset directory written by `gptdraw prepare`")
     parser.add_argument("--eval-data", help="held-out dataset directory (default: DATA/eval when present)")
     parser.add_argument("--out", required=True, help="run directory; also the model directory")
-    parser.add_argument("--vq", help="image tokenizer the data was encoded with (default: the one the dataset records)")
+    parser.add_argument("--image-tokenizer", "--vq", dest="image_tokenizer",
+                        help="image tokenizer the data was encoded with (default: the one the dataset records)")
     parser.add_argument("--init-from", help="start from a trained gptdraw model directory (fine-tuning: the data must be "
                         "prepared with its tokenizers, MODEL/text_tokenizer and MODEL/image_tokenizer), or from "
                         "pretrained GPT-2 weights (a directory or hub id; the data prepared with that GPT-2's tokenizer)")
@@ -66,10 +67,11 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from gptdraw.captions import CaptionTokenizer
     from gptdraw.data.shards import ShardDataset
-    from gptdraw.gpt.finetune import is_model_directory, load_for_finetuning
+    from gptdraw.gpt.finetune import load_for_finetuning
     from gptdraw.gpt.model import adapt_pretrained_gpt2
-    from gptdraw.gpt.sampling import SamplingSettings
+    from gptdraw.gpt.sampling import SamplingConfig
     from gptdraw.gpt.train import train
+    from gptdraw.model_dir import is_model_directory
     from gptdraw.sequence import SequenceLayout
 
     data_dir = Path(args.data)
@@ -78,13 +80,10 @@ def run(args: argparse.Namespace) -> int:
     eval_dir = Path(args.eval_data) if args.eval_data else data_dir / "eval"
     eval_data = ShardDataset(eval_dir) if eval_dir.exists() else None
     caption_tokenizer = CaptionTokenizer.from_pretrained(data_dir / "text_tokenizer")
-    image_tokenizer = dataset_image_tokenizer(data_dir, train_data.manifest, args.vq)
+    image_tokenizer = dataset_image_tokenizer(data_dir, train_data.manifest, args.image_tokenizer)
     init_model = None
     if args.init_from:
-        layout = SequenceLayout(
-            text_vocab_size=caption_tokenizer.vocab_size, pad_id=caption_tokenizer.pad_id,
-            codebook_size=image_tokenizer.codebook_size, text_len=caption_tokenizer.text_len, grid=train_data.grid,
-        )
+        layout = SequenceLayout.from_tokenizers(caption_tokenizer, image_tokenizer, train_data.grid)
         if is_model_directory(args.init_from):  # a trained gptdraw model: fine-tune it
             init_model = load_for_finetuning(args.init_from, caption_tokenizer, image_tokenizer, layout,
                                              dropout=config.model.dropout)
@@ -100,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         caption_tokenizer=caption_tokenizer,
         image_tokenizer=image_tokenizer,
         eval_data=eval_data,
-        sampling=SamplingSettings(cfg_scale=args.cfg_scale),
+        sampling=SamplingConfig(cfg_scale=args.cfg_scale),
         init_model=init_model,
     )
     if result.main_process:  # under `accelerate launch` every process returns the same figures
@@ -118,7 +117,7 @@ def dataset_image_tokenizer(data_dir: Path, manifest: dict, vq: str | None) -> I
     recorded = manifest.get("image_tokenizer_path")
     path = Path(vq) if vq else (Path(recorded) if recorded else None)
     if path is None:
-        raise ValueError(f"{data_dir} does not record where its image tokenizer is: pass --vq DIR")
+        raise ValueError(f"{data_dir} does not record where its image tokenizer is: pass --image-tokenizer DIR")
     tokenizer = ImageTokenizer.from_pretrained(path)
     expected = manifest.get("image_tokenizer", {}).get("weights_sha256")
     if not expected:

@@ -79,7 +79,8 @@ def register(subparsers) -> None:
 
 
 def _add_tokenizer_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--vq", required=True, type=Path, help="gptdraw image-tokenizer directory")
+    parser.add_argument("--image-tokenizer", "--vq", dest="vq", required=True, type=Path,
+                        help="gptdraw image-tokenizer directory")
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
 

@@ -2,14 +2,16 @@
 
 Presets are plain dataclass instances: `model_preset("tiny")` for a CPU run in minutes,
 `model_preset("gpt-draw")` for the reference recipe, larger ones for those who outgrow it.
-Image-tokenizer presets live in `gptdraw.vq.config`. SamplingSettings (how drawing picks codes)
+Image-tokenizer presets live in `gptdraw.vq.config`. SamplingConfig (how drawing picks codes)
 lives here too, so that the CLI can make its flags without importing torch.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
-from typing import Literal
+from typing import ClassVar, Literal
+
+from gptdraw.runtime import Precision, canonical_precision
 
 
 @dataclass(frozen=True)
@@ -78,8 +80,9 @@ class TrainConfig:
     """AdamW betas (torch's default)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 disables)."""
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    """auto: bf16 where the hardware has it (recent CPUs and GPUs), else fp32."""
+    precision: Precision = "auto"
+    """Mixed precision: auto (bf16 where the hardware runs it natively, fp16 on a GPU without bf16, else
+    fp32), fp32, bf16 or fp16 (float32, bfloat16, float16 and "no" are accepted too)."""
     compile: bool = False
     """torch.compile the model (worth it on GPUs for long runs)."""
     compile_backend: str = "inductor"
@@ -118,7 +121,11 @@ class TrainConfig:
     wandb: bool = False
     """Also log to Weights & Biases (must be installed)."""
 
+    RENAMED: ClassVar[dict[str, str]] = {"mixed_precision": "precision"}
+    """Old field names still read from config files and flags (kept for one release)."""
+
     def __post_init__(self):
+        object.__setattr__(self, "precision", canonical_precision(self.precision))
         for name in ("max_steps", "micro_batch_size", "grad_accum", "keep_checkpoints", "loss_chunk"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -136,7 +143,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        data = dict(data)
+        data = {cls.RENAMED.get(name, name): value for name, value in data.items()}
         data["model"] = ModelConfig(**data["model"])
         data["betas"] = tuple(data["betas"])
         data["sample_prompts"] = tuple(data["sample_prompts"])
@@ -177,7 +184,7 @@ def train_preset(name: str, **overrides) -> TrainConfig:
 
 
 @dataclass(frozen=True)
-class SamplingSettings:
+class SamplingConfig:
     """How the next code is chosen from the model's distribution."""
 
     temperature: float = 1.0
@@ -206,3 +213,7 @@ class SamplingSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+SamplingSettings = SamplingConfig
+"""Deprecated name of SamplingConfig (kept for one release)."""

@@ -13,31 +13,26 @@ from pathlib import Path
 
 from transformers import GPT2LMHeadModel
 
+import torch
+
 from gptdraw.captions import CaptionTokenizer
 from gptdraw.gpt.model import set_dropout
+from gptdraw.model_dir import load_model_directory
 from gptdraw.sequence import SequenceLayout
 from gptdraw.vq.model import ImageTokenizer
 
 
-def is_model_directory(path: str | Path) -> bool:
-    """Whether `path` is a gptdraw model directory (rather than pretrained GPT-2 text weights)."""
-    from gptdraw.pipeline import MODEL_CONFIG_NAME
-
-    return (Path(path) / MODEL_CONFIG_NAME).is_file()
-
-
 def load_for_finetuning(model_dir: str | Path, caption_tokenizer: CaptionTokenizer, image_tokenizer: ImageTokenizer,
-                        layout: SequenceLayout, dropout: float = 0.0) -> GPT2LMHeadModel:
+                        layout: SequenceLayout, *, dropout: float = 0.0) -> GPT2LMHeadModel:
     """The GPT of `model_dir`, in float32 on the CPU, to train further on a dataset encoded with
     `caption_tokenizer` and `image_tokenizer`; a dataset made with other ones is refused, naming
     what differs."""
     from gptdraw.data.prepare import image_tokenizer_identity
-    from gptdraw.pipeline import GPTDrawPipeline
 
-    model = GPTDrawPipeline.from_pretrained(model_dir, device="cpu", dtype="float32")
+    model = load_model_directory(model_dir, torch.device("cpu"), torch.float32)
     differences = []
-    if (model.caption_tokenizer.identity() != caption_tokenizer.identity()
-            or model.caption_tokenizer.tokenizer.get_vocab() != caption_tokenizer.tokenizer.get_vocab()):
+    if (model.text_tokenizer.identity() != caption_tokenizer.identity()
+            or model.text_tokenizer.tokenizer.get_vocab() != caption_tokenizer.tokenizer.get_vocab()):
         differences.append("caption tokenizer")
     if image_tokenizer_identity(model.image_tokenizer)["weights_sha256"] != image_tokenizer_identity(image_tokenizer)["weights_sha256"]:
         differences.append("image tokenizer")
@@ -49,5 +44,5 @@ def load_for_finetuning(model_dir: str | Path, caption_tokenizer: CaptionTokeniz
             f"{model_dir} was trained with another {' and '.join(differences)} than this dataset was prepared with: "
             f"prepare it with --vq {Path(model_dir) / 'image_tokenizer'} --text-tokenizer {Path(model_dir) / 'text_tokenizer'}"
         )
-    set_dropout(model.gpt, dropout)
-    return model.gpt.train()
+    set_dropout(model.transformer, dropout)
+    return model.transformer.train()

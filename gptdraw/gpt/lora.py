@@ -18,7 +18,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import GPT2LMHeadModel
 
-ADAPTER_DIR = "adapter"
 TARGETS = ("c_attn", "c_proj", "c_fc")
 """GPT-2's matrices in each block: attention in and out, MLP in and out (both outs are c_proj)."""
 _CONFIG, _WEIGHTS = "adapter_config.json", "adapter_model.safetensors"

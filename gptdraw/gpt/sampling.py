@@ -7,9 +7,9 @@ It runs one of two loops, which draw the same codes for the same seed:
   one batch of 2B rows (conditional rows, then blank-caption rows) whose last hidden states
   are mixed as `uncond + scale·(cond − uncond)` before the LM head (the head is linear, so
   this is mixing the logits, for half the head's work); logits computed for the image codes
-  only; and a decode step of fixed shapes that can be compiled (`DrawerOptions(compile=True)`:
+  only; and a decode step of fixed shapes that can be compiled (`DrawerConfig(compile=True)`:
   CUDA graphs on a GPU through torch.compile's "reduce-overhead" mode).
-- the plain reference loop (`DrawerOptions(use_cache=False)`), which runs the whole
+- the plain reference loop (`DrawerConfig(use_cache=False)`), which runs the whole
   sequence through the model for every code. It exists to check the fast one.
 
 Both choose codes with the same function, `pick_codes`, from the same random numbers:
@@ -23,17 +23,20 @@ from __future__ import annotations
 import inspect
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 from transformers import GPT2LMHeadModel, GPT2Model, StaticCache
 
-from gptdraw.gpt.config import SamplingSettings  # noqa: F401  (the sampler's settings; torch-free, for the CLI)
+from gptdraw.gpt.config import SamplingConfig, SamplingSettings  # noqa: F401  (torch-free, for the CLI; the old name kept)
 from gptdraw.sequence import SequenceLayout
 
 
-class Knobs(NamedTuple):
+T = TypeVar("T")
+
+
+class SamplingTensors(NamedTuple):
     """SamplingSettings as the sampler's step takes them.
 
     Temperature and guidance scale are 0-d tensors. For a compiled step, top_k and top_p
@@ -50,7 +53,7 @@ class Knobs(NamedTuple):
     cfg_scale: torch.Tensor
 
     @classmethod
-    def of(cls, settings: SamplingSettings, device: torch.device | str, compiled: bool = False) -> "Knobs":
+    def of(cls, settings: SamplingConfig, device: torch.device | str, compiled: bool = False) -> "SamplingTensors":
         as_float = dict(dtype=torch.float32, device=device)
         as_tensors = compiled and (settings.top_k > 0 or settings.top_p < 1.0)
         return cls(
@@ -104,6 +107,10 @@ def cumulative_sum(values: torch.Tensor) -> torch.Tensor:
     over few rows, such as a (16, 16384) cumsum, and fails to generate it; a scan this short
     over many rows is a plain kernel. Each block starts from the sum through the one before, so
     that a cdf made of it rises from block to block as a plain cumsum's does.
+
+    Upstream: inductor's scan lowering (pytorch/pytorch#106581) falls back or splits long scans;
+    no issue names this failure. Can go when bench/gpu.py's compiled-sampler check passes with a
+    plain torch.cumsum on the torch that pyproject.toml requires at least.
     """
     batch, length = values.shape
     blocks = -(-length // SCAN_BLOCK)
@@ -126,7 +133,7 @@ def draw_uniform(batch: int, generator: torch.Generator | None, device: torch.de
     return torch.rand(batch, 1, generator=generator, device=device)
 
 
-def pick_codes(logits: torch.Tensor, uniform: torch.Tensor, knobs: Knobs) -> torch.Tensor:
+def pick_codes(logits: torch.Tensor, uniform: torch.Tensor, tensors: SamplingTensors) -> torch.Tensor:
     """(B, K) float32 logits and (B, 1) uniform numbers → (B,) chosen codes.
 
     Temperature 0 takes the argmax. Otherwise p is the softmax of the temperature-scaled,
@@ -134,8 +141,8 @@ def pick_codes(logits: torch.Tensor, uniform: torch.Tensor, knobs: Knobs) -> tor
     (inverse-CDF sampling: code i with probability p_i, one random number per row).
     """
     greedy = logits.argmax(dim=-1)
-    temperature = torch.where(knobs.temperature > 0, knobs.temperature, 1.0)
-    probs = filter_logits(logits / temperature, knobs.top_k, knobs.top_p).softmax(dim=-1)
+    temperature = torch.where(tensors.temperature > 0, tensors.temperature, 1.0)
+    probs = filter_logits(logits / temperature, tensors.top_k, tensors.top_p).softmax(dim=-1)
     cdf = cumulative_sum(probs)  # (B, K)
     total = cdf[:, -1:]
     # Strictly below the total: the first cdf entry above the target is then a code with p > 0
@@ -143,12 +150,13 @@ def pick_codes(logits: torch.Tensor, uniform: torch.Tensor, knobs: Knobs) -> tor
     target = torch.minimum(uniform * total, torch.nextafter(total, torch.zeros_like(total)))
     # The number of cdf entries at or below the target is the index of the first one above it
     # (searchsorted's answer, as one plain reduction: inductor in torch 2.11 could not lower
-    # searchsorted over a cdf made by cumulative_sum).
+    # searchsorted over a cdf made by cumulative_sum; its searchsorted lowering was also wrong,
+    # pytorch/pytorch#182343). Can go with cumulative_sum, under the same check.
     sampled = (cdf <= target).sum(dim=-1)  # (B,)
-    return torch.where(knobs.temperature > 0, sampled, greedy)
+    return torch.where(tensors.temperature > 0, sampled, greedy)
 
 
-def _uniform_for(settings: SamplingSettings, batch: int, generator, device) -> torch.Tensor:
+def _uniform_for(settings: SamplingConfig, batch: int, generator, device) -> torch.Tensor:
     # Greedy drawing uses no randomness, so it leaves the generator untouched.
     if settings.temperature == 0:
         return torch.zeros(batch, 1, device=device)
@@ -181,12 +189,13 @@ def last_hidden(gpt: GPT2LMHeadModel, tokens: torch.Tensor, cache: StaticCache |
 
 # transformers renamed GPT2Model.forward's `past_key_values` to `cache` (5.2x). The other name
 # would vanish into **kwargs without an error and draw every step without the cache, so the
-# name is read off the installed version's signature.
+# name is read off the installed version's signature. Can go when pyproject.toml requires a
+# transformers that has `cache` (then pass it by that name).
 CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(GPT2Model.forward).parameters else "past_key_values"
 
 
 def next_codes(
-    gpt: GPT2LMHeadModel, layout: SequenceLayout, hidden: torch.Tensor, uniform: torch.Tensor, knobs: Knobs
+    gpt: GPT2LMHeadModel, layout: SequenceLayout, hidden: torch.Tensor, uniform: torch.Tensor, tensors: SamplingTensors
 ) -> torch.Tensor:
     """Last hidden states of B or 2B rows (conditional, then blank-caption) → (B,) chosen codes.
 
@@ -197,8 +206,8 @@ def next_codes(
     """
     if hidden.shape[0] == 2 * uniform.shape[0]:
         cond, uncond = hidden.float().chunk(2)  # (B, C) each
-        hidden = apply_cfg(cond, uncond, knobs.cfg_scale).to(hidden.dtype)
-    return pick_codes(image_logits(gpt, layout, hidden), uniform, knobs)
+        hidden = apply_cfg(cond, uncond, tensors.cfg_scale).to(hidden.dtype)
+    return pick_codes(image_logits(gpt, layout, hidden), uniform, tensors)
 
 
 def model_rows(caption_ids: torch.Tensor, layout: SequenceLayout, guided: bool) -> torch.Tensor:
@@ -235,7 +244,7 @@ def _check_inputs(layout: SequenceLayout, caption_ids: torch.Tensor, codes: torc
 
 # ------------------------------------------------------------------------------------ the loops
 @dataclass(frozen=True)
-class DrawerOptions:
+class DrawerConfig:
     """How a CodeDrawer runs its steps."""
 
     use_cache: bool = True
@@ -269,7 +278,10 @@ COMPILATION_LIMIT = 32
 def recompile_options() -> dict:
     """torch.compile's per-call recompile settings where this torch has them (newer versions): each drawer
     compiles up to COMPILATION_LIMIT shapes of its own. Older versions share torch's global limit
-    (8 per code object) between drawers; past it the step raises under fullgraph."""
+    (8 per code object) between drawers; past it the step raises under fullgraph.
+
+    Upstream: torch.compile(isolate_recompiles=True), PyTorch's devlog "Dynamo Isolate Recompiles"
+    (2026-05-04). The signature check can go when pyproject.toml requires a torch that has it."""
     wanted = {"recompile_limit": COMPILATION_LIMIT, "isolate_recompiles": True}
     accepted = inspect.signature(torch.compile).parameters
     return {name: value for name, value in wanted.items() if name in accepted}
@@ -287,7 +299,7 @@ class CodeDrawer:
     (others wait for it); an uncompiled one allocates a cache per drawing.
     """
 
-    def __init__(self, gpt: GPT2LMHeadModel, layout: SequenceLayout, options: DrawerOptions = DrawerOptions()):
+    def __init__(self, gpt: GPT2LMHeadModel, layout: SequenceLayout, options: DrawerConfig = DrawerConfig()):
         self.gpt = gpt
         self.layout = layout
         self.options = options
@@ -312,7 +324,7 @@ class CodeDrawer:
     def iter_codes(
         self,
         caption_ids: torch.Tensor,
-        settings: SamplingSettings = SamplingSettings(),
+        settings: SamplingConfig = SamplingConfig(),
         generator: torch.Generator | None = None,
         prefix_codes: torch.Tensor | None = None,
     ) -> Iterator[torch.Tensor]:
@@ -346,12 +358,12 @@ class CodeDrawer:
     def _reference_steps(self, caption_ids, codes, settings, generator) -> Iterator[torch.Tensor]:
         """The plain loop: every step runs the whole sequence so far, without a cache."""
         layout, device = self.layout, self.device
-        knobs = Knobs.of(settings, device)
+        tensors = SamplingTensors.of(settings, device)
         rows = model_rows(caption_ids, layout, settings.guided)
         while codes.shape[1] < layout.image_len:
             ids = torch.cat([rows, code_tokens(codes, layout, settings.guided)], dim=1)
             uniform = _uniform_for(settings, codes.shape[0], generator, device)
-            chosen = next_codes(self.gpt, layout, last_hidden(self.gpt, ids), uniform, knobs)  # (B,)
+            chosen = next_codes(self.gpt, layout, last_hidden(self.gpt, ids), uniform, tensors)  # (B,)
             codes = torch.cat([codes, chosen[:, None]], dim=1)
             yield codes
 
@@ -368,7 +380,7 @@ class CodeDrawer:
         else:
             codes_in = codes
         guided = settings.guided
-        knobs = Knobs.of(settings, device, compiled=self.options.compile)
+        tensors = SamplingTensors.of(settings, device, compiled=self.options.compile)
         cache = self._cache(padded * (2 if guided else 1))
 
         def uniform() -> torch.Tensor:
@@ -378,7 +390,7 @@ class CodeDrawer:
 
         # Prefill: the captions and any prefix codes in one uncompiled pass of varying length.
         prompt = torch.cat([model_rows(caption_ids, layout, guided), code_tokens(codes_in, layout, guided)], dim=1)
-        chosen, tokens = self._decode_step(cache, prompt, uniform(), knobs)
+        chosen, tokens = self._decode_step(cache, prompt, uniform(), tensors)
         codes = torch.cat([codes, chosen[:batch, None]], dim=1)
         yield codes
         # Decode: one token per row per step, always the same shapes.
@@ -386,10 +398,10 @@ class CodeDrawer:
             if self.options.compile:
                 # CUDA graphs reuse their output memory on the next replay: mark the step, copy out.
                 torch.compiler.cudagraph_mark_step_begin()
-                chosen, tokens = self._step(cache, tokens, uniform(), knobs)
+                chosen, tokens = self._step(cache, tokens, uniform(), tensors)
                 chosen, tokens = chosen.clone(), tokens.clone()
             else:
-                chosen, tokens = self._step(cache, tokens, uniform(), knobs)
+                chosen, tokens = self._step(cache, tokens, uniform(), tensors)
             codes = torch.cat([codes, chosen[:batch, None]], dim=1)
             yield codes
 
@@ -406,20 +418,33 @@ class CodeDrawer:
         return cache
 
     def _decode_step(
-        self, cache: StaticCache, tokens: torch.Tensor, uniform: torch.Tensor, knobs: Knobs
+        self, cache: StaticCache, tokens: torch.Tensor, uniform: torch.Tensor, tensors: SamplingTensors
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Runs (R, n) new tokens through the cached model; returns (B,) codes and their (R, 1) tokens."""
         hidden = last_hidden(self.gpt, tokens, cache)  # (R, C)
-        chosen = next_codes(self.gpt, self.layout, hidden, uniform, knobs)  # (B,)
+        chosen = next_codes(self.gpt, self.layout, hidden, uniform, tensors)  # (B,)
         guided = tokens.shape[0] == 2 * uniform.shape[0]
         return chosen, code_tokens(chosen[:, None], self.layout, guided)
 
 
+def last_step(steps: Iterable[T]) -> T:
+    """Runs a drawing to its end (the steps of `CodeDrawer.iter_codes`, or of the pipeline's
+    `stream`) and returns its last step."""
+    last = None
+    for last in steps:
+        pass
+    if last is None:
+        raise ValueError("the drawing ended before it began")
+    return last
+
+
 def sample_codes(steps: Iterable[torch.Tensor], layout: SequenceLayout) -> torch.Tensor:
     """Runs a drawing (`CodeDrawer.iter_codes`) to its end: the last (B, h·w) codes as (B, h, w)."""
-    codes = None
-    for codes in steps:
-        pass
-    if codes is None or codes.shape[1] != layout.image_len:
+    codes = last_step(steps)
+    if codes.shape[1] != layout.image_len:
         raise ValueError("the drawing ended before its image was whole")
     return codes.reshape(codes.shape[0], *layout.grid)  # (B, h, w)
+
+
+DrawerOptions = DrawerConfig
+"""Deprecated name of DrawerConfig (kept for one release)."""

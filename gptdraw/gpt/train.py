@@ -38,7 +38,6 @@ from tqdm.auto import tqdm
 from gptdraw import schedule
 from gptdraw.captions import CaptionTokenizer
 from gptdraw.data.loader import EpochBatches
-from gptdraw.data.shards import write_json_atomic
 from gptdraw.gpt.checkpoint import (
     CHECKPOINTS, gather_model_weights, gather_optimizer_state, list_checkpoints, load_checkpoint, load_gpt_weights,
     load_optimizer_state, prune_checkpoints, save_checkpoint,
@@ -48,10 +47,11 @@ from gptdraw.gpt.lora import add_lora
 from gptdraw.gpt.model import TrainingForward, build_model, check_model_fits_layout, split_targets, weighted_loss
 from gptdraw.gpt.optimizer import make_optimizer
 from gptdraw.gpt.run_log import RunLog, import_wandb
-from gptdraw.gpt.sampling import SamplingSettings
-from gptdraw.images import make_grid
-from gptdraw.pipeline import GPTDrawPipeline, save_model_directory
-from gptdraw.runtime import resolve_mixed_precision
+from gptdraw.gpt.sampling import CodeDrawer, SamplingConfig, sample_codes
+from gptdraw.files import write_json_atomic
+from gptdraw.images import make_grid, tensor_to_pil
+from gptdraw.model_dir import MODEL_CONFIG_NAME, save_model_directory
+from gptdraw.runtime import accelerate_precision, evaluation_mode, resolve_device, resolve_precision
 from gptdraw.sequence import SequenceLayout
 from gptdraw.vq.model import ImageTokenizer
 
@@ -166,7 +166,8 @@ def start_accelerator(config: TrainConfig):
     # the process as FSDP for good); a library caller may train twice with different settings,
     # so drop the previous run's state. The process group itself is kept.
     AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision), fsdp_plugin=fsdp_settings())
+    precision = resolve_precision(config.precision, resolve_device(None), purpose="training", fp16_on_gpu=True)
+    accelerator = Accelerator(mixed_precision=accelerate_precision(precision), fsdp_plugin=fsdp_settings())
     # Under FSDP no process holds the whole model once it is prepared.
     sharded = accelerator.distributed_type == DistributedType.FSDP
     if accelerator.is_main_process:
@@ -272,7 +273,7 @@ class TrainingRun:
     """
 
     def __init__(self, config: TrainConfig, train_data, out_dir: str | os.PathLike, caption_tokenizer: CaptionTokenizer,
-                 image_tokenizer: ImageTokenizer, eval_data=None, sampling: SamplingSettings = SamplingSettings(),
+                 image_tokenizer: ImageTokenizer, eval_data=None, sampling: SamplingConfig = SamplingConfig(),
                  init_model=None):
         from accelerate.utils import set_seed
 
@@ -280,10 +281,7 @@ class TrainingRun:
             import_wandb()  # on every process, before any work: a missing package fails all alike
         self.config, self.train_data, self.eval_data, self.out_dir = config, train_data, eval_data, Path(out_dir)
         self.caption_tokenizer, self.image_tokenizer, self.sampling = caption_tokenizer, image_tokenizer, sampling
-        self.layout = layout = SequenceLayout(
-            text_vocab_size=caption_tokenizer.vocab_size, pad_id=caption_tokenizer.pad_id,
-            codebook_size=image_tokenizer.codebook_size, text_len=caption_tokenizer.text_len, grid=tuple(train_data.grid),
-        )
+        self.layout = layout = SequenceLayout.from_tokenizers(caption_tokenizer, image_tokenizer, train_data.grid)
         if train_data.text_len != layout.text_len:
             raise ValueError(f"the data has captions of {train_data.text_len} ids, the tokenizer {layout.text_len}")
         self.accelerator, self.sharded = start_accelerator(config)
@@ -327,7 +325,7 @@ class TrainingRun:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             # What this invocation trains with, as `gptdraw train --config` reads it back.
             write_json_atomic(self.out_dir / CONFIG_NAME, config.to_dict())
-            if not (self.out_dir / "gptdraw.json").exists():
+            if not (self.out_dir / MODEL_CONFIG_NAME).exists():
                 self.export()
             self.log = RunLog(self.out_dir, self.resumed.step, config, world, self.resumed.wandb_run_id)
         self.wandb_run_id = self.log.wandb_run_id if self.log is not None else self.resumed.wandb_run_id
@@ -338,8 +336,8 @@ class TrainingRun:
 
     def export(self) -> None:
         """Writes the model directory (the run directory is one) from the unsharded GPT."""
-        save_model_directory(self.out_dir, self.export_gpt, self.caption_tokenizer, self.image_tokenizer, self.layout,
-                             self.sampling)
+        save_model_directory(self.out_dir, transformer=self.export_gpt, text_tokenizer=self.caption_tokenizer,
+                             image_tokenizer=self.image_tokenizer, layout=self.layout, sampling=self.sampling)
 
     def take_step(self, step: int) -> float:
         """Optimiser step `step` (0-based); returns its loss."""
@@ -378,11 +376,19 @@ class TrainingRun:
             if self.sharded and self.main:
                 load_gpt_weights(self.export_gpt, weights)
         if sample_now and self.main:
-            pipeline = GPTDrawPipeline(self.export_gpt, self.caption_tokenizer, self.image_tokenizer, self.layout, self.sampling)
-            write_sample_grid(pipeline, config, self.out_dir / "samples" / f"step-{done:08d}.png", self.log, done,
-                              self.accelerator.device)
+            self.write_sample_grid(self.out_dir / "samples" / f"step-{done:08d}.png", done)
         if checkpoint_now:
             self.checkpoint(done, weights)
+
+    def write_sample_grid(self, path: Path, step: int) -> None:
+        """Draws the fixed prompts and saves them as one labelled grid (and to the run's loggers)."""
+        prompts = list(self.config.sample_prompts)
+        images = draw_samples(self.export_gpt, self.caption_tokenizer, self.image_tokenizer, self.layout, self.sampling,
+                              prompts, self.config.seed, self.accelerator.device)
+        grid = make_grid(images, columns=min(8, len(images)), labels=prompts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(path)
+        self.log.image("samples", grid, step)
 
     def checkpoint(self, done: int, weights: dict) -> None:
         """Writes checkpoint `done` and the model directory (gathered from every process)."""
@@ -414,7 +420,7 @@ def train(
     caption_tokenizer: CaptionTokenizer,
     image_tokenizer: ImageTokenizer,
     eval_data=None,
-    sampling: SamplingSettings = SamplingSettings(),
+    sampling: SamplingConfig = SamplingConfig(),
     init_model=None,
     progress: bool = True,
     stop_after: int | None = None,
@@ -468,15 +474,18 @@ class _no_sync:
         return False
 
 
-def write_sample_grid(pipeline: GPTDrawPipeline, config: TrainConfig, path: Path, log: RunLog | None, step: int,
-                      device: torch.device) -> None:
-    """Draws the fixed prompts on `device` and saves them as one labelled grid."""
-    home = pipeline.device
-    pipeline.gpt.to(device)  # FSDP's unsharded copy waits on the CPU between grids
-    images = pipeline(list(config.sample_prompts), num_images_per_prompt=1, seed=config.seed)
-    pipeline.gpt.to(home)
-    grid = make_grid(images, columns=min(8, len(images)), labels=list(config.sample_prompts))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
-    if log is not None:
-        log.image("samples", grid, step)
+def draw_samples(gpt, caption_tokenizer: CaptionTokenizer, image_tokenizer: ImageTokenizer, layout: SequenceLayout,
+                 sampling: SamplingConfig, prompts: list[str], seed: int, device: torch.device) -> list:
+    """One image per prompt, drawn on `device` as GPTDrawPipeline draws them (the same seed gives the
+    same codes), without building one: training sits below the pipeline."""
+    home = next(gpt.parameters()).device
+    gpt.to(device)  # FSDP's unsharded copy waits on the CPU between grids
+    try:
+        caption_ids = torch.from_numpy(caption_tokenizer.encode_batch(prompts).ids).long()
+        generator = torch.Generator(device).manual_seed(seed)
+        with evaluation_mode(gpt, image_tokenizer), torch.inference_mode():
+            codes = sample_codes(CodeDrawer(gpt, layout).iter_codes(caption_ids, sampling, generator), layout)  # (B, h, w)
+            pixels = image_tokenizer.decode(codes.to(next(image_tokenizer.parameters()).device))  # (B, 3, H, W)
+    finally:
+        gpt.to(home)
+    return tensor_to_pil(pixels.float().cpu())

@@ -4,7 +4,7 @@
 
 The network is diffusers' `VQModel`, which reproduces the taming-transformers VQGAN
 (and MoVQ with `norm_type="spatial"`) exactly, so pretrained checkpoints load into it
-after a key rename (see gptdraw/vq_convert.py). This file adds what gptdraw needs on
+after a key rename (see gptdraw/vq/convert.py). This file adds what gptdraw needs on
 top: a typed config with named presets, encode/decode with the public [0, 1] image
 convention and clear input checks, a training forward with separate VQ losses, and a
 safetensors save/load with strict key checks.

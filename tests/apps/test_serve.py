@@ -9,7 +9,7 @@ import pytest
 
 from gptdraw import cli
 from gptdraw.pipeline import GPTDrawPipeline
-from gptdraw.gpt.sampling import SamplingSettings
+from gptdraw.gpt.sampling import SamplingConfig
 from gptdraw.apps.serve import RequestError, ServeConfig, check_request
 
 WAIT_SECONDS = 60  # the longest any test waits for the server
@@ -36,7 +36,7 @@ def served(tmp_path_factory, gpt, caption_tokenizer, image_tokenizer, layout):
     from gptdraw.apps.serve import launch
 
     root = tmp_path_factory.mktemp("serve")
-    settings = SamplingSettings(top_k=20, cfg_scale=2.0)
+    settings = SamplingConfig(top_k=20, cfg_scale=2.0)
     GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, settings).save_pretrained(root / "model")
     pipe = GPTDrawPipeline.from_pretrained(root / "model", device="cpu")
     config = ServeConfig(out_dir=root / "out", max_images=3, queue_size=4)
@@ -190,11 +190,11 @@ def test_serve_command_refuses_bad_arguments(command, tmp_path, capsys):
 
 
 def test_warm_up_compiles_every_batch_size_a_request_can_use(gpt, caption_tokenizer, image_tokenizer, layout):
-    from gptdraw.gpt.sampling import DrawerOptions
+    from gptdraw.gpt.sampling import DrawerConfig
     from gptdraw.apps.serve import warm_up
 
-    options = DrawerOptions(compile=True, backend="eager")  # dynamo traces; no code generation
-    pipe = GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, SamplingSettings(cfg_scale=2.0), options)
+    options = DrawerConfig(compile=True, backend="eager")  # dynamo traces; no code generation
+    pipe = GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, SamplingConfig(cfg_scale=2.0), options)
     warm_up(pipe, max_images=3)
     # Requests of 1, 2 and 3 images run batches of 1, 2 and 4, each as 2× rows for guidance.
     assert sorted(rows for rows, _, _ in pipe.drawer._caches) == [2, 4, 8]

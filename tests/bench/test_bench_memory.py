@@ -112,7 +112,7 @@ def test_trainer_peak_holds_model_and_adamw_state(caption_tokenizer, image_token
     data = random_shards(tmp_path / "data", image_tokenizer.grid_size(), caption_tokenizer.text_len,
                          image_tokenizer.codebook_size, caption_tokenizer.vocab_size, examples=32)
     config = TrainConfig(model=ModelConfig(n_layer=2, n_head=2, n_embd=32), micro_batch_size=8, warmup_steps=1,
-                         mixed_precision="no")
+                         precision="fp32")
     peaks = memory.measure_training_memory(config, data, caption_tokenizer, image_tokenizer, tmp_path / "run")
     with pytest.raises(ValueError, match="not empty"):
         memory.measure_training_memory(config, data, caption_tokenizer, image_tokenizer, tmp_path / "run")

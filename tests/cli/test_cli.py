@@ -7,13 +7,13 @@ from PIL import Image
 
 from gptdraw.cli import main
 from gptdraw.pipeline import GPTDrawPipeline
-from gptdraw.gpt.sampling import SamplingSettings
+from gptdraw.gpt.sampling import SamplingConfig
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, gpt, caption_tokenizer, image_tokenizer, layout):
     directory = tmp_path_factory.mktemp("model")
-    GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, SamplingSettings(top_k=10)).save_pretrained(directory)
+    GPTDrawPipeline(gpt, caption_tokenizer, image_tokenizer, layout, SamplingConfig(top_k=10)).save_pretrained(directory)
     return directory
 
 

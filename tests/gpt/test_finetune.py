@@ -12,7 +12,7 @@ from gptdraw.data.prepare import prepare
 from gptdraw.data.sources import ShapesSource
 from gptdraw.vq.model import ImageTokenizer
 
-FLAGS = ["--max-steps", "12", "--lr", "3e-3", "--warmup-steps", "2", "--mixed-precision", "no", "--eval-every", "0",
+FLAGS = ["--max-steps", "12", "--lr", "3e-3", "--warmup-steps", "2", "--precision", "fp32", "--eval-every", "0",
          "--sample-every", "0", "--log-every", "1", "--checkpoint-every", "100", "--seed", "1", "--micro-batch-size", "16"]
 
 

@@ -14,14 +14,14 @@ from gptdraw.pipeline import GPTDrawPipeline
 
 pytest.importorskip("peft")
 
-FLAGS = ["--lr", "3e-3", "--warmup-steps", "2", "--mixed-precision", "no", "--eval-every", "0", "--sample-every", "0",
+FLAGS = ["--lr", "3e-3", "--warmup-steps", "2", "--precision", "fp32", "--eval-every", "0", "--sample-every", "0",
          "--log-every", "1", "--checkpoint-every", "100", "--seed", "1", "--micro-batch-size", "16"]
 
 
 def logits(pipe: GPTDrawPipeline) -> torch.Tensor:
     ids = torch.arange(pipe.layout.seq_len).remainder(pipe.layout.vocab_size)[None]  # (1, seq_len)
     with torch.no_grad():
-        return pipe.gpt(ids).logits.float()
+        return pipe.transformer(ids).logits.float()
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +47,14 @@ def test_only_the_adapter_trains_and_is_kept_apart(runs):
 
 
 def test_loading_applies_the_adapter_and_merging_bakes_it_in(runs, tmp_path):
-    base = GPTDrawPipeline.from_pretrained(runs / "base", device="cpu", dtype="float32")
-    tuned = GPTDrawPipeline.from_pretrained(runs / "lora", device="cpu", dtype="float32")
+    base = GPTDrawPipeline.from_pretrained(runs / "base", device="cpu", precision="fp32")
+    tuned = GPTDrawPipeline.from_pretrained(runs / "lora", device="cpu", precision="fp32")
     assert not torch.allclose(logits(base), logits(tuned), atol=1e-4)
     merged_dir = tmp_path / "merged"
     shutil.copytree(runs / "lora", merged_dir)
     assert main(["merge-adapter", "--model", str(merged_dir)]) == 0
     assert not (merged_dir / "adapter").exists()
-    merged = GPTDrawPipeline.from_pretrained(merged_dir, device="cpu", dtype="float32")
+    merged = GPTDrawPipeline.from_pretrained(merged_dir, device="cpu", precision="fp32")
     assert torch.allclose(logits(merged), logits(tuned), atol=1e-4)
     # The fast sampler draws through the adapter too: greedy drawings of adapter and merged agree.
     prompts = ["a red circle", "a blue square at the top"]

@@ -3,9 +3,9 @@ import torch
 
 from gptdraw.gpt.sampling import (
     CodeDrawer,
-    DrawerOptions,
-    Knobs,
-    SamplingSettings,
+    DrawerConfig,
+    SamplingTensors,
+    SamplingConfig,
     apply_cfg,
     cumulative_sum,
     draw_uniform,
@@ -24,18 +24,18 @@ def captions(layout, batch=3, seed=0):
     return ids
 
 
-def draw(gpt, layout, ids, settings=SamplingSettings(), seed=0, prefix=None, drawer=None, **options):
-    """A whole drawing: (B, h, w) codes, by `drawer` or a new CodeDrawer with these DrawerOptions."""
-    drawer = drawer or CodeDrawer(gpt, layout, DrawerOptions(**options))
+def draw(gpt, layout, ids, settings=SamplingConfig(), seed=0, prefix=None, drawer=None, **options):
+    """A whole drawing: (B, h, w) codes, by `drawer` or a new CodeDrawer with these DrawerConfig."""
+    drawer = drawer or CodeDrawer(gpt, layout, DrawerConfig(**options))
     return sample_codes(drawer.iter_codes(ids, settings, torch.Generator().manual_seed(seed), prefix), layout)
 
 
 @pytest.mark.parametrize(
     "settings",
     [
-        SamplingSettings(temperature=0),
-        SamplingSettings(temperature=1.0, top_k=10),
-        SamplingSettings(temperature=0.8, top_p=0.9, cfg_scale=3.0),
+        SamplingConfig(temperature=0),
+        SamplingConfig(temperature=1.0, top_k=10),
+        SamplingConfig(temperature=0.8, top_p=0.9, cfg_scale=3.0),
     ],
 )
 def test_cached_equals_uncached(gpt, layout, settings):
@@ -60,7 +60,7 @@ def test_cfg_scale_one_equals_conditional(gpt, layout):
     # mixing them in at scale 1 would pick exactly the conditional rows' codes (checked below on
     # the step that mixes them).
     ids = captions(layout)
-    plain = draw(gpt, layout, ids, SamplingSettings(cfg_scale=1.0), seed=3)
+    plain = draw(gpt, layout, ids, SamplingConfig(cfg_scale=1.0), seed=3)
     generator = torch.Generator().manual_seed(2)
     cond, uncond = torch.randn(4, 50, generator=generator), torch.randn(4, 50, generator=generator)
     # uncond + (cond − uncond) rounds to within a float32 step of the values involved (about 1e-7),
@@ -70,12 +70,12 @@ def test_cfg_scale_one_equals_conditional(gpt, layout):
     # The batched guided rows mixed at scale 1 pick what the conditional rows pick alone.
     hidden = torch.randn(8, gpt.config.n_embd, generator=torch.Generator().manual_seed(4))
     uniform = draw_uniform(4, torch.Generator().manual_seed(5), "cpu")
-    for settings in (SamplingSettings(cfg_scale=1.0), SamplingSettings(temperature=0, cfg_scale=1.0)):
-        knobs = Knobs.of(settings, "cpu")
+    for settings in (SamplingConfig(cfg_scale=1.0), SamplingConfig(temperature=0, cfg_scale=1.0)):
+        knobs = SamplingTensors.of(settings, "cpu")
         assert torch.equal(next_codes(gpt, layout, hidden, uniform, knobs), next_codes(gpt, layout, hidden[:4], uniform, knobs))
-    assert not SamplingSettings(cfg_scale=1.0).guided
+    assert not SamplingConfig(cfg_scale=1.0).guided
     # And guidance with scale ≠ 1 is a different draw on an untrained model.
-    guided = draw(gpt, layout, ids, SamplingSettings(cfg_scale=4.0), seed=3)
+    guided = draw(gpt, layout, ids, SamplingConfig(cfg_scale=4.0), seed=3)
     assert not torch.equal(plain, guided)
 
 
@@ -86,7 +86,7 @@ def test_only_image_codes_are_drawn(layout, gpt):
     with torch.no_grad():
         biased.lm_head.weight[: layout.text_vocab_size] *= 50
         biased.lm_head.weight[layout.text_vocab_size + layout.codebook_size :] += 5
-    codes = draw(biased.eval(), layout, captions(layout), SamplingSettings(temperature=2.0))
+    codes = draw(biased.eval(), layout, captions(layout), SamplingConfig(temperature=2.0))
     assert codes.min() >= 0 and codes.max() < layout.codebook_size
 
 
@@ -98,8 +98,8 @@ def test_prefix_codes_are_kept(gpt, layout):
 
 def test_iter_codes_yields_every_step(gpt, layout):
     for use_cache in (True, False):
-        drawer = CodeDrawer(gpt, layout, DrawerOptions(use_cache=use_cache))
-        steps = list(drawer.iter_codes(captions(layout, batch=1), SamplingSettings(temperature=0)))
+        drawer = CodeDrawer(gpt, layout, DrawerConfig(use_cache=use_cache))
+        steps = list(drawer.iter_codes(captions(layout, batch=1), SamplingConfig(temperature=0)))
         assert [s.shape[1] for s in steps] == list(range(1, layout.image_len + 1))
     with pytest.raises(ValueError, match="before its image was whole"):
         sample_codes(steps[:-1], layout)
@@ -114,7 +114,7 @@ def test_guidance_on_hidden_states_equals_guidance_on_logits(gpt, layout):
         logits_of_mixed = image_logits(gpt, layout, apply_cfg(cond, uncond, scale))
         torch.testing.assert_close(logits_of_mixed, mixed_logits, rtol=1e-5, atol=1e-5)
     # So the guided rows pick from the mixed logits' distribution, row for row.
-    knobs = Knobs.of(SamplingSettings(temperature=0, cfg_scale=2.5), "cpu")
+    knobs = SamplingTensors.of(SamplingConfig(temperature=0, cfg_scale=2.5), "cpu")
     picked = next_codes(gpt, layout, hidden, torch.zeros(3, 1), knobs)
     assert torch.equal(picked, apply_cfg(image_logits(gpt, layout, cond), image_logits(gpt, layout, uncond), 2.5).argmax(-1))
 
@@ -129,29 +129,29 @@ def test_filter_logits():
 
 def test_settings_validation():
     with pytest.raises(ValueError, match="top_p"):
-        SamplingSettings(top_p=0)
+        SamplingConfig(top_p=0)
     with pytest.raises(ValueError, match="temperature"):
-        SamplingSettings(temperature=-1)
+        SamplingConfig(temperature=-1)
     with pytest.raises(ValueError, match="use_cache"):
-        DrawerOptions(compile=True, use_cache=False)
+        DrawerConfig(compile=True, use_cache=False)
 
 
 def test_compiled_knobs_keep_filters_that_keep_everything_as_numbers():
     # Tensors let new filter values reuse a compiled step; numbers let it skip the codebook sort.
-    plain = Knobs.of(SamplingSettings(temperature=0.7, cfg_scale=2.0), "cpu", compiled=True)
+    plain = SamplingTensors.of(SamplingConfig(temperature=0.7, cfg_scale=2.0), "cpu", compiled=True)
     assert (plain.top_k, plain.top_p) == (0, 1.0) and not isinstance(plain.top_k, torch.Tensor)
-    filtered = Knobs.of(SamplingSettings(top_k=5), "cpu", compiled=True)
+    filtered = SamplingTensors.of(SamplingConfig(top_k=5), "cpu", compiled=True)
     assert isinstance(filtered.top_k, torch.Tensor) and isinstance(filtered.top_p, torch.Tensor)
     assert int(filtered.top_k) == 5 and float(filtered.top_p) == 1.0
-    assert not isinstance(Knobs.of(SamplingSettings(top_k=5), "cpu").top_k, torch.Tensor)
+    assert not isinstance(SamplingTensors.of(SamplingConfig(top_k=5), "cpu").top_k, torch.Tensor)
 
 
 # ------------------------------------------------------------------------------ the fast sampler
 SETTINGS = [
-    SamplingSettings(temperature=0),
-    SamplingSettings(temperature=1.0, top_k=10),
-    SamplingSettings(temperature=0.8, top_p=0.9, cfg_scale=3.0),
-    SamplingSettings(temperature=0, cfg_scale=2.0),
+    SamplingConfig(temperature=0),
+    SamplingConfig(temperature=1.0, top_k=10),
+    SamplingConfig(temperature=0.8, top_p=0.9, cfg_scale=3.0),
+    SamplingConfig(temperature=0, cfg_scale=2.0),
 ]
 
 
@@ -177,10 +177,10 @@ def test_compiled_step_equals_reference_and_is_reused(gpt, layout):
         graphs.append(graph_module)
         return lookup_backend("aot_eager")(graph_module, example_inputs)
 
-    drawer = CodeDrawer(gpt, layout, DrawerOptions(compile=True, backend=counting_aot_eager))
+    drawer = CodeDrawer(gpt, layout, DrawerConfig(compile=True, backend=counting_aot_eager))
     ids = captions(layout)  # 3 captions: padded to a batch of 4 inside the compiled drawer
-    filtering = (SETTINGS[2], SamplingSettings(temperature=1.3, top_k=5, cfg_scale=1.5))
-    for settings in (*filtering, SamplingSettings(temperature=0.9, cfg_scale=2.0)):
+    filtering = (SETTINGS[2], SamplingConfig(temperature=1.3, top_k=5, cfg_scale=1.5))
+    for settings in (*filtering, SamplingConfig(temperature=0.9, cfg_scale=2.0)):
         fast = draw(gpt, layout, ids, settings, seed=11, drawer=drawer)
         slow = draw(gpt, layout, ids, settings, seed=11, use_cache=False)
         assert torch.equal(fast, slow)
@@ -208,19 +208,19 @@ def test_pick_codes_draws_from_the_filtered_distribution():
     logits = torch.log(torch.tensor([[0.1, 0.2, 0.3, 0.4]])).expand(40000, 4)
     generator = torch.Generator().manual_seed(0)
     for compiled in (False, True):  # settings as numbers (skipped filters) or as tensors
-        codes = pick_codes(logits, draw_uniform(40000, generator, "cpu"), Knobs.of(SamplingSettings(), "cpu", compiled))
+        codes = pick_codes(logits, draw_uniform(40000, generator, "cpu"), SamplingTensors.of(SamplingConfig(), "cpu", compiled))
         frequencies = torch.bincount(codes, minlength=4).float() / 40000
         assert torch.allclose(frequencies, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.01)
         # top-k 2 renormalises over the two likeliest: 3/7 and 4/7.
-        top2 = Knobs.of(SamplingSettings(top_k=2), "cpu", compiled)
+        top2 = SamplingTensors.of(SamplingConfig(top_k=2), "cpu", compiled)
         codes = pick_codes(logits, draw_uniform(40000, generator, "cpu"), top2)
         frequencies = torch.bincount(codes, minlength=4).float() / 40000
         assert torch.allclose(frequencies, torch.tensor([0, 0, 3 / 7, 4 / 7]), atol=0.01)
     # The extremes of the uniform number still land on kept codes, and greedy ignores it.
     edges = torch.tensor([[0.0], [1.0 - 2**-24], [1.0]])
-    top2 = Knobs.of(SamplingSettings(top_k=2), "cpu")
+    top2 = SamplingTensors.of(SamplingConfig(top_k=2), "cpu")
     assert pick_codes(logits[:3], edges, top2).tolist() == [2, 3, 3]
-    greedy = Knobs.of(SamplingSettings(temperature=0), "cpu")
+    greedy = SamplingTensors.of(SamplingConfig(temperature=0), "cpu")
     assert pick_codes(logits[:3], edges, greedy).tolist() == [3, 3, 3]
 
 

@@ -23,7 +23,7 @@ def tiny_config(**changes) -> TrainConfig:
     config = TrainConfig(
         model=ModelConfig(n_layer=2, n_head=2, n_embd=32), max_steps=12, micro_batch_size=8, grad_accum=2,
         lr=3e-3, warmup_steps=2, log_every=1, eval_every=6, checkpoint_every=4, sample_every=0,
-        mixed_precision="no", seed=3,
+        precision="fp32", seed=3,
     )
     return replace(config, **changes)
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration  # slow, end to end: `-m "not integration"`
 TRAIN_FLAGS = [
     # A constant schedule after warm-up: a run stopped with --max-steps 3 and continued with
     # --max-steps 6 then takes the learning rates of one 6-step run.
-    "--preset", "tiny", "--lr", "3e-3", "--warmup-steps", "2", "--schedule", "constant", "--mixed-precision", "no",
+    "--preset", "tiny", "--lr", "3e-3", "--warmup-steps", "2", "--schedule", "constant", "--precision", "fp32",
     "--log-every", "1", "--checkpoint-every", "2", "--seed", "1",
     # The last step also evaluates and draws a sample grid: both need the whole model under FSDP.
     "--eval-every", "6", "--sample-every", "6", "--sample-prompt", "a red circle",
@@ -147,7 +147,7 @@ def test_fsdp_checkpoint_and_model_are_whole_and_single_process_readable(runs):
     fsdp_checkpoint, one_checkpoint = list_checkpoints(runs / "straight")[-1], list_checkpoints(runs / "one")[-1]
     assert fsdp_checkpoint.name == one_checkpoint.name == "step-00000006"
     pipe = GPTDrawPipeline.from_pretrained(runs / "straight")  # the final model directory
-    model_weights = pipe.gpt.state_dict()
+    model_weights = pipe.transformer.state_dict()
     fsdp_weights, one_weights = load_file(fsdp_checkpoint / "model.safetensors"), load_file(one_checkpoint / "model.safetensors")
     assert sorted(fsdp_weights) == sorted(one_weights)
     for name, weight in fsdp_weights.items():
@@ -161,7 +161,7 @@ def test_fsdp_checkpoint_and_model_are_whole_and_single_process_readable(runs):
     # optimizer.pt is torch's own format: a plain optimiser of the model loads it as it is.
     fsdp_state = torch.load(fsdp_checkpoint / "optimizer.pt", weights_only=True)
     one_state = torch.load(one_checkpoint / "optimizer.pt", weights_only=True)
-    optimizer = make_optimizer(pipe.gpt, TrainConfig(model=model_preset("tiny")))
+    optimizer = make_optimizer(pipe.transformer, TrainConfig(model=model_preset("tiny")))
     optimizer.load_state_dict(fsdp_state)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     assert sorted(fsdp_state["state"]) == sorted(one_state["state"]) == list(range(len(params)))

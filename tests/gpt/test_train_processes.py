@@ -17,7 +17,7 @@ from gptdraw.vq.model import ImageTokenizer
 pytestmark = pytest.mark.integration  # slow, end to end: `-m "not integration"` skips it
 
 TRAIN_FLAGS = [
-    "--preset", "tiny", "--max-steps", "6", "--lr", "3e-3", "--warmup-steps", "2", "--mixed-precision", "no",
+    "--preset", "tiny", "--max-steps", "6", "--lr", "3e-3", "--warmup-steps", "2", "--precision", "fp32",
     "--eval-every", "0", "--sample-every", "0", "--log-every", "1", "--checkpoint-every", "3", "--seed", "1",
 ]
 

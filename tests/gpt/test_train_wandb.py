@@ -37,7 +37,7 @@ def offline_wandb(tmp_path, monkeypatch) -> Path:
 def tiny_config(**changes) -> TrainConfig:
     config = TrainConfig(
         model=ModelConfig(n_layer=2, n_head=2, n_embd=32), max_steps=4, micro_batch_size=8, lr=3e-3,
-        warmup_steps=1, log_every=1, eval_every=0, checkpoint_every=2, sample_every=0, mixed_precision="no",
+        warmup_steps=1, log_every=1, eval_every=0, checkpoint_every=2, sample_every=0, precision="fp32",
         seed=3, wandb=True,
     )
     return replace(config, **changes)
