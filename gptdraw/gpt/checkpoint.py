@@ -9,13 +9,13 @@ files whatever launcher wrote it, and a run can resume under another process cou
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from gptdraw.files import replace_directory, staging_directory
 from gptdraw.gpt.config import TrainConfig
 from gptdraw.runtime import check_torch_is_safe
 from gptdraw.sequence import SequenceLayout
@@ -106,10 +106,7 @@ def save_checkpoint(
     root = out_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
-    temporary = root / f".tmp-step-{step:08d}"
-    if temporary.exists():
-        shutil.rmtree(temporary)
-    temporary.mkdir()
+    temporary = staging_directory(final)
     state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
     save_file(state, temporary / "model.safetensors")
     torch.save(optimizer_state, temporary / "optimizer.pt")
@@ -123,9 +120,7 @@ def save_checkpoint(
     }
     # The state file is written last: its presence marks the checkpoint complete.
     (temporary / STATE_NAME).write_text(json.dumps(trainer_state))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(temporary, final)
+    replace_directory(temporary, final)
     return final
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gptdraw.files import write_text_atomic
 from gptdraw.gpt.config import TrainConfig
 
 
@@ -60,9 +61,7 @@ def open_metrics(path: Path, start_step: int):
     being resumed from (a killed run logged steps that will now be taken again)."""
     if path.exists():
         kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= start_step]
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text("".join(line + "\n" for line in kept))
-        os.replace(temporary, path)
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
     return open(path, "a")
 
 
