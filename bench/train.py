@@ -146,7 +146,7 @@ def profile_steps(config: TrainConfig, data, caption_tokenizer, vq, work_dir: Pa
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     clock: dict[int, float] = {}
     with profile(activities=activities, schedule=schedule(wait=warmup, warmup=1, active=steps, repeat=1)) as profiler:
-        def step_done(done: int, loss: float) -> None:
+        def step_done(done: int) -> None:
             synchronize(device)
             clock[done] = time.perf_counter()
             profiler.step()
@@ -284,7 +284,7 @@ def main() -> None:
         if not args.memory_only:
             cpu_clock = {}  # step → process CPU seconds when it ended
 
-            def note_cpu_time(done: int, loss: float) -> None:
+            def note_cpu_time(done: int) -> None:
                 cpu_clock[done] = time.process_time()
 
             train(config, data, tmp / "run", caption_tokenizer, vq, progress=True, on_step=note_cpu_time)

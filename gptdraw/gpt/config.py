@@ -83,8 +83,9 @@ class TrainConfig:
     precision: Precision = "auto"
     """Mixed precision: auto (bf16 where the hardware runs it natively, fp16 on a GPU without bf16, else
     fp32), fp32, bf16 or fp16 (float32, bfloat16, float16 and "no" are accepted too)."""
-    compile: bool = False
-    """torch.compile the model (worth it on GPUs for long runs)."""
+    compile: bool | None = None
+    """torch.compile the training forward and backward as one graph (None: on when training on a GPU,
+    where it pays; on a CPU the compilation takes longer than a short run saves)."""
     compile_backend: str = "inductor"
     """torch.compile backend; "aot_eager" traces the same graphs without generating code (to debug)."""
     lora_rank: int = 0
@@ -100,6 +101,9 @@ class TrainConfig:
     """Weight of the caption-token loss (DALL·E used 1/8 text, 7/8 image)."""
     image_loss_weight: float = 1.0
     """Weight of the image-code loss."""
+    loss_vocabulary: Literal["per-modality", "joint"] = "per-modality"
+    """per-modality: a caption position's softmax is over the caption ids and an image position's over
+    the codes only (what the sampler draws from); joint: both over the whole joint vocabulary (the first recipe)."""
     loss_chunk: int = 4096
     """Token positions per chunk of the cross-entropy, so full fp32 logits are never held at once."""
     seed: int = 0

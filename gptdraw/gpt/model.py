@@ -2,8 +2,10 @@
 
 The model is transformers' GPT2LMHeadModel, unchanged: it loads pretrained GPT-2 weights and
 works with the rest of the Hugging Face ecosystem. What is ours is the vocabulary and context
-(from the sequence layout) and the loss, which weighs caption and image tokens separately and
-never holds fp32 logits for a whole micro-batch at once.
+(from the sequence layout) and the loss, which weighs caption and image tokens separately, gives
+each its own softmax (a caption position over the caption ids, an image position over the codes:
+DALL·E's and minDALL-E's way, and what the sampler draws from), and never holds fp32 logits for a
+whole micro-batch at once.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ def gpt2_config(model: ModelConfig, layout: SequenceLayout) -> GPT2Config:
         eos_token_id=None,
         pad_token_id=layout.pad_id,
         tie_word_embeddings=True,
+        # The same tanh approximation as GPT-2's "gelu_new", as one kernel rather than a Python
+        # formula of several that autocast runs in fp32.
+        activation_function="gelu_pytorch_tanh",
     )
 
 
@@ -75,8 +80,8 @@ class LossOutput:
     """Summed cross-entropy over non-pad caption targets (with gradient)."""
     image_sum: torch.Tensor
     """Summed cross-entropy over image-code targets (with gradient)."""
-    text_count: int
-    """Number of non-pad caption targets."""
+    text_count: torch.Tensor
+    """Number of non-pad caption targets (a tensor: counting must not wait for the device)."""
     image_count: int
     """Number of image-code targets."""
 
@@ -158,6 +163,38 @@ def weighted_loss(text_mean: torch.Tensor, image_mean: torch.Tensor, text_weight
     return (text_weight * text_mean + image_weight * image_mean) / (text_weight + image_weight)
 
 
+LOSS_VOCABULARIES = ("per-modality", "joint")
+
+
+def summed_losses(gpt: GPT2LMHeadModel, ids: torch.Tensor, layout: SequenceLayout, chunk: int = 4096,
+                  vocabulary: str = "per-modality") -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy of (B, seq_len) joint ids: (caption targets, image targets).
+
+    vocabulary "per-modality": a caption position is normalised over the caption ids and an image
+    position over the codebook only (rows of the one tied head), since an image position can only
+    be a code; "joint": both over the whole joint vocabulary, as the model was first trained.
+    The head and the cross-entropy run in chunks of `chunk` positions (LinearCrossEntropy), so
+    memory holds one chunk of logits, never (B, T, V) of them.
+    """
+    if vocabulary not in LOSS_VOCABULARIES:
+        raise ValueError(f"unknown loss vocabulary {vocabulary!r}; choose one of {', '.join(LOSS_VOCABULARIES)}")
+    text_targets, image_targets = split_targets(ids, layout)
+    hidden = gpt.transformer(input_ids=ids[:, :-1]).last_hidden_state  # (B, T-1, C)
+    weight = gpt.lm_head.weight  # (V, C)
+    text_weight, image_weight = weight, weight
+    if vocabulary == "per-modality":
+        text_weight = weight[: layout.text_vocab_size]  # (text vocab, C)
+        image_weight = weight[layout.image_offset : layout.image_offset + layout.codebook_size]  # (K, C)
+        image_targets = image_targets - layout.image_offset  # joint ids → codes
+
+    def summed(h: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # (B, n, C) → (B*n, C) rows against (B*n,) targets
+        return LinearCrossEntropy.apply(h.reshape(-1, h.shape[-1]), w, t.reshape(-1), chunk)
+
+    return (summed(hidden[:, : layout.text_len - 1], text_weight, text_targets),
+            summed(hidden[:, layout.text_len - 1 :], image_weight, image_targets))
+
+
 def sequence_loss(
     gpt: GPT2LMHeadModel,
     ids: torch.Tensor,
@@ -165,25 +202,13 @@ def sequence_loss(
     text_weight: float = 1.0,
     image_weight: float = 1.0,
     chunk: int = 4096,
+    vocabulary: str = "per-modality",
 ) -> LossOutput:
-    """Next-token loss on (B, seq_len) joint ids, caption and image targets weighed apart.
-
-    The LM head and cross-entropy run in chunks of `chunk` positions (LinearCrossEntropy),
-    so memory holds one chunk of logits, never (B, T, V) of them.
-    """
-    text_targets, image_targets = split_targets(ids, layout)
-    hidden = gpt.transformer(input_ids=ids[:, :-1]).last_hidden_state  # (B, T-1, C)
-    weight = gpt.lm_head.weight
-
-    def summed(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        # (B, n, C) → (B*n, C) rows against (B*n,) targets
-        return LinearCrossEntropy.apply(h.reshape(-1, h.shape[-1]), weight, t.reshape(-1), chunk)
-
-    text_sum = summed(hidden[:, : layout.text_len - 1], text_targets)
-    image_sum = summed(hidden[:, layout.text_len - 1 :], image_targets)
-    text_count = int((text_targets != -100).sum())
-    image_count = image_targets.numel()
-    text_loss = text_sum / max(text_count, 1)
+    """Next-token loss on (B, seq_len) joint ids, caption and image targets weighed apart (see summed_losses)."""
+    text_sum, image_sum = summed_losses(gpt, ids, layout, chunk, vocabulary)
+    text_count = (split_targets(ids, layout)[0] != -100).sum()
+    image_count = ids.shape[0] * layout.image_len
+    text_loss = text_sum / text_count.clamp(min=1)
     image_loss = image_sum / image_count
     return LossOutput(
         loss=weighted_loss(text_loss, image_loss, text_weight, image_weight),
@@ -200,16 +225,18 @@ class TrainingForward(torch.nn.Module):
     """The GPT and its loss as one module, so that DDP, FSDP and torch.compile wrap the whole
     training forward (DDP only synchronises gradients of work done through its forward)."""
 
-    def __init__(self, gpt: GPT2LMHeadModel, layout: SequenceLayout, chunk: int = 4096):
+    def __init__(self, gpt: GPT2LMHeadModel, layout: SequenceLayout, chunk: int = 4096,
+                 vocabulary: str = "per-modality"):
         super().__init__()
         self.gpt = gpt
         self.layout = layout
         self.chunk = chunk
+        self.vocabulary = vocabulary
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, seq_len) ids → summed text and image cross-entropy (see sequence_loss)."""
-        out = sequence_loss(self.gpt, ids, self.layout, chunk=self.chunk)
-        return out.text_sum, out.image_sum
+        """(B, seq_len) ids → summed text and image cross-entropy (see summed_losses). Nothing
+        here reads a value back to the host, so a compiled forward is one graph."""
+        return summed_losses(self.gpt, ids, self.layout, self.chunk, self.vocabulary)
 
 
 def save_transformer(gpt: GPT2LMHeadModel, directory: str | Path) -> None:

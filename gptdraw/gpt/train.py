@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -47,7 +49,7 @@ from gptdraw.gpt.lora import add_lora
 from gptdraw.gpt.model import TrainingForward, build_model, check_model_fits_layout, split_targets, weighted_loss
 from gptdraw.gpt.optimizer import make_optimizer
 from gptdraw.gpt.run_log import RunLog, import_wandb
-from gptdraw.gpt.sampling import CodeDrawer, SamplingConfig, sample_codes
+from gptdraw.gpt.sampling import CodeDrawer, DrawerConfig, SamplingConfig, sample_codes
 from gptdraw.files import write_json_atomic
 from gptdraw.images import make_grid, tensor_to_pil
 from gptdraw.model_dir import MODEL_CONFIG_NAME, save_model_directory
@@ -129,10 +131,10 @@ def eval_loss(model, dataset, layout: SequenceLayout, config: TrainConfig, accel
         for start in range(0, min(len(dataset), config.eval_batches * batch), batch):
             indices = np.arange(start, min(start + batch, len(dataset)))
             captions, codes = dataset.get_batch(indices)
-            ids = layout.pack(captions, codes).to(accelerator.device)
+            ids = layout.pack(captions, codes)
+            text_count = max(int((split_targets(ids, layout)[0] != -100).sum()), 1)  # on the CPU: no wait
             with accelerator.autocast():
-                text_sum, image_sum = model(ids)
-            text_count = max(int((split_targets(ids, layout)[0] != -100).sum()), 1)
+                text_sum, image_sum = model(ids.to(accelerator.device))
             image_count = ids.shape[0] * layout.image_len
             loss = weighted_loss(text_sum / text_count, image_sum / image_count, config.text_loss_weight, config.image_loss_weight)
             losses.append(loss.item())
@@ -182,9 +184,11 @@ def start_accelerator(config: TrainConfig):
 def prepare_model(gpt, optimizer, layout: SequenceLayout, config: TrainConfig, accelerator):
     """The GPT and its loss as one module, compiled if asked, wrapped for the launch (DDP, FSDP);
     returns it and the wrapped optimiser."""
-    forward = TrainingForward(gpt, layout, config.loss_chunk)
-    if config.compile:
-        forward = torch.compile(forward, backend=config.compile_backend)
+    forward = TrainingForward(gpt, layout, config.loss_chunk, config.loss_vocabulary)
+    if compiles(config, accelerator.device):
+        # One graph for the forward (and so one for the backward): a break would split them and
+        # run the pieces between in Python.
+        forward = torch.compile(forward, backend=config.compile_backend, fullgraph=True)
     forward, optimizer = accelerator.prepare(forward, optimizer)
     if gpt.config.tie_word_embeddings and gpt.get_output_embeddings().weight is not gpt.get_input_embeddings().weight:
         # A head cut loose from the embedding would get no optimiser updates: refuse to train.
@@ -195,22 +199,61 @@ def prepare_model(gpt, optimizer, layout: SequenceLayout, config: TrainConfig, a
     return forward, optimizer
 
 
-def step_batches(train_data, order: EpochBatches, step: int, layout: SequenceLayout, config: TrainConfig, accelerator):
-    """This process's micro-batches of optimiser step `step`, on the device, and the step's
-    (text, image) target counts summed over all processes."""
-    rank, world = accelerator.process_index, accelerator.num_processes
+def compiles(config: TrainConfig, device: torch.device) -> bool:
+    """Whether the run compiles its training step: as asked, or by default on a GPU."""
+    return config.compile if config.compile is not None else device.type == "cuda"
+
+
+@dataclass
+class HostBatches:
+    """One optimiser step's micro-batches as read on the host, and its target counts."""
+
+    micro_batches: list[torch.Tensor]
+    """(B, seq_len) joint ids per micro-batch, pinned when they go to a GPU."""
+    counts: torch.Tensor
+    """(text targets, image targets) of this process, float32 on the host."""
+
+
+def read_step(train_data, order: EpochBatches, step: int, layout: SequenceLayout, config: TrainConfig, *, rank: int,
+              world: int, pin: bool) -> HostBatches:
+    """This process's micro-batches of optimiser step `step`, read and counted on the host (never
+    waiting for the device), pinned so that the copy to a GPU can overlap its work."""
     micro_batches, text_targets = [], 0
     for micro in range(config.grad_accum):
         micro_step = step * config.grad_accum + micro
         captions, codes = train_data.get_batch(micro_batch_indices(order, micro_step))
         ids = blank_captions(layout.pack(captions, codes), layout, config.caption_dropout, config.seed, micro_step, rank, world)
-        # Counted on the CPU: counting on the GPU would wait for it at every micro-batch.
         text_targets += int((split_targets(ids, layout)[0] != -100).sum())
-        micro_batches.append(ids.to(accelerator.device, non_blocking=True))
-    counts = torch.tensor(
-        [text_targets, sum(ids.shape[0] * layout.image_len for ids in micro_batches)], dtype=torch.float32
-    ).to(accelerator.device)
-    return micro_batches, accelerator.reduce(counts, reduction="sum").clamp(min=1)
+        micro_batches.append(ids.pin_memory() if pin else ids)
+    image_targets = sum(ids.shape[0] * layout.image_len for ids in micro_batches)
+    return HostBatches(micro_batches=micro_batches, counts=torch.tensor([text_targets, image_targets], dtype=torch.float32))
+
+
+class Prefetcher:
+    """Reads step s+1's micro-batches on a background thread while step s trains (memmap reads and
+    caption dropout release the GIL or are small); the order of examples is that of `read` alone."""
+
+    def __init__(self, read: Callable[[int], HostBatches]):
+        self.read = read
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptdraw-batches")
+        self.pending: dict[int, Future] = {}
+
+    def get(self, step: int) -> HostBatches:
+        future = self.pending.pop(step, None) or self.pool.submit(self.read, step)
+        self.pending[step + 1] = self.pool.submit(self.read, step + 1)
+        return future.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def to_device(batches: HostBatches, accelerator) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The micro-batches on the device (copied without blocking) and the step's counts summed
+    over all processes."""
+    device = accelerator.device
+    micro_batches = [ids.to(device, non_blocking=True) for ids in batches.micro_batches]
+    counts = accelerator.reduce(batches.counts.to(device, non_blocking=True), reduction="sum").clamp(min=1)
+    return micro_batches, counts
 
 
 def train_step(forward, optimizer, micro_batches: list[torch.Tensor], counts: torch.Tensor, config: TrainConfig, accelerator):
@@ -232,9 +275,9 @@ def train_step(forward, optimizer, micro_batches: list[torch.Tensor], counts: to
             accelerator.backward(loss * world)
         sums += torch.stack([text_sum.detach(), image_sum.detach()]).float()
     means = accelerator.reduce(sums, reduction="sum") / counts  # text, image
+    # Left on the device: reading them back would make the host wait for the step to end. The
+    # run checks them for NaN at its log and checkpoint steps (TrainingRun.after_step).
     losses = torch.stack([weighted_loss(means[0], means[1], config.text_loss_weight, config.image_loss_weight), *means])
-    if not torch.isfinite(losses).all():
-        raise NonFiniteLossError(f"the loss became {losses[0].item()}")
     grad_norm = accelerator.clip_grad_norm_(forward.parameters(), config.grad_clip or float("inf"))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -320,6 +363,11 @@ class TrainingRun:
 
         self.order = EpochBatches(len(train_data), config.micro_batch_size * world, config.seed,
                                   self.accelerator.process_index, world)
+        rank, pin = self.accelerator.process_index, self.accelerator.device.type == "cuda"
+        self.batches = Prefetcher(lambda step: read_step(train_data, self.order, step, layout, config, rank=rank,
+                                                         world=world, pin=pin))
+        # The sample grids' sampler, kept between grids so that its caches (and compiled step) are reused.
+        self.drawer = CodeDrawer(self.export_gpt, layout, DrawerConfig(compile=compiles(config, self.accelerator.device)))
         self.log = None
         if self.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -339,28 +387,40 @@ class TrainingRun:
         save_model_directory(self.out_dir, transformer=self.export_gpt, text_tokenizer=self.caption_tokenizer,
                              image_tokenizer=self.image_tokenizer, layout=self.layout, sampling=self.sampling)
 
-    def take_step(self, step: int) -> float:
-        """Optimiser step `step` (0-based); returns its loss."""
+    def take_step(self, step: int) -> None:
+        """Optimiser step `step` (0-based). Nothing in it waits for the device: its losses stay there
+        (`self.losses`) until a log or checkpoint step reads them."""
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(step, self.config)
-        micro_batches, counts = step_batches(self.train_data, self.order, step, self.layout, self.config, self.accelerator)
-        try:
-            self.losses, self.grad_norm = train_step(self.forward, self.optimizer, micro_batches, counts, self.config,
-                                                     self.accelerator)
-        except NonFiniteLossError as error:
-            raise NonFiniteLossError(f"{error} at step {step}; stopping. The last good checkpoint is kept in "
-                                     f"{self.out_dir / CHECKPOINTS}. Try a lower --lr or fp32.") from None
-        return self.losses[0].item()
+        micro_batches, counts = to_device(self.batches.get(step), self.accelerator)
+        self.losses, self.grad_norm = train_step(self.forward, self.optimizer, micro_batches, counts, self.config,
+                                                 self.accelerator)
 
-    def after_step(self, done: int, end_step: int) -> None:
-        """Logs, evaluates, draws samples and checkpoints, each when its interval says so."""
+    def read_losses(self, done: int) -> list[float]:
+        """(loss, text loss, image loss) of the last step, read back from the device; a NaN or
+        infinite loss stops the run here, before anything is logged or checkpointed."""
+        losses = self.losses.tolist()
+        if not all(map(math.isfinite, losses)):
+            raise NonFiniteLossError(
+                f"the loss became {losses[0]} by step {done}; stopping. The last good checkpoint is kept in "
+                f"{self.out_dir / CHECKPOINTS}. Try a lower --lr or fp32.")
+        return losses
+
+    def after_step(self, done: int, end_step: int) -> dict | None:
+        """Logs, evaluates, draws samples and checkpoints, each when its interval says so; returns
+        what was logged (None on a step that logs nothing)."""
         config = self.config
         record = None
-        if done % config.log_every == 0 or done == end_step:
+        log_now = done % config.log_every == 0 or done == end_step
+        sample_now = bool(config.sample_every and config.sample_prompts and done % config.sample_every == 0)
+        checkpoint_now = done % config.checkpoint_every == 0 or done == end_step
+        if log_now or checkpoint_now or sample_now:
+            losses = self.read_losses(done)  # the only host sync of a step, and only on these steps
+        if log_now:
             now = time.perf_counter()
-            record = {"step": done, "loss": self.losses[0].item(), "text_loss": self.losses[1].item(),
-                      "image_loss": self.losses[2].item(), "lr": learning_rate(done - 1, config),
-                      "grad_norm": float(self.grad_norm), "tokens_seen": done * self.tokens_per_step,
+            record = {"step": done, "loss": losses[0], "text_loss": losses[1], "image_loss": losses[2],
+                      "lr": learning_rate(done - 1, config), "grad_norm": float(self.grad_norm),
+                      "tokens_seen": done * self.tokens_per_step,
                       "tokens_per_s": (done - self.last_log_step) * self.tokens_per_step / max(now - self.last_log_time, 1e-9)}
             self.last_log_time, self.last_log_step = now, done
         if self.eval_data is not None and config.eval_every and (done % config.eval_every == 0 or done == config.max_steps):
@@ -368,8 +428,6 @@ class TrainingRun:
             record = {**(record or {"step": done}), "eval_loss": self.eval_loss}
         if record is not None and self.main:
             self.log.record(record)
-        sample_now = bool(config.sample_every and config.sample_prompts and done % config.sample_every == 0)
-        checkpoint_now = done % config.checkpoint_every == 0 or done == end_step
         weights = None
         if checkpoint_now or (sample_now and self.sharded):
             weights = gather_model_weights(self.forward)  # under FSDP every process takes part
@@ -379,12 +437,13 @@ class TrainingRun:
             self.write_sample_grid(self.out_dir / "samples" / f"step-{done:08d}.png", done)
         if checkpoint_now:
             self.checkpoint(done, weights)
+        return record
 
     def write_sample_grid(self, path: Path, step: int) -> None:
         """Draws the fixed prompts and saves them as one labelled grid (and to the run's loggers)."""
         prompts = list(self.config.sample_prompts)
-        images = draw_samples(self.export_gpt, self.caption_tokenizer, self.image_tokenizer, self.layout, self.sampling,
-                              prompts, self.config.seed, self.accelerator.device)
+        images = draw_samples(self.drawer, self.caption_tokenizer, self.image_tokenizer, self.sampling, prompts,
+                              self.config.seed, self.accelerator.device)
         grid = make_grid(images, columns=min(8, len(images)), labels=prompts)
         path.parent.mkdir(parents=True, exist_ok=True)
         grid.save(path)
@@ -424,7 +483,7 @@ def train(
     init_model=None,
     progress: bool = True,
     stop_after: int | None = None,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Trains (or resumes training of) a GPT on pre-encoded shards; returns the final losses.
 
@@ -432,8 +491,8 @@ def train(
     (B, text_len), codes (B, h·w)), `.grid` and `.text_len` (gptdraw.data.shards.ShardDataset).
     init_model: a GPT to start from (e.g. pretrained GPT-2 adapted to the layout) instead of
     a fresh one. stop_after: end this invocation after that many steps (for tests and slicing
-    long runs); the run resumes from there next time. on_step(done, loss) is called after
-    each optimiser step.
+    long runs); the run resumes from there next time. on_step(done) is called after each
+    optimiser step, before its logging and checkpoint.
     """
     run = TrainingRun(config, train_data, out_dir, caption_tokenizer, image_tokenizer, eval_data, sampling, init_model)
     start_step = run.resumed.step
@@ -443,15 +502,17 @@ def train(
     finished = False
     try:
         for step in range(start_step, end_step):
-            loss = run.take_step(step)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{learning_rate(step, config):.2e}")
+            run.take_step(step)
             if on_step is not None:
-                on_step(step + 1, loss)
-            run.after_step(step + 1, end_step)
+                on_step(step + 1)
+            record = run.after_step(step + 1, end_step)
+            bar.update(1)
+            if record is not None:  # the bar shows the logged figures: reading them every step would wait for the device
+                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}")
         finished = True
     finally:
         bar.close()
+        run.batches.close()
         if run.log is not None:
             run.log.close(finished)
     return run.result(end_step)
@@ -474,17 +535,18 @@ class _no_sync:
         return False
 
 
-def draw_samples(gpt, caption_tokenizer: CaptionTokenizer, image_tokenizer: ImageTokenizer, layout: SequenceLayout,
+def draw_samples(drawer: CodeDrawer, caption_tokenizer: CaptionTokenizer, image_tokenizer: ImageTokenizer,
                  sampling: SamplingConfig, prompts: list[str], seed: int, device: torch.device) -> list:
     """One image per prompt, drawn on `device` as GPTDrawPipeline draws them (the same seed gives the
     same codes), without building one: training sits below the pipeline."""
+    gpt, layout = drawer.gpt, drawer.layout
     home = next(gpt.parameters()).device
     gpt.to(device)  # FSDP's unsharded copy waits on the CPU between grids
     try:
         caption_ids = torch.from_numpy(caption_tokenizer.encode_batch(prompts).ids).long()
         generator = torch.Generator(device).manual_seed(seed)
         with evaluation_mode(gpt, image_tokenizer), torch.inference_mode():
-            codes = sample_codes(CodeDrawer(gpt, layout).iter_codes(caption_ids, sampling, generator), layout)  # (B, h, w)
+            codes = sample_codes(drawer.iter_codes(caption_ids, sampling, generator), layout)  # (B, h, w)
             pixels = image_tokenizer.decode(codes.to(next(image_tokenizer.parameters()).device))  # (B, 3, H, W)
     finally:
         gpt.to(home)

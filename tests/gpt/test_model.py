@@ -14,10 +14,10 @@ def random_ids(layout, batch=4, seed=0):
     return layout.pack(captions, codes)
 
 
-def test_loss_matches_plain_cross_entropy(gpt, layout):
+def test_joint_loss_matches_plain_cross_entropy_over_the_whole_vocabulary(gpt, layout):
     ids = random_ids(layout)
     ids[:, layout.text_len - 3 : layout.text_len] = layout.pad_id
-    ours = sequence_loss(gpt, ids, layout, chunk=7)
+    ours = sequence_loss(gpt, ids, layout, chunk=7, vocabulary="joint")
     logits = gpt(ids).logits[:, :-1].float()
     targets = ids[:, 1:].clone()
     text_targets = targets[:, : layout.text_len - 1]
@@ -27,19 +27,44 @@ def test_loss_matches_plain_cross_entropy(gpt, layout):
     image = ce(logits[:, layout.text_len - 1 :].reshape(-1, logits.shape[-1]), targets[:, layout.text_len - 1 :].reshape(-1))
     assert torch.allclose(ours.text_loss, text, atol=1e-5)
     assert torch.allclose(ours.image_loss, image, atol=1e-5)
-    weighted = sequence_loss(gpt, ids, layout, text_weight=1, image_weight=7, chunk=7)
+    weighted = sequence_loss(gpt, ids, layout, text_weight=1, image_weight=7, chunk=7, vocabulary="joint")
     assert torch.allclose(weighted.loss, (text + 7 * image) / 8, atol=1e-5)
+
+
+def test_per_modality_loss_normalises_captions_over_caption_ids_and_images_over_codes(gpt, layout):
+    ids = random_ids(layout)
+    ids[:, layout.text_len - 3 : layout.text_len] = layout.pad_id
+    ours = sequence_loss(gpt, ids, layout, chunk=7)
+    logits = gpt(ids).logits[:, :-1].float()
+    targets = ids[:, 1:].clone()
+    text_targets = targets[:, : layout.text_len - 1]
+    text_targets[text_targets == layout.pad_id] = -100
+    ce = torch.nn.functional.cross_entropy
+    text_logits = logits[:, : layout.text_len - 1, : layout.text_vocab_size]
+    image_logits = logits[:, layout.text_len - 1 :, layout.image_offset : layout.image_offset + layout.codebook_size]
+    text = ce(text_logits.reshape(-1, layout.text_vocab_size), text_targets.reshape(-1))
+    image = ce(image_logits.reshape(-1, layout.codebook_size), (targets[:, layout.text_len - 1 :] - layout.image_offset).reshape(-1))
+    assert torch.allclose(ours.text_loss, text, atol=1e-5)
+    assert torch.allclose(ours.image_loss, image, atol=1e-5)
+    joint = sequence_loss(gpt, ids, layout, chunk=7, vocabulary="joint")
+    assert ours.image_loss < joint.image_loss  # fewer classes to spread the probability over
 
 
 def test_chunked_loss_gradients_equal_unchunked(layout):
     model = build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16), layout, seed=1)
     ids = random_ids(layout)
     grads = []
-    for chunk in (5, 100000):
-        model.zero_grad()
-        sequence_loss(model, ids, layout, chunk=chunk).loss.backward()
-        grads.append(model.transformer.wte.weight.grad.clone())
-    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+    for vocabulary in ("per-modality", "joint"):
+        for chunk in (5, 100000):
+            model.zero_grad()
+            sequence_loss(model, ids, layout, chunk=chunk, vocabulary=vocabulary).loss.backward()
+            grads.append(model.transformer.wte.weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and torch.allclose(grads[2], grads[3], atol=1e-6)
+    assert not torch.allclose(grads[0], grads[2], atol=1e-6)
+
+
+def test_new_models_use_the_one_kernel_gelu(layout):
+    assert build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16), layout).config.activation_function == "gelu_pytorch_tanh"
 
 
 def test_layout_mismatch_is_refused(gpt, layout):

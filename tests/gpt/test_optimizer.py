@@ -67,3 +67,30 @@ def test_muon_gets_the_block_matrices_and_adamw_the_rest():
     assert muon and all(".h." in name and name.endswith("weight") for name in muon)
     assert "transformer.wte.weight" in adamw and "transformer.wpe.weight" in adamw
     assert not muon & adamw and len(muon | adamw) == len(names)
+
+
+def test_batched_muon_steps_as_torch_muon_on_a_gpt_with_one_batch_per_shape(layout, monkeypatch):
+    from gptdraw.gpt import optimizer as optimizers
+
+    def block_matrices(model):
+        return [p for name, p in model.named_parameters() if p.ndim == 2 and ".h." in f".{name}"]
+
+    ours = build_model(ModelConfig(n_layer=3, n_head=2, n_embd=16), layout, seed=2)
+    reference = copy.deepcopy(ours)
+    batches = []
+    original = optimizers.newton_schulz
+    monkeypatch.setattr(optimizers, "newton_schulz", lambda x, *a: batches.append(x.shape) or original(x, *a))
+    batched = optimizers.BatchedMuon(block_matrices(ours), lr=0.01, adjust_lr_fn="match_rms_adamw")
+    plain = torch.optim.Muon(block_matrices(reference), lr=0.01, adjust_lr_fn="match_rms_adamw")
+    ids = torch.randint(0, layout.text_vocab_size, (2, layout.seq_len), generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        for model, opt in ((ours, batched), (reference, plain)):
+            model(ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    for mine, theirs in zip(block_matrices(ours), block_matrices(reference), strict=True):
+        assert torch.equal(mine, theirs)
+    # GPT-2's four matrix shapes per block (attention in/out, MLP in/out), three blocks each: one
+    # batch of three per shape and step, not twelve separate orthogonalisations.
+    assert len(batches) == 3 * 4 and all(shape[0] == 3 for shape in batches)
+    assert batched.state_dict()["state"][0].keys() == plain.state_dict()["state"][0].keys() == {"momentum_buffer"}

@@ -57,7 +57,7 @@ def test_stopped_and_resumed_equals_uninterrupted(dataset, caption_tokenizer, tm
     assert [p.name for p in list_checkpoints(tmp_path / "resumed")][-1] == "step-00000005"
     steps_taken = []
     result = train(config, train_data, tmp_path / "resumed", caption_tokenizer, vq, progress=False,
-                   on_step=lambda done, loss: steps_taken.append(done))
+                   on_step=steps_taken.append)
     assert steps_taken == list(range(6, config.max_steps + 1))  # it resumed: steps 1–5 were not taken again
     assert result.step == config.max_steps
     straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
@@ -114,13 +114,14 @@ def test_non_finite_loss_stops_with_a_clear_message(dataset, caption_tokenizer, 
     from gptdraw.gpt.train import NonFiniteLossError
 
     train_data, _, vq = dataset
-    config = tiny_config(max_steps=8, checkpoint_every=2)
+    config = tiny_config(max_steps=8, checkpoint_every=2, log_every=5)
     layout = SequenceLayout(text_vocab_size=caption_tokenizer.vocab_size, pad_id=caption_tokenizer.pad_id,
                             codebook_size=vq.codebook_size, text_len=caption_tokenizer.text_len, grid=train_data.grid)
     poisoned = build_model(config.model, layout)
     with torch.no_grad():
         poisoned.transformer.h[0].mlp.c_fc.weight.fill_(float("nan"))
-    # A fresh run whose weights turn the loss into NaN stops at once and writes no checkpoint.
-    with pytest.raises(NonFiniteLossError, match="loss became nan at step 0"):
+    # A fresh run whose weights turn the loss into NaN stops at its first look at the loss (the
+    # first checkpoint step, before the first log step) and writes no checkpoint.
+    with pytest.raises(NonFiniteLossError, match="loss became nan by step 2"):
         train(config, train_data, tmp_path / "poisoned", caption_tokenizer, vq, init_model=poisoned, progress=False)
     assert list_checkpoints(tmp_path / "poisoned") == []
