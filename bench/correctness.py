@@ -10,6 +10,10 @@ codes, which is all the checks need) and a GPT of the given preset:
 - resume: a run stopped halfway and resumed gives the uninterrupted run's later losses within
   RESUME_TOLERANCE (relative). A second uninterrupted run gives the device's own run-to-run
   spread beside it (atomic adds in some CUDA backward kernels are not bit-reproducible);
+- sync: no training step waits for the device — under torch.cuda.set_sync_debug_mode("error")
+  any synchronising call inside `TrainingRun.take_step` raises (CUDA only; skipped elsewhere).
+  The losses are read back at log steps, outside the step, and the first step (lazy state) is
+  left out;
 - launch: `accelerate launch -m gptdraw.cli train` on this machine's one device, plainly and
   with FSDP2 (one process), ends well and logs the distributed mode it really ran in
   (Accelerate turns FSDP on only over GPUs: on a CPU the FSDP launch is expected to fall back).
@@ -48,7 +52,7 @@ PRECISION_TOLERANCE = 0.02
 RESUME_TOLERANCE = 1e-3
 """Resumed against uninterrupted: the largest relative difference of a later step's loss that passes."""
 FSDP_FALLBACK = "FSDP was asked for, but"  # gptdraw.gpt.train's warning when Accelerate runs DDP instead
-CHECKS = ("precision", "resume", "launch")
+CHECKS = ("precision", "resume", "sync", "launch")
 
 
 def make_data(root: Path, examples: int) -> Path:
@@ -71,6 +75,33 @@ def run_losses(config: TrainConfig, data_dir: Path, out: Path, stop_after: int |
     train(config, data, out, caption_tokenizer, vq, progress=False, stop_after=stop_after)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {row["step"]: row["loss"] for row in rows if "loss" in row}
+
+
+def check_sync(config: TrainConfig, data_dir: Path, work: Path, steps: int = 5) -> dict:
+    if not torch.cuda.is_available():
+        return {"skipped": "needs CUDA (torch.cuda.set_sync_debug_mode)"}
+    from gptdraw.gpt.train import TrainingRun
+
+    data = ShardDataset(data_dir)
+    caption_tokenizer = CaptionTokenizer.from_pretrained(data_dir / "text_tokenizer")
+    vq = ImageTokenizer.from_pretrained(data.manifest["image_tokenizer_path"])
+    run = TrainingRun(replace(config, max_steps=steps + 1), data, work, caption_tokenizer, vq)
+    first_sync = None
+    try:
+        run.take_step(0)  # the optimiser's state and the allocator's pools are made here
+        for step in range(1, steps + 1):
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                run.take_step(step)
+            except RuntimeError as error:
+                first_sync = f"step {step}: {str(error).splitlines()[0]}"
+                break
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        torch.cuda.synchronize()
+    finally:
+        run.batches.close()
+    return {"passed": first_sync is None, "steps": steps, "first_sync": first_sync}
 
 
 def largest_relative_difference(losses: dict[int, float], reference: dict[int, float], steps) -> float:
@@ -181,6 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
                 outcome = check_precision(config, data_dir, work / check)
             elif check == "resume":
                 outcome = check_resume(config, data_dir, work / check)
+            elif check == "sync":
+                outcome = check_sync(config, data_dir, work / check)
             else:
                 outcome = check_launch(data_dir, work, args.preset, min(args.steps, 4), args.micro_batch)
             result[check] = {**outcome, "seconds": time.perf_counter() - started}

@@ -11,16 +11,20 @@ figures are wanted:
 
   ceilings        the card as found: measured bf16 matmul FLOP/s and copy bytes/s, versions
   train           bench/train.py: gpt-draw at the reference layout (64 + 256 = 320 tokens, GPT-2's
-                  vocabulary + 16,384 codes), micro-batch 16, bf16, eager: tokens/s, MFU, peak memory
+                  vocabulary + 16,384 codes), micro-batch 16, bf16, eager, as the recipe trains
+                  (gradient accumulation, losses read back every 10 steps): tokens/s, MFU, peak memory
                   (torch.cuda.max_memory_allocated), beside GPT2LMHeadModel in fp32 and bf16 autocast
-  train-compile   the same with torch.compile
+  train-compile   the same compiled (the default on a GPU), with a profile of the compiled step
+                  (device-busy share, top kernels)
   draw            bench/generate.py --compile: 16 prompts × 256 codes with CFG, compiled (CUDA graphs)
                   and not, with the taming f16-16384 decode, beside GPT2LMHeadModel.generate; also
                   whether the compiled step draws the eager step's codes
   encode          bench/vqgan.py: 256 px images → f16-16384 codes in bf16 (autocast, channels-last)
   checks          bench/correctness.py: bf16 losses against fp32, stop-and-resume
   launch          bench/correctness.py: `accelerate launch` on the one GPU, plainly and with FSDP2
-  train-large     bench/train.py eager at micro-batch 64: how MFU grows with work per launch
+  train-large     bench/train.py compiled at micro-batch 64: how MFU grows with work per launch
+  train-graphs    compiled with mode="reduce-overhead": the step replayed as CUDA graphs
+  (checks also runs "sync": no step waits for the device, under torch.cuda.set_sync_debug_mode)
   encode-compile  bench/vqgan.py with torch.compile
   draw-fp32       the compiled-against-eager drawing check in fp32, where no rounding can differ
 
@@ -69,23 +73,29 @@ TINY = ["--text-len", "8", "--text-vocab", "300", "--grid", "4", "--codebook", "
 
 
 def full_parts() -> list[Part]:
-    train = ["--preset", "gpt-draw", "--micro-batch", "16", "--precision", "bf16", *REFERENCE]
+    # As the recipe trains: accumulation, losses read every 10 steps, a warm-up of whole log intervals.
+    train = ["--preset", "gpt-draw", "--micro-batch", "16", "--grad-accum", "4", "--log-every", "10",
+             "--precision", "bf16", *REFERENCE]
     return [
         Part("ceilings", 60, "ceilings.py"),
-        Part("train", 120, "train.py", [*train, "--steps", "30", "--warmup", "5", "--profile", "5"]),
-        Part("train-compile", 240, "train.py", [*train, "--steps", "50", "--warmup", "5", "--compile", "--skip-baseline"]),
+        Part("train", 150, "train.py", [*train, "--steps", "20", "--warmup", "10", "--profile", "3"]),
+        Part("train-compile", 240, "train.py", [*train, "--steps", "30", "--warmup", "10", "--compile", "--skip-baseline",
+                                                "--profile", "3"]),
         Part("draw", 240, "generate.py", ["--preset", "gpt-draw", "--batch", "16", *REFERENCE, "--vq", "taming",
                                           "--cfg-scale", "3", "--compile", "--warmup", "1", "--repeats", "3"]),
         Part("encode", 120, "vqgan.py", ["--image-size", "256", "--batch-sizes", "64,256", "--variants", "bf16,bf16+cl",
                                          "--warmup", "1", "--repeats", "3"]),
-        Part("checks", 120, "correctness.py", ["precision", "resume", "--preset", "gpt-draw", "--steps", "20"]),
+        Part("checks", 150, "correctness.py", ["precision", "resume", "sync", "--preset", "gpt-draw", "--steps", "20"]),
         Part("launch", 120, "correctness.py", ["launch", "--preset", "gpt-draw", "--steps", "4"]),
-        Part("train-large", 90, "train.py", ["--preset", "gpt-draw", "--micro-batch", "64", "--precision", "bf16",
-                                             *REFERENCE, "--steps", "15", "--warmup", "3", "--skip-baseline"]),
+        Part("train-large", 180, "train.py", ["--preset", "gpt-draw", "--micro-batch", "64", "--log-every", "10",
+                                              "--precision", "bf16", *REFERENCE, "--steps", "20", "--warmup", "10",
+                                              "--compile", "--skip-baseline"]),
+        Part("train-graphs", 240, "train.py", [*train, "--steps", "30", "--warmup", "10", "--compile",
+                                               "--compile-mode", "reduce-overhead", "--skip-baseline"]),
         Part("encode-compile", 180, "vqgan.py", ["--image-size", "256", "--batch-sizes", "256",
                                                  "--variants", "bf16+cl+compile", "--warmup", "1", "--repeats", "3"]),
         Part("draw-fp32", 150, "generate.py", ["--preset", "gpt-draw", "--batch", "16", *REFERENCE, "--vq", "none",
-                                               "--dtype", "float32", "--compile", "--no-baseline", "--warmup", "0",
+                                               "--precision", "fp32", "--compile", "--no-baseline", "--warmup", "0",
                                                "--repeats", "1"]),
     ]
 
@@ -98,19 +108,21 @@ def dry_parts() -> list[Part]:
         Part("ceilings", 60, "ceilings.py", ["--size", "256", "--copy-mib", "16", "--repeats", "2"]),
         Part("train", 90, "train.py", [*train, "--steps", "2", "--warmup", "1", "--profile", "1"]),
         Part("train-compile", 120, "train.py", [*train, "--steps", "2", "--warmup", "1", "--compile",
-                                                "--compile-backend", "aot_eager", "--skip-baseline"]),
+                                                "--compile-backend", "aot_eager", "--skip-baseline", "--profile", "1"]),
         Part("draw", 90, "generate.py", [*draw, "--vq", "small", "--compile", "--warmup", "0", "--repeats", "1"]),
         Part("encode", 60, "vqgan.py", ["--image-size", "32", "--batch-sizes", "2", "--variants", "bf16,bf16+cl",
                                         "--repeats", "1"]),
-        Part("checks", 120, "correctness.py", ["precision", "resume", "--preset", "tiny", "--steps", "4",
+        Part("checks", 120, "correctness.py", ["precision", "resume", "sync", "--preset", "tiny", "--steps", "4",
                                                "--micro-batch", "8", "--examples", "64"]),
         Part("launch", 120, "correctness.py", ["launch", "--preset", "tiny", "--steps", "4", "--micro-batch", "8",
                                                "--examples", "64"]),
-        Part("train-large", 60, "train.py", [*train, "--micro-batch", "8", "--steps", "1", "--warmup", "1",
-                                             "--skip-baseline"]),
+        Part("train-large", 60, "train.py", [*train, "--micro-batch", "8", "--log-every", "2", "--steps", "2",
+                                             "--warmup", "2", "--skip-baseline"]),
+        Part("train-graphs", 120, "train.py", [*train, "--steps", "2", "--warmup", "1", "--compile",
+                                               "--compile-backend", "aot_eager", "--skip-baseline"]),
         Part("encode-compile", 90, "vqgan.py", ["--image-size", "32", "--batch-sizes", "2", "--variants",
                                                 "bf16+cl+compile", "--repeats", "1", "--compile-backend", "aot_eager"]),
-        Part("draw-fp32", 90, "generate.py", [*draw, "--vq", "none", "--dtype", "float32", "--compile",
+        Part("draw-fp32", 90, "generate.py", [*draw, "--vq", "none", "--precision", "fp32", "--compile",
                                               "--no-baseline", "--warmup", "0", "--repeats", "1"]),
     ]
 
@@ -167,7 +179,8 @@ def table(parts: dict[str, dict]) -> str:
         rows.append(("card", r["device"], f"torch {r['torch']}, CUDA {r['cuda']}, transformers {r.get('transformers')}"))
         rows.append(("measured bf16 matmul", f"{_number(r['bf16_matmul_flops'] / 1e12)} TFLOP/s", f"{r['matmul_size']}³, median"))
         rows.append(("measured copy bandwidth", f"{_number(r['copy_bytes_per_s'] / 1e9)} GB/s", "read + write"))
-    for name, label in (("train", "train, eager"), ("train-compile", "train, compiled"), ("train-large", "train-large, eager")):
+    for name, label in (("train", "train, eager"), ("train-compile", "train, compiled"),
+                        ("train-large", "train-large, compiled"), ("train-graphs", "train, CUDA graphs")):
         if (r := result(name)) is None:
             continue
         where = f"{r['preset']}, micro-batch {r['micro_batch']}, {r['seq_len']} tokens, {r['precision_used']}"
@@ -217,6 +230,11 @@ def table(parts: dict[str, dict]) -> str:
             rows.append(("bf16 losses vs fp32", "skipped" if "skipped" in p else ("pass" if p["passed"] else "FAIL"),
                          p.get("skipped") or f"max relative difference {p['max_relative_difference']:.2e} "
                          f"over {p['steps']} steps (tolerance {p['tolerance']})"))
+        if "sync" in r:
+            p = r["sync"]
+            rows.append(("no host sync in a training step", "skipped" if "skipped" in p else ("pass" if p["passed"] else "FAIL"),
+                         p.get("skipped") or f"{p['steps']} steps under torch.cuda.set_sync_debug_mode('error')"
+                         + (f"; first: {p['first_sync']}" if p.get("first_sync") else "")))
         if "resume" in r:
             p = r["resume"]
             rows.append(("stop and resume", "pass" if p["passed"] else "FAIL",

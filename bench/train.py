@@ -8,7 +8,9 @@ labels, torch's AdamW, no compile, in fp32 (what the model does out of the box) 
 autocast (what a user gets with one line; on hardware without bf16 it is left out).
 
 MFU = achieved model FLOP/s ÷ peak FLOP/s. Model FLOPs per token are 6·N + 12·L·C·T
-(N: parameters that do matmuls, the tied LM head included; L layers, C width, T context).
+(N: parameters that do matmuls, the LM head's rows that are multiplied included — per modality,
+a caption position's caption ids and an image position's codes; L layers, C width, T context).
+The baseline's MFU counts its own head, the whole joint vocabulary.
 The peak is the device's stated dense bf16 tensor peak on known GPUs, and on a CPU the bf16
 matmul rate measured here (a 4096² matmul, best of several).
 
@@ -82,10 +84,20 @@ def device_peak(device: torch.device) -> tuple[float, str]:
     return 2 * size**3 / best, f"measured bf16 matmul {size}x{size} on this CPU ({torch.get_num_threads()} threads)"
 
 
+def head_rows(config, layout: SequenceLayout) -> float:
+    """Rows of the LM head a position is multiplied by, on average over the context: the whole joint
+    vocabulary, or per modality the caption ids at caption positions and the codes at image positions."""
+    if config.loss_vocabulary == "joint":
+        return layout.vocab_size
+    context = layout.seq_len - 1
+    return ((layout.text_len - 1) * layout.text_vocab_size + layout.image_len * layout.codebook_size) / context
+
+
 def flops_per_token(config, layout: SequenceLayout) -> float:
+    """The FLOPs actually computed per training token (the LM head as `head_rows` says)."""
     n_embd, n_layer, context = config.model.n_embd, config.model.n_layer, layout.seq_len - 1
     per_layer = 12 * n_embd * n_embd  # attention projections (4C²) and MLP (8C²)
-    matmul_params = n_layer * per_layer + layout.vocab_size * n_embd  # blocks + LM head
+    matmul_params = n_layer * per_layer + head_rows(config, layout) * n_embd  # blocks + LM head
     return 6 * matmul_params + 12 * n_layer * n_embd * context
 
 
@@ -226,6 +238,10 @@ def main() -> None:
     parser.add_argument("--text-vocab", type=int, default=50258)
     parser.add_argument("--compile", action="store_true", help="torch.compile gptdraw's training forward")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (aot_eager: no code generated)")
+    parser.add_argument("--compile-mode", help="torch.compile mode: reduce-overhead (CUDA graphs), max-autotune")
+    parser.add_argument("--loss-vocabulary", default="per-modality", choices=["per-modality", "joint"])
+    parser.add_argument("--log-every", type=int, default=1,
+                        help="steps between logged (and read-back) losses, as a run trains (the recipe logs every 10)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "adafactor", "muon"])
     parser.add_argument("--lora-rank", type=int, default=0, help="train LoRA adapters of this rank only (0: every weight)")
@@ -259,12 +275,15 @@ def main() -> None:
     config = TrainConfig(
         model=model_preset(args.preset), max_steps=args.warmup + args.steps, micro_batch_size=args.micro_batch,
         grad_accum=args.grad_accum, warmup_steps=1, precision=args.precision, compile=args.compile,
-        compile_backend=args.compile_backend, optimizer=args.optimizer, lora_rank=args.lora_rank,
-        gradient_checkpointing=args.gradient_checkpointing, loss_chunk=args.loss_chunk, caption_dropout=0.1, log_every=1,
+        compile_backend=args.compile_backend, compile_mode=args.compile_mode, loss_vocabulary=args.loss_vocabulary,
+        optimizer=args.optimizer, lora_rank=args.lora_rank,
+        gradient_checkpointing=args.gradient_checkpointing, loss_chunk=args.loss_chunk, caption_dropout=0.1,
+        log_every=args.log_every,
         eval_every=0, sample_every=0, checkpoint_every=10**9,
     )
     peak, peak_source = device_peak(device)
     per_token = flops_per_token(config, layout)
+    baseline_per_token = flops_per_token(replace(config, loss_vocabulary="joint"), layout)  # its head is the whole vocabulary
     examples = max(2048, config.micro_batch_size * config.grad_accum * (config.max_steps + 1))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -289,9 +308,12 @@ def main() -> None:
 
             train(config, data, tmp / "run", caption_tokenizer, vq, progress=True, on_step=note_cpu_time)
             rows = [json.loads(line) for line in (tmp / "run" / "metrics.jsonl").read_text().splitlines()]
-            timed = [row["tokens_per_s"] for row in rows if row["step"] > args.warmup]
-            # Each row's rate covers one step (log_every=1); the harmonic mean is total tokens ÷ total time.
-            tokens_per_s = len(timed) / sum(1 / rate for rate in timed)
+            logged = [row for row in rows if "tokens_per_s" in row]
+            # Each row's rate covers the steps since the row before; total tokens ÷ total time over the
+            # rows after the warm-up (a warm-up that is a multiple of --log-every leaves none of it in them).
+            spans = [(row["step"] - before["step"], row["tokens_per_s"]) for before, row in zip([{"step": 0}] + logged, logged)
+                     if before["step"] >= args.warmup]
+            tokens_per_s = sum(steps for steps, _ in spans) / sum(steps / rate for steps, rate in spans)
             if args.warmup in cpu_clock:
                 tokens = args.steps * config.grad_accum * config.micro_batch_size * (layout.seq_len - 1)
                 cpu_tokens_per_s = tokens / (cpu_clock[config.max_steps] - cpu_clock[args.warmup])
@@ -323,6 +345,9 @@ def main() -> None:
         "precision": args.precision,
         "precision_used": resolve_precision(args.precision, resolve_device(None), purpose="training", fp16_on_gpu=True),
         "compile": args.compile,
+        "compile_mode": args.compile_mode,
+        "loss_vocabulary": args.loss_vocabulary,
+        "log_every": args.log_every,
         "optimizer": args.optimizer,
         "lora_rank": args.lora_rank,
         "gradient_checkpointing": args.gradient_checkpointing,
@@ -344,8 +369,9 @@ def main() -> None:
         "peak_flops": peak,
         "peak_flops_source": peak_source,
         "mfu": tokens_per_s * per_token / peak if tokens_per_s else None,
-        "baseline_mfu": baseline * per_token / peak if baseline else None,
-        "baseline_bf16_mfu": baseline_bf16 * per_token / peak if baseline_bf16 else None,
+        "baseline_flops_per_token": baseline_per_token,
+        "baseline_mfu": baseline * baseline_per_token / peak if baseline else None,
+        "baseline_bf16_mfu": baseline_bf16 * baseline_per_token / peak if baseline_bf16 else None,
         **memory,
         "profile": profiled,
         "reference_epoch_minutes": 881e6 / tokens_per_s / 60 if tokens_per_s else None,

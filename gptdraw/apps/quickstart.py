@@ -85,6 +85,7 @@ def run_quickstart(out: str | Path, config: QuickstartConfig = QuickstartConfig(
         "tiny", max_steps=config.gpt_steps, seed=config.seed, micro_batch_size=config.gpt_batch,
         model=ModelConfig(n_layer=config.gpt_layers, n_head=config.gpt_heads, n_embd=config.gpt_width),
         optimizer=config.gpt_optimizer, lr=config.gpt_lr, text_loss_weight=config.text_loss_weight,
+        loss_vocabulary=config.gpt_loss_vocabulary,
         warmup_steps=min(100, config.gpt_steps // 10),
         sample_prompts=tuple(tuning.one_object[:4] + tuning.two_object[:4]),
         sample_every=max(1, config.gpt_steps // 3),

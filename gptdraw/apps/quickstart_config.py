@@ -47,6 +47,9 @@ class QuickstartConfig:
     in these steps (93% of two-object prompts against AdamW's 17%, bench/quality.py)."""
     gpt_lr: float = 2e-3
     """GPT peak learning rate (cosine decay after a warm-up of a tenth of the steps, at most 100)."""
+    gpt_loss_vocabulary: Literal["per-modality", "joint"] = "per-modality"
+    """The GPT's softmax per position (see TrainConfig.loss_vocabulary): caption ids for captions and codes
+    for images, or the whole joint vocabulary for both (the recipe before per-modality)."""
     text_loss_weight: float = 1.0
     """Weight of the caption tokens' loss beside the image codes' (1: the same)."""
     text_len: int = 20

@@ -86,6 +86,9 @@ class TrainConfig:
     compile: bool | None = None
     """torch.compile the training forward and backward as one graph (None: on when training on a GPU,
     where it pays; on a CPU the compilation takes longer than a short run saves)."""
+    compile_mode: str | None = None
+    """torch.compile mode for inductor: "reduce-overhead" replays the step as CUDA graphs (fewer launches,
+    more memory), "max-autotune" searches kernels; None: inductor's default."""
     compile_backend: str = "inductor"
     """torch.compile backend; "aot_eager" traces the same graphs without generating code (to debug)."""
     lora_rank: int = 0
@@ -161,21 +164,22 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
         warmup_steps=100, schedule="cosine", eval_every=250, sample_every=0, checkpoint_every=250,
     ),
     # The reference recipe: effective batch 16 × 64 = 1024, AdamW, LR 1e-3 after 500 warm-up steps,
-    # constant; one epoch of CC3M is 2,690 steps.
+    # constant; one epoch of CC3M is 2,690 steps. A checkpoint of gpt-draw is ~2 GB (weights and AdamW
+    # state): every 250 steps is a few minutes of GPU work between writes, not a write every 50.
     "gpt-draw": TrainConfig(
         model=MODEL_PRESETS["gpt-draw"], max_steps=2690, micro_batch_size=16, grad_accum=64,
         lr=1e-3, warmup_steps=500, schedule="constant", weight_decay=0.01,
-        eval_every=100, sample_every=250, checkpoint_every=50,
+        eval_every=100, sample_every=250, checkpoint_every=250,
     ),
     "gpt-draw-medium": TrainConfig(
         model=MODEL_PRESETS["gpt-draw-medium"], max_steps=2690, micro_batch_size=16, grad_accum=64,
         lr=3e-4, warmup_steps=500, schedule="cosine", eval_every=100, sample_every=250,
-        checkpoint_every=50,
+        checkpoint_every=250,
     ),
     "gpt-draw-large": TrainConfig(
         model=MODEL_PRESETS["gpt-draw-large"], max_steps=2690, micro_batch_size=8, grad_accum=128,
         lr=2e-4, warmup_steps=500, schedule="cosine", eval_every=100, sample_every=250,
-        checkpoint_every=50, gradient_checkpointing=True,
+        checkpoint_every=250, gradient_checkpointing=True,
     ),
 }
 

@@ -188,7 +188,7 @@ def prepare_model(gpt, optimizer, layout: SequenceLayout, config: TrainConfig, a
     if compiles(config, accelerator.device):
         # One graph for the forward (and so one for the backward): a break would split them and
         # run the pieces between in Python.
-        forward = torch.compile(forward, backend=config.compile_backend, fullgraph=True)
+        forward = torch.compile(forward, backend=config.compile_backend, mode=config.compile_mode, fullgraph=True)
     forward, optimizer = accelerator.prepare(forward, optimizer)
     if gpt.config.tie_word_embeddings and gpt.get_output_embeddings().weight is not gpt.get_input_embeddings().weight:
         # A head cut loose from the embedding would get no optimiser updates: refuse to train.

@@ -24,14 +24,15 @@ def test_gpu_suite_dry_run_runs_every_part(tmp_path):
     parts = summary["parts"]
     assert summary["dry_run"] is True
     assert set(summary["ran"]) == set(parts) == {
-        "ceilings", "train", "train-compile", "draw", "encode", "checks", "launch", "train-large", "encode-compile",
-        "draw-fp32",
+        "ceilings", "train", "train-compile", "draw", "encode", "checks", "launch", "train-large", "train-graphs",
+        "encode-compile", "draw-fp32",
     }
     assert all(record["status"] == "ok" for record in parts.values()), {n: r["status"] for n, r in parts.items()}
     # Each part measured what it is for.
     assert parts["train"]["result"]["tokens_per_s"] > 0 and parts["train"]["result"]["baseline_tokens_per_s"] > 0
     assert parts["train"]["result"]["profile"]["top_ops"]
-    assert parts["train-compile"]["result"]["compile"] is True
+    assert parts["train-compile"]["result"]["compile"] is True and parts["train-compile"]["result"]["profile"]["top_ops"]
+    assert parts["train-large"]["result"]["log_every"] == 2 and parts["train-large"]["result"]["tokens_per_s"] > 0
     assert parts["draw"]["result"]["compiled_check"]["codes_equal"] is True
     assert parts["draw-fp32"]["result"]["compiled_check"]["codes_equal"] is True
     assert [r["variant"] for r in parts["encode-compile"]["result"]["results"]] == ["bf16+cl+compile"]
