@@ -119,7 +119,7 @@ def sweep_sampling(model_dir: str, temperatures: list[float], top_ks: list[int],
     return {"model": model_dir, "tuning": rows, "chosen": chosen}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, nargs="+", default=[800], help="GPT step budgets to run each variant at")
     parser.add_argument("--variant", action="append", default=[],
@@ -136,7 +136,7 @@ def main() -> int:
     parser.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 2.0, 3.0])
     parser.add_argument("--images-per-prompt", type=int, default=4)
     add_out_option(parser, "quality")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.sweep_sampling:

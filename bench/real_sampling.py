@@ -27,7 +27,7 @@ from gptdraw.eval.real import evaluate_real_pictures
 from gptdraw.pipeline import GPTDrawPipeline
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True, help="the pictures folder (train/, heldout/) the model was made from")
@@ -38,7 +38,7 @@ def main() -> int:
     parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--work", default="bench/out/real_sampling", help="evaluation folders (default: %(default)s)")
     add_out_option(parser, "real_sampling")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     result = {"machine": machine(torch.device("cpu")), "args": vars(args), "tuning": []}
     pipe = GPTDrawPipeline.from_pretrained(args.model, device="cpu")

@@ -40,7 +40,7 @@ def read_folder(folder: Path, limit: int = 0) -> np.ndarray:
     return np.stack([np.asarray(Image.open(path).convert("RGB")) for path in files])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="a folder written by `gptdraw data emoji` (train/, heldout/)")
     parser.add_argument("--preset", default="shapes-f8", help="tokenizer architecture (f8: 64 px → 8×8 codes)")
@@ -51,7 +51,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int)
     parser.add_argument("--seed", type=int, default=0)
     add_out_option(parser, "vq_real")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     data = Path(args.data)

@@ -223,3 +223,29 @@ def tiny_emoji_model(data: Path, out: Path, vq_steps: int = 0) -> Path:
     GPTDrawPipeline(build_model(ModelConfig(n_layer=1, n_head=2, n_embd=32), layout), tokenizer, vq, layout
                     ).save_pretrained(out)
     return out
+
+
+# ---------------------------------------------------------------------------------------- hang guards
+HANG_SECONDS = 1800
+"""The one limit a test puts on a subprocess, a wait or a poll: a guard against a hang, never a judge
+of speed. The slowest step any test waits for takes about a minute alone on two cores, a few on a
+loaded machine; half an hour is well over ten times that. No test asserts how long something took."""
+
+
+def load_bench(name: str):
+    """bench/NAME.py imported into this process (as `bench_NAME`, with bench/ on the path for its
+    `common`), so that a test calls its main(argv) or its functions directly instead of paying for a
+    fresh interpreter."""
+    import importlib.util
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    if str(bench) not in sys.path:
+        sys.path.append(str(bench))
+    module_name = f"bench_{name}"
+    if module_name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(module_name, bench / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules[module_name]

