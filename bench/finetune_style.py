@@ -168,7 +168,7 @@ def run_one(name: str, config: TrainConfig, base_dir: Path, data: ShardDataset, 
     return record
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", required=True, help="the model directory trained on Twemoji (examples/emoji.sh)")
     parser.add_argument("--twemoji-pictures", required=True, help="its pictures folder (train/, heldout/)")
@@ -193,7 +193,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", nargs="+", default=["full", "lora"], choices=["full", "lora"])
     add_out_option(parser, "finetune_style")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.steps % args.eval_every:
         parser.error("--steps must be a multiple of --eval-every")
 

@@ -15,7 +15,8 @@ pytestmark = pytest.mark.integration  # slow, end to end: `-m "not integration"`
 def test_quickstart_end_to_end_and_resume(tmp_path, capsys):
     out = tmp_path / "qs"
     args = ["quickstart", "--out", str(out), "--train-examples", "192", "--eval-examples", "64", "--vq-images", "128",
-            "--vq-steps", "4", "--gpt-steps", "3", "--images-per-prompt", "2"]
+            "--vq-steps", "4", "--gpt-steps", "3", "--images-per-prompt", "2", "--gpt-layers", "1", "--gpt-heads", "2",
+            "--gpt-width", "32", "--gpt-batch", "8"]
     assert main(args) == 0
     assert "held-out prompts drawn correctly" in capsys.readouterr().out
     report = json.loads((out / "quickstart.json").read_text())
