@@ -21,7 +21,7 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
-WAIT_MS = 60_000  # the longest any step waits for the page
+WAIT_MS = 120_000  # the longest any step waits for the page: a hang guard (a step takes a few seconds)
 
 
 def browser_missing() -> str:

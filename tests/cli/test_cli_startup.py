@@ -11,6 +11,7 @@ import sys
 import pytest
 
 import gptdraw.cli
+from conftest import HANG_SECONDS
 
 HEAVY = ("torch", "transformers", "diffusers", "gradio", "accelerate")
 
@@ -33,7 +34,7 @@ print(json.dumps({"codes": codes, "heavy": heavy}))
 def run_gptdraw(*argvs: list[str]) -> tuple[list[int], list[str], str]:
     """Exit codes, heavy libraries imported, and stderr of running each argv in one fresh process."""
     done = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argvs), json.dumps(HEAVY)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=HANG_SECONDS)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
     return result["codes"], result["heavy"], done.stderr
@@ -56,7 +57,7 @@ def test_building_the_parser_and_printing_help_imports_no_heavy_library():
         "print(build_parser().format_help())\n"
         f"print(sorted({{name.split('.')[0] for name in sys.modules}} & set({HEAVY!r})))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_SECONDS)
     assert done.returncode == 0, done.stderr
     *help_lines, heavy = done.stdout.splitlines()
     assert heavy == "[]", f"building the parser imported {heavy}"

@@ -84,6 +84,7 @@ def run_fsdp_trainings(data_dir: str, work: Path) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, shapes_data):
     """The FSDP runs (2 processes × 8 sequences) and one process × 16, on the shared prepared data."""
+    from conftest import HANG_SECONDS  # here, not at the top: the launched processes run this file as a script
     from gptdraw.cli import main
 
     root = tmp_path_factory.mktemp("fsdp")
@@ -95,7 +96,7 @@ def runs(tmp_path_factory, shapes_data):
     # One thread per process: two processes share the two cores.
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     result = subprocess.run([*launcher, __file__, str(shapes_data.data_dir), str(root)], env=env, capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=HANG_SECONDS)
     assert result.returncode == 0, result.stderr[-4000:]
 
     single = ["train", "--data", str(shapes_data.data_dir), *TRAIN_FLAGS, "--micro-batch-size", "16", "--max-steps", "6"]

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import tiny_vq_config
+from conftest import HANG_SECONDS, tiny_vq_config
 from gptdraw.vq.model import ImageTokenizer
 
 pytestmark = pytest.mark.integration  # slow, end to end: `-m "not integration"` skips it
@@ -39,7 +39,8 @@ def losses(out_dir):
 
 def run_train(data_dir, out, *extra, launcher=(), extra_env=None):
     command = [*launcher, "-m", "gptdraw.cli", "train", "--data", str(data_dir), "--out", str(out), *TRAIN_FLAGS, *extra]
-    result = subprocess.run(command, env={**env(), **(extra_env or {})}, capture_output=True, text=True, timeout=240)
+    result = subprocess.run(command, env={**env(), **(extra_env or {})}, capture_output=True, text=True,
+                            timeout=HANG_SECONDS)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -71,15 +72,19 @@ def test_sigkill_and_resume_equals_uninterrupted(data_dir, tmp_path):
     command = [sys.executable, "-m", "gptdraw.cli", "train", "--data", str(data_dir), "--out", str(out), *TRAIN_FLAGS,
                "--micro-batch-size", "8", "--max-steps", "10"]
     process = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    # Kill it once it has passed a checkpoint (step 3) and is part-way to the next.
-    while time.time() < deadline:
-        metrics = out / "metrics.jsonl"
+    # Kill it once it has passed a checkpoint (step 3) and is part-way to the next, however long
+    # that takes; the deadline only guards against a hang.
+    deadline = time.monotonic() + HANG_SECONDS
+    metrics = out / "metrics.jsonl"
+    while process.poll() is None:
         if metrics.exists() and any(json.loads(l)["step"] >= 4 for l in metrics.read_text().splitlines() if l.strip()):
             break
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"the run logged no step 4 in {HANG_SECONDS} s: hung")
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    process.wait(timeout=HANG_SECONDS)
     assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
     rerun = run_train(data_dir, out, "--micro-batch-size", "8", "--max-steps", "10", launcher=(sys.executable,))
     resumed_from = re.search(r"resuming from \S+ \(step (\d+)\)", rerun.stderr)
@@ -96,7 +101,7 @@ def test_wrong_image_tokenizer_is_refused(data_dir, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "gptdraw.cli", "train", "--data", str(data_dir), "--out", str(tmp_path / "run"),
          "--vq", str(tmp_path / "other_vq"), *TRAIN_FLAGS],
-        env=env(), capture_output=True, text=True, timeout=120,
+        env=env(), capture_output=True, text=True, timeout=HANG_SECONDS,
     )
     assert result.returncode == 2
     assert "not the one" in result.stderr and "Traceback" not in result.stderr
