@@ -265,15 +265,20 @@ def train_step(forward, optimizer, micro_batches: list[torch.Tensor], counts: to
     """
     world = accelerator.num_processes
     sums = torch.zeros(2, device=accelerator.device)  # text, image loss sums
-    for micro, ids in enumerate(micro_batches):
-        # Gradients are synchronised across processes only on the last micro-batch.
-        sync = micro == len(micro_batches) - 1
-        with (accelerator.autocast(), _no_sync(accelerator, forward, not sync)):
-            text_sum, image_sum = forward(ids)
-            loss = weighted_loss(text_sum / counts[0], image_sum / counts[1], config.text_loss_weight, config.image_loss_weight)
-            # DDP and FSDP average gradients over processes; the loss is already a global mean.
-            accelerator.backward(loss * world)
-        sums += torch.stack([text_sum.detach(), image_sum.detach()]).float()
+    # One autocast region for all the micro-batches: autocast keeps the bf16 copies of the weights
+    # it makes until its region ends, so each weight is cast once per optimiser step, not once per
+    # micro-batch (the weights do not change until the step).
+    with accelerator.autocast():
+        for micro, ids in enumerate(micro_batches):
+            # Gradients are synchronised across processes only on the last micro-batch.
+            sync = micro == len(micro_batches) - 1
+            with _no_sync(accelerator, forward, not sync):
+                text_sum, image_sum = forward(ids)
+                loss = weighted_loss(text_sum / counts[0], image_sum / counts[1], config.text_loss_weight,
+                                     config.image_loss_weight)
+                # DDP and FSDP average gradients over processes; the loss is already a global mean.
+                accelerator.backward(loss * world)
+            sums += torch.stack([text_sum.detach(), image_sum.detach()]).float()
     means = accelerator.reduce(sums, reduction="sum") / counts  # text, image
     # Left on the device: reading them back would make the host wait for the step to end. The
     # run checks them for NaN at its log and checkpoint steps (TrainingRun.after_step).

@@ -125,3 +125,41 @@ def test_non_finite_loss_stops_with_a_clear_message(dataset, caption_tokenizer, 
     with pytest.raises(NonFiniteLossError, match="loss became nan by step 2"):
         train(config, train_data, tmp_path / "poisoned", caption_tokenizer, vq, init_model=poisoned, progress=False)
     assert list_checkpoints(tmp_path / "poisoned") == []
+
+
+def test_bf16_weights_are_cast_once_per_optimiser_step_not_per_micro_batch(layout):
+    """Under autocast every micro-batch of a step reuses the bf16 copies of the block matrices."""
+    from accelerate import Accelerator
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from gptdraw.gpt.model import TrainingForward, build_model
+    from gptdraw.gpt.train import train_step
+
+    class CountCasts(TorchDispatchMode):
+        def __init__(self, weights):
+            super().__init__()
+            self.ids, self.casts = {id(w) for w in weights}, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default and id(args[0]) in self.ids:
+                self.casts += 1
+            return func(*args, **(kwargs or {}))
+
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # earlier tests' runs trained in fp32
+    accelerator = Accelerator(mixed_precision="bf16", cpu=True)
+    casts = {}
+    for micro_batches in (1, 3):
+        gpt = build_model(ModelConfig(n_layer=2, n_head=2, n_embd=32), layout)
+        forward, optimizer = accelerator.prepare(TrainingForward(gpt, layout, 50), torch.optim.AdamW(gpt.parameters()))
+        captions = torch.randint(1, layout.text_vocab_size, (micro_batches, 2, layout.text_len))
+        codes = torch.randint(0, layout.codebook_size, (micro_batches, 2, layout.image_len))
+        batches = [layout.pack(c, k) for c, k in zip(captions, codes)]
+        counter = CountCasts([p for name, p in gpt.named_parameters() if ".h." in f".{name}" and p.ndim == 2])
+        with counter:
+            train_step(forward, optimizer, batches, torch.tensor([10.0, 32.0]) * micro_batches,
+                       TrainConfig(grad_accum=micro_batches), accelerator)
+        casts[micro_batches] = counter.casts
+    assert casts[1] == 2 * 4  # each block matrix once
+    assert casts[3] == casts[1]
