@@ -8,10 +8,24 @@ lives here too, so that the CLI can make its flags without importing torch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import ClassVar, Literal
 
 from gptdraw.runtime import Precision, canonical_precision
+
+
+def check_numbers(config, whole: tuple[str, ...] = (), real: tuple[str, ...] = ()) -> None:
+    """Refuses, naming the field, a `whole` field that is not an integer (a bool is not one) and a
+    `real` field that is not a finite number: NaN and infinity pass every `<` check silently."""
+    for name in whole:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+    for name in real:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,9 @@ class ModelConfig:
     """Residual, embedding and attention dropout (the reference uses none)."""
 
     def __post_init__(self):
+        check_numbers(self, whole=("n_layer", "n_head", "n_embd"), real=("dropout",))
+        if min(self.n_layer, self.n_head, self.n_embd) < 1:
+            raise ValueError(f"n_layer, n_head and n_embd must be at least 1, got {self.n_layer}, {self.n_head}, {self.n_embd}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
@@ -133,7 +150,22 @@ class TrainConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "precision", canonical_precision(self.precision))
-        for name in ("max_steps", "micro_batch_size", "grad_accum", "keep_checkpoints", "loss_chunk"):
+        check_numbers(self, whole=("max_steps", "micro_batch_size", "grad_accum", "warmup_steps", "lora_rank", "seed",
+                                   "eval_every", "eval_batches", "sample_every", "log_every", "checkpoint_every",
+                                   "keep_checkpoints", "loss_chunk"),
+                      real=("lr", "min_lr_ratio", "weight_decay", "grad_clip", "lora_alpha", "caption_dropout",
+                            "text_loss_weight", "image_loss_weight"))
+        if not all(isinstance(b, (int, float)) and math.isfinite(b) and 0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {self.seed}")
+        if self.grad_clip < 0 or self.weight_decay < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("grad_clip and weight_decay must be ≥ 0, min_lr_ratio in [0, 1]")
+        for name in ("eval_every", "sample_every"):  # 0 switches these off
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0 (0: never), got {getattr(self, name)}")
+        for name in ("max_steps", "micro_batch_size", "grad_accum", "keep_checkpoints", "loss_chunk", "log_every",
+                     "checkpoint_every", "eval_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.warmup_steps < 0:
@@ -205,6 +237,7 @@ class SamplingConfig:
     """Classifier-free guidance scale; 1 is plain conditional sampling."""
 
     def __post_init__(self):
+        check_numbers(self, whole=("top_k",), real=("temperature", "top_p", "cfg_scale"))
         if self.temperature < 0:
             raise ValueError(f"temperature must be ≥ 0, got {self.temperature}")
         if self.top_k < 0:

@@ -1,0 +1,50 @@
+"""The GPT's configs refuse what they cannot mean, naming the field, so that the CLI, the Python API
+and the web page all refuse it alike."""
+
+import math
+
+import pytest
+
+from gptdraw.gpt.config import ModelConfig, SamplingConfig, TrainConfig
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("temperature", math.nan, "temperature must be a finite number"),
+    ("temperature", math.inf, "temperature must be a finite number"),
+    ("cfg_scale", math.nan, "cfg_scale must be a finite number"),
+    ("cfg_scale", -math.inf, "cfg_scale must be a finite number"),
+    ("top_p", math.nan, "top_p must be a finite number"),
+    ("top_k", 2.5, "top_k must be a whole number"),
+    ("top_k", True, "top_k must be a whole number"),
+])
+def test_sampling_refuses_nan_infinity_and_non_integers(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("checkpoint_every", 0, "checkpoint_every must be at least 1"),
+    ("log_every", 0, "log_every must be at least 1"),
+    ("eval_batches", 0, "eval_batches must be at least 1"),
+    ("grad_clip", math.nan, "grad_clip must be a finite number"),
+    ("lr", math.inf, "lr must be a finite number"),
+    ("seed", 2**64, r"seed must be in \[0, 2\*\*63\)"),
+    ("seed", -1, r"seed must be in \[0, 2\*\*63\)"),
+    ("eval_every", -1, "eval_every must be ≥ 0"),
+    ("max_steps", 2.0, "max_steps must be a whole number"),
+    ("betas", (0.9, math.nan), "betas must be two numbers"),
+])
+def test_training_refuses_values_that_would_crash_or_mislead_later(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+def test_zero_still_switches_evaluation_and_samples_off():
+    config = TrainConfig(eval_every=0, sample_every=0, grad_clip=0)
+    assert (config.eval_every, config.sample_every, config.grad_clip) == (0, 0, 0)
+
+
+@pytest.mark.parametrize("changes", [dict(n_head=0), dict(n_layer=-1), dict(n_embd=0), dict(dropout=math.nan)])
+def test_model_config_refuses_empty_or_undefined_shapes(changes):
+    with pytest.raises(ValueError):
+        ModelConfig(**{"n_layer": 2, "n_head": 2, "n_embd": 32, **changes})
