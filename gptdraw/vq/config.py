@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from gptdraw.runtime import Precision, canonical_precision
+
 
 SIZE_LIMITS = {
     "image_size": 4096, "block_out_channels": 4096, "layers_per_block": 16, "latent_channels": 4096,
@@ -23,19 +25,32 @@ SIZE_LIMITS = {
 class VQConfig:
     """Architecture of a VQGAN in diffusers' VQModel terms, plus how gptdraw uses it."""
 
-    image_size: int  # the resolution the tokenizer is used at by default (pixels, square)
-    block_out_channels: tuple[int, ...]  # channels of each encoder/decoder stage; each stage but the last halves the resolution
-    down_block_types: tuple[str, ...]  # diffusers encoder block per stage, e.g. "DownEncoderBlock2D" / "AttnDownEncoderBlock2D"
-    up_block_types: tuple[str, ...]  # diffusers decoder block per stage, from the lowest resolution up
-    layers_per_block: int  # resnet layers per encoder stage (the decoder has one more)
-    latent_channels: int  # channels of the encoder output / decoder input
-    vq_embed_dim: int  # dimension of each codebook vector
-    num_vq_embeddings: int  # codebook size: codes are integers in [0, num_vq_embeddings)
-    norm_num_groups: int = 32  # GroupNorm groups; must divide every entry of block_out_channels
-    norm_type: str = "group"  # "group" (taming) or "spatial" (MoVQ: decoder norms are conditioned on the codes)
-    mid_block_add_attention: bool = True  # self-attention in the middle blocks of encoder and decoder
-    input_range: tuple[float, float] = (-1.0, 1.0)  # pixel range the network expects; taming uses [-1, 1]
-    source: str = ""  # provenance, e.g. "trained by gptdraw train-vq" or a checkpoint path
+    image_size: int
+    """The resolution the tokenizer is used at by default (pixels, square)."""
+    block_out_channels: tuple[int, ...]
+    """Channels of each encoder/decoder stage; each stage but the last halves the resolution."""
+    down_block_types: tuple[str, ...]
+    """The diffusers encoder block per stage, e.g. "DownEncoderBlock2D" / "AttnDownEncoderBlock2D"."""
+    up_block_types: tuple[str, ...]
+    """The diffusers decoder block per stage, from the lowest resolution up."""
+    layers_per_block: int
+    """Resnet layers per encoder stage (the decoder has one more)."""
+    latent_channels: int
+    """Channels of the encoder output / decoder input."""
+    vq_embed_dim: int
+    """Dimension of each codebook vector."""
+    num_vq_embeddings: int
+    """Codebook size: codes are integers in [0, num_vq_embeddings)."""
+    norm_num_groups: int = 32
+    """GroupNorm groups; must divide every entry of block_out_channels."""
+    norm_type: str = "group"
+    """Either "group" (taming) or "spatial" (MoVQ: decoder norms are conditioned on the codes)."""
+    mid_block_add_attention: bool = True
+    """Self-attention in the middle blocks of encoder and decoder."""
+    input_range: tuple[float, float] = (-1.0, 1.0)
+    """Pixel range the network expects; taming uses [-1, 1]."""
+    source: str = ""
+    """Provenance, e.g. "trained by gptdraw train-vq" or a checkpoint path."""
 
     def __post_init__(self) -> None:
         # A config may come from an untrusted file: whole numbers in sane ranges before any
@@ -222,44 +237,75 @@ def vq_preset(name: str, **overrides) -> VQConfig:
 RECONSTRUCTION_LOSSES = ("l1", "mse", "l1+mse")
 CODEBOOK_INITS = ("kmeans", "keep")
 CODEBOOK_UPDATES = ("ema", "gradient")
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
 class VQTrainConfig:
     """How to train an image tokenizer; the defaults are the tested shapes-f8 recipe."""
 
-    preset: str = "shapes-f8"  # VQ architecture preset (gptdraw.vq.model.vq_preset)
-    image_size: int | None = None  # training resolution; None: the preset's image_size
-    steps: int = 800  # optimiser steps
-    batch_size: int = 32  # images per step
-    lr: float = 2e-3  # peak AdamW learning rate
-    warmup_steps: int = 50  # linear warm-up from 0 to lr
-    min_lr_ratio: float = 0.1  # cosine decay ends at lr × this
-    weight_decay: float = 0.0  # AdamW weight decay (never applied to the codebook)
-    reconstruction_loss: Literal["l1", "mse", "l1+mse"] = "mse"  # "l1", "mse" or "l1+mse", on pixels in [0, 1]
-    foreground_weight: float = 4.0  # extra loss weight on pixels that are not pure white (0: every pixel alike)
-    commitment_weight: float = 0.25  # β: pulls encoder outputs towards their codes
-    codebook_update: Literal["ema", "gradient"] = "ema"  # "ema": codes are running means of their encoder outputs; "gradient": codebook loss
-    ema_decay: float = 0.9  # decay of those running means (per step)
-    codebook_weight: float = 1.0  # weight of the codebook loss when codebook_update is "gradient"
-    autoencoder_warmup: float = 0.5  # fraction of the steps trained without quantisation before the codebook starts
-    codebook_init: Literal["kmeans", "keep"] = "kmeans"  # "kmeans": k-means of encoder outputs when quantisation starts; "keep": as it is
-    zero_init_residuals: bool = True  # start each residual block as the identity (new tokenizers only)
-    adversarial_weight: float = 0.0  # weight of a patch discriminator's loss, times the adaptive weight (0: off; taming used 0.8)
-    adversarial_start: float = 0.6  # fraction of the steps trained before the discriminator starts
-    discriminator_channels: int = 64  # width of the discriminator's first layer
-    discriminator_layers: int = 3  # its stride-2 layers (each doubles the patch a score sees)
-    perceptual_weight: float = 0.0  # weight of the LPIPS perceptual loss (0: off; taming used 1.0); needs lpips_vgg and lpips_linear
-    lpips_vgg: str | None = None  # VGG16 ImageNet weights for LPIPS (torchvision's vgg16-397923af.pth or .safetensors)
-    lpips_linear: str | None = None  # LPIPS's linear layers (the lpips package's weights/v0.1/vgg.pth or .safetensors)
-    kmeans_iterations: int = 10  # Lloyd iterations of the k-means initialisation
-    restart_every: int = 50  # every N steps, codes unused over those N steps move onto encoder outputs; 0: never
-    eval_images: int = 256  # images held out for the final PSNR / codebook usage
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # "bf16" autocast, "fp32", or "auto": bf16 where the CPU/GPU runs it natively
-    seed: int = 0  # seeds initialisation, batch order and restarts
-    log_every: int = 10  # progress-bar refresh interval in steps
-    preview_images: int = 8  # originals vs reconstructions in reconstructions.png
+    preset: str = "shapes-f8"
+    """VQ architecture preset (gptdraw.vq.model.vq_preset)."""
+    image_size: int | None = None
+    """Training resolution; None: the preset's image_size."""
+    steps: int = 800
+    """Optimiser steps."""
+    batch_size: int = 32
+    """Images per step."""
+    lr: float = 2e-3
+    """Peak AdamW learning rate."""
+    warmup_steps: int = 50
+    """Linear warm-up from 0 to lr."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr × this."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (never applied to the codebook)."""
+    reconstruction_loss: Literal["l1", "mse", "l1+mse"] = "mse"
+    """The pixel loss, on pixels in [0, 1]: "l1", "mse" or "l1+mse"."""
+    foreground_weight: float = 4.0
+    """Extra loss weight on pixels that are not pure white (0: every pixel alike)."""
+    commitment_weight: float = 0.25
+    """β: pulls encoder outputs towards their codes."""
+    codebook_update: Literal["ema", "gradient"] = "ema"
+    """How codes learn. "ema": codes are running means of their encoder outputs; "gradient": codebook loss."""
+    ema_decay: float = 0.9
+    """Decay of those running means (per step)."""
+    codebook_weight: float = 1.0
+    """Weight of the codebook loss when codebook_update is "gradient"."""
+    autoencoder_warmup: float = 0.5
+    """Fraction of the steps trained without quantisation before the codebook starts."""
+    codebook_init: Literal["kmeans", "keep"] = "kmeans"
+    """The codebook's start. "kmeans": k-means of encoder outputs when quantisation starts; "keep": as it is."""
+    zero_init_residuals: bool = True
+    """Start each residual block as the identity (new tokenizers only)."""
+    adversarial_weight: float = 0.0
+    """Weight of a patch discriminator's loss, times the adaptive weight (0: off; taming used 0.8)."""
+    adversarial_start: float = 0.6
+    """Fraction of the steps trained before the discriminator starts."""
+    discriminator_channels: int = 64
+    """Width of the discriminator's first layer."""
+    discriminator_layers: int = 3
+    """The discriminator's stride-2 layers (each doubles the patch a score sees)."""
+    perceptual_weight: float = 0.0
+    """Weight of the LPIPS perceptual loss (0: off; taming used 1.0); needs lpips_vgg and lpips_linear."""
+    lpips_vgg: str | None = None
+    """VGG16 ImageNet weights for LPIPS (torchvision's vgg16-397923af.pth or .safetensors)."""
+    lpips_linear: str | None = None
+    """LPIPS's linear layers (the lpips package's weights/v0.1/vgg.pth or .safetensors)."""
+    kmeans_iterations: int = 10
+    """Lloyd iterations of the k-means initialisation."""
+    restart_every: int = 50
+    """Every N steps, codes unused over those N steps move onto encoder outputs; 0: never."""
+    eval_images: int = 256
+    """Images held out for the final PSNR / codebook usage."""
+    precision: Precision = "auto"
+    """Autocast precision: bf16, fp32, or auto (bf16 where the CPU/GPU runs it natively, else fp32). fp16 is
+    refused: it needs a loss scaler, which this loop does not have."""
+    seed: int = 0
+    """Seeds initialisation, batch order and restarts."""
+    log_every: int = 10
+    """Progress-bar refresh interval in steps."""
+    preview_images: int = 8
+    """Originals vs reconstructions in reconstructions.png."""
 
     def __post_init__(self) -> None:
         if self.preset not in VQ_PRESETS:
@@ -295,7 +341,9 @@ class VQTrainConfig:
             raise ValueError(f"foreground_weight must be non-negative, got {self.foreground_weight}")
         if self.codebook_init not in CODEBOOK_INITS:
             raise ValueError(f"codebook_init must be one of {CODEBOOK_INITS}, got {self.codebook_init!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        self.precision = canonical_precision(self.precision)
+        if self.precision == "fp16":
+            raise ValueError("precision fp16 is not supported for image-tokenizer training (no loss scaler); "
+                             "use bf16 or fp32")
         if self.image_size is not None:
             vq_preset(self.preset, image_size=self.image_size)  # raises if the size does not fit the preset

@@ -164,6 +164,17 @@ def test_config_rejects_bad_values():
         VQTrainConfig(reconstruction_loss="huber")
     with pytest.raises(ValueError, match="multiple of the downsample factor 8"):
         VQTrainConfig(image_size=36)
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        VQTrainConfig(precision="fp8")
+
+
+def test_config_speaks_the_one_precision_vocabulary():
+    assert VQTrainConfig(precision="bfloat16").precision == "bf16"
+    assert VQTrainConfig(precision="float32").precision == VQTrainConfig(precision="no").precision == "fp32"
+    # fp16 would need a loss scaler, which VQ training has not: refused, by its long name too.
+    for name in ("fp16", "float16"):
+        with pytest.raises(ValueError, match="fp16 is not supported .*no loss scaler.*use bf16 or fp32"):
+            VQTrainConfig(precision=name)
 
 
 def test_train_vq_refuses_a_foreign_output_directory(images, tmp_path):
@@ -215,3 +226,5 @@ def test_cli_reports_bad_input_in_one_line(cli, tmp_path, capsys):
     assert "image folder not found" in capsys.readouterr().err
     assert cli(["train-vq", "--out", str(tmp_path / "vq"), "--steps", "0"]) == 2
     assert "steps must be positive, got 0" in capsys.readouterr().err
+    assert cli(["train-vq", "--out", str(tmp_path / "vq"), "--precision", "float16"]) == 2
+    assert "fp16 is not supported" in capsys.readouterr().err
