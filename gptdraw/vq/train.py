@@ -26,8 +26,9 @@ measures each):
   (`foreground_weight`): on the shapes data objects are a few percent of the pixels, and
   their colours and edges are what matters.
 
-Read top to bottom: the config and result types, the data sources, the codebook helpers,
-then `train_vq`, the loop itself, and the evaluation and saving it ends with.
+Read top to bottom: the result type, the data sources, the codebook helpers, the losses,
+then `VQTrainingRun` (one run's state and its steps) and `train_vq`, the loop that walks it
+through them, and the evaluation and saving it ends with.
 """
 
 from __future__ import annotations
@@ -51,9 +52,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from gptdraw.images import make_grid, tensor_to_pil, uint8_to_tensor
-from gptdraw.runtime import native_bf16
+from gptdraw.runtime import resolve_precision
 from gptdraw.schedule import learning_rate
-from gptdraw.vq.metrics import psnr_of_mse
+from gptdraw.vq.metrics import codebook_stats, psnr_of_mse
 from gptdraw.vq.config import VQTrainConfig  # noqa: F401  (re-exported: the config lives in a torch-free module)
 from gptdraw.vq.discriminator import PatchDiscriminator, adaptive_weight, generator_loss, hinge_discriminator_loss
 from gptdraw.vq.perceptual import LPIPS
@@ -151,7 +152,7 @@ def shapes_images(count: int, image_size: int, seed: int = 0) -> np.ndarray:
 # ---- the codebook ------------------------------------------------------------------------------
 
 
-def kmeans(vectors: torch.Tensor, clusters: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
+def kmeans(vectors: torch.Tensor, clusters: int, *, iterations: int, generator: torch.Generator) -> torch.Tensor:
     """Lloyd's k-means: (N, C) float32 → (clusters, C) centroids.
 
     Starts from random data points; a cluster that empties is re-seeded on a random point,
@@ -223,6 +224,7 @@ def restart_dead_codes(
     usage_counts: torch.Tensor,
     latents: torch.Tensor,
     generator: torch.Generator,
+    *,
     optimizer: torch.optim.Optimizer | None = None,
     ema: CodebookEMA | None = None,
 ) -> int:
@@ -275,14 +277,7 @@ def zero_init_residuals(model: torch.nn.Module) -> int:
     return zeroed
 
 
-# ---- precision and numerics ----------------------------------------------------------------------
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """"auto" → "bf16" where the hardware runs bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), else "fp32"."""
-    if precision != "auto":
-        return precision
-    return "bf16" if native_bf16(device) else "fp32"
+# ---- numerics ----------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -338,6 +333,16 @@ def _new_tokenizer(config: VQTrainConfig) -> ImageTokenizer:
     return tokenizer
 
 
+def _check_image_size(images: torch.Tensor, tokenizer: ImageTokenizer) -> None:
+    """Refuse images (B, 3, H, W) that are not square or whose side the tokenizer cannot divide into codes."""
+    side = images.shape[-1]
+    if images.shape[-2] != side or side % tokenizer.downsample_factor:
+        raise ValueError(
+            f"training images are {images.shape[-2]}x{side}; the tokenizer needs square images "
+            f"whose side is a multiple of {tokenizer.downsample_factor}"
+        )
+
+
 def _optimizer(tokenizer: ImageTokenizer, config: VQTrainConfig) -> torch.optim.Optimizer:
     """AdamW over the network, and over the codebook too unless an EMA keeps the codebook."""
     codebook = tokenizer.codebook
@@ -347,25 +352,217 @@ def _optimizer(tokenizer: ImageTokenizer, config: VQTrainConfig) -> torch.optim.
     return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
 
 
-def _maintain_codebook(tokenizer: ImageTokenizer, output, steps_quantized: int, last_step: bool, config: VQTrainConfig,
-                       usage_counts: torch.Tensor, ema, generator, optimizer) -> int:
-    """After a quantised step: the EMA update, usage counts, and every restart_every steps the
-    restart of unused codes. Returns how many codes were restarted."""
-    codes = output.codes.reshape(-1)  # (B*h*w,)
-    if ema is not None:
-        ema.update(tokenizer.codebook, codes, flat_latents(output.latents))
-    usage_counts += torch.bincount(codes, minlength=tokenizer.codebook_size)
-    if not (config.restart_every and steps_quantized % config.restart_every == 0 and not last_step):
-        return 0
-    restarted = restart_dead_codes(tokenizer, usage_counts, output.latents, generator, optimizer, ema)
-    usage_counts.zero_()
-    return restarted
+def _discriminator(
+    config: VQTrainConfig, device: torch.device
+) -> tuple[PatchDiscriminator | None, torch.optim.Optimizer | None]:
+    """The patch discriminator and its optimiser, or (None, None) when adversarial_weight is 0."""
+    if config.adversarial_weight == 0:
+        return None, None
+    discriminator = PatchDiscriminator(config.discriminator_channels, config.discriminator_layers).to(device).train()
+    optimizer = torch.optim.AdamW(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.9), weight_decay=0.0)
+    return discriminator, optimizer
+
+
+@dataclass
+class StepLosses:
+    """The losses of one training step, kept until the step is logged."""
+
+    loss: torch.Tensor
+    """The total the tokenizer's optimiser stepped on."""
+    reconstruction: torch.Tensor
+    """The weighted pixel loss (`_reconstruction_loss`)."""
+    perceptual: torch.Tensor | None = None
+    """The mean LPIPS distance, when the perceptual loss is on."""
+    adversarial_weight: torch.Tensor | None = None
+    """adversarial_weight × the adaptive weight, on steps where the discriminator trains."""
+    discriminator: torch.Tensor | None = None
+    """The discriminator's hinge loss, on the same steps."""
+
+
+class VQTrainingRun:
+    """One training run of an image tokenizer, set up and ready to step: the data, the tokenizer
+    and its optimiser, the optional discriminator and perceptual loss, and the codebook's upkeep.
+
+    `train_vq()` makes one and walks it through the steps; each step is `take_step` (the
+    tokenizer's step, the discriminator's, then codebook upkeep) then `log` (a history record
+    every log_every steps). The steps before `quantize_from` train a plain autoencoder.
+    """
+
+    def __init__(self, config: VQTrainConfig, images: np.ndarray | BatchSource, *,
+                 tokenizer: ImageTokenizer | None = None, device: torch.device):
+        # Everything random below (data order, initial weights, k-means, restarts) follows from
+        # the seed, in this order: a run is repeatable to the bit on the same machine.
+        self.config, self.device = config, device
+        torch.manual_seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)  # k-means and restarts
+        self.next_batch, self.heldout = _split_sources(images, config)
+        self.tokenizer = (tokenizer or _new_tokenizer(config)).to(device).train()
+        _check_image_size(self.heldout, self.tokenizer)
+
+        self.precision = resolve_precision(config.precision, device, purpose="image-tokenizer training")
+        self.autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        self.optimizer = _optimizer(self.tokenizer, config)
+        self.discriminator, self.discriminator_optimizer = _discriminator(config, device)
+        self.adversarial_from = round(config.adversarial_start * config.steps)
+        self.last_layer = self.tokenizer.model.decoder.conv_out.weight  # where the adaptive weight compares gradients
+        # The perceptual part (off unless perceptual_weight > 0): LPIPS from the user's weight files.
+        self.lpips = None
+        if config.perceptual_weight > 0:
+            self.lpips = LPIPS.from_files(config.lpips_vgg, config.lpips_linear).to(device)
+
+        # Steps before this one train a plain autoencoder; the codebook starts here, on trained features.
+        self.quantize_from = round(config.autoencoder_warmup * config.steps)
+        self.ema: CodebookEMA | None = None  # made when quantisation starts, if codebook_update is "ema"
+        self.usage_counts = torch.zeros(self.tokenizer.codebook_size, dtype=torch.long, device=device)
+        self.restarted = 0
+        self.history: list[dict] = []
+        self.step_seconds: list[float] = []
+        # The last step's batch, tokenizer output and losses, for `log`.
+        self.batch, self.output, self.losses = None, None, None
+
+    def take_step(self, step: int) -> float:
+        """Training step `step` (0-based): the tokenizer's optimiser step, the discriminator's, and
+        the codebook's upkeep; returns the tokenizer's loss."""
+        started = time.perf_counter()
+        quantizing = step >= self.quantize_from
+        if step == self.quantize_from:
+            self._start_quantizing()
+        for group in self.optimizer.param_groups:
+            group["lr"] = _learning_rate(step, self.config)
+        self.batch = self.next_batch().to(self.device)
+        with self.autocast:
+            self.output = self.tokenizer(self.batch, quantize=quantizing)
+        self.losses = self._losses(step)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.losses.loss.backward()
+        self.optimizer.step()
+        if self.losses.adversarial_weight is not None:
+            self.losses.discriminator = self._discriminator_step()
+        if quantizing:
+            self._maintain_codebook(step)
+        loss = self.losses.loss.item()
+        self.step_seconds.append(time.perf_counter() - started)
+        return loss
+
+    def _start_quantizing(self) -> None:
+        """Set the codebook onto the trained encoder's outputs (k-means) and start its running means."""
+        if self.config.codebook_init == "kmeans":
+            self._kmeans_init()
+        if self.config.codebook_update == "ema":
+            self.ema = CodebookEMA(self.tokenizer.codebook, self.config.ema_decay)
+
+    @torch.no_grad()
+    def _kmeans_init(self) -> None:
+        """Set the codebook to k-means centroids of the current encoder's outputs on a few batches."""
+        tokenizer = self.tokenizer
+        # About four outputs per code, so that k-means has something to average.
+        wanted = 4 * tokenizer.codebook_size
+        vectors, total = [], 0
+        with self.autocast:
+            while total < wanted:
+                pixels = tokenizer._to_network_range(self.next_batch().to(self.device))
+                vectors.append(flat_latents(tokenizer.model.encode(pixels).latents).cpu())  # (B*h*w, C)
+                total += vectors[-1].shape[0]
+        centroids = kmeans(torch.cat(vectors)[:wanted], tokenizer.codebook_size,
+                           iterations=self.config.kmeans_iterations, generator=self.generator)
+        tokenizer.codebook.copy_(centroids.to(tokenizer.codebook))
+
+    def _losses(self, step: int) -> StepLosses:
+        """The tokenizer's loss on this step's batch: pixels (+ perceptual), commitment, codebook
+        (when it learns by gradient), and from adversarial_from on, fooling the discriminator."""
+        config, batch, output = self.config, self.batch, self.output
+        reconstruction = _reconstruction_loss(output.reconstruction, batch, config)
+        # The recipe's "negative log-likelihood", pixel and perceptual: what the discriminator's
+        # weight is measured against.
+        nll, perceptual, weight = reconstruction, None, None
+        if self.lpips is not None:
+            with self.autocast:
+                perceptual = self.lpips(output.reconstruction, batch).float().mean()
+            nll = reconstruction + config.perceptual_weight * perceptual
+        loss = nll + config.commitment_weight * output.commitment_loss
+        if config.codebook_update != "ema":
+            loss = loss + config.codebook_weight * output.codebook_loss
+        if self.discriminator is not None and step >= self.adversarial_from:
+            with self.autocast:
+                fake_scores = self.discriminator(output.reconstruction * 2 - 1)  # the discriminator sees [-1, 1]
+            fooling = generator_loss(fake_scores.float())
+            weight = config.adversarial_weight * adaptive_weight(nll, fooling, self.last_layer)
+            loss = loss + weight * fooling
+        return StepLosses(loss=loss, reconstruction=reconstruction, perceptual=perceptual, adversarial_weight=weight)
+
+    def _discriminator_step(self) -> torch.Tensor:
+        """The discriminator's own step, on the batch against its (fixed) reconstruction; returns its loss."""
+        with self.autocast:
+            real_scores = self.discriminator(self.batch * 2 - 1)
+            fake_scores = self.discriminator(self.output.reconstruction.detach() * 2 - 1)
+        loss = hinge_discriminator_loss(real_scores.float(), fake_scores.float())
+        self.discriminator_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.discriminator_optimizer.step()
+        return loss
+
+    def _maintain_codebook(self, step: int) -> None:
+        """After a quantised step: the EMA update, usage counts, and every restart_every quantised
+        steps (but the last) the restart of codes unused since the previous restart."""
+        config, tokenizer, output = self.config, self.tokenizer, self.output
+        codes = output.codes.reshape(-1)  # (B*h*w,)
+        if self.ema is not None:
+            self.ema.update(tokenizer.codebook, codes, flat_latents(output.latents))
+        self.usage_counts += torch.bincount(codes, minlength=tokenizer.codebook_size)
+        steps_quantized = step + 1 - self.quantize_from
+        if config.restart_every and steps_quantized % config.restart_every == 0 and step + 1 < config.steps:
+            self.restarted += restart_dead_codes(tokenizer, self.usage_counts, output.latents, self.generator,
+                                                 optimizer=self.optimizer, ema=self.ema)
+            self.usage_counts.zero_()
+
+    def log(self, step: int) -> dict | None:
+        """The history record of step `step`, every log_every steps and at the last (kept in
+        `history`); None on other steps."""
+        config, losses, output = self.config, self.losses, self.output
+        if step % config.log_every != 0 and step + 1 != config.steps:
+            return None
+        record = {
+            "step": step,
+            "loss": round(losses.loss.item(), 6),
+            "reconstruction": round(losses.reconstruction.item(), 6),
+            "psnr": round(psnr(output.reconstruction, self.batch), 3),
+            "used": int(output.codes.unique().numel()) if step >= self.quantize_from else 0,
+        }
+        if losses.adversarial_weight is not None:
+            record["discriminator_loss"] = round(losses.discriminator.item(), 6)
+            record["adversarial_weight"] = round(float(losses.adversarial_weight), 6)
+        if losses.perceptual is not None:
+            record["perceptual"] = round(losses.perceptual.item(), 6)
+        self.history.append(record)
+        return record
+
+    def result(self, *, seconds: float, out_dir: Path | None) -> VQTrainResult:
+        """The trained tokenizer (switched to eval mode) and its figures on the held-out images."""
+        self.tokenizer.eval()
+        figures = evaluate_tokenizer(self.tokenizer, self.heldout)
+        steps = self.config.steps
+        return VQTrainResult(
+            psnr=figures["psnr"],
+            codebook_usage=figures["codebook_usage"],
+            perplexity=figures["perplexity"],
+            steps=steps,
+            seconds=round(seconds, 3),
+            steps_per_second=round(steps / seconds, 3),
+            median_step_seconds=round(float(np.median(self.step_seconds)), 4),
+            precision=self.precision,
+            restarted_codes=self.restarted,
+            final_loss=self.losses.loss.item() if self.losses is not None else float("nan"),
+            out_dir=str(out_dir) if out_dir is not None else None,
+            history=self.history,
+            tokenizer=self.tokenizer,
+        )
 
 
 def train_vq(
     config: VQTrainConfig,
     images: np.ndarray | BatchSource,
     out_dir: str | Path | None,
+    *,
     tokenizer: ImageTokenizer | None = None,
     device: torch.device | str = "cpu",
     progress: bool = True,
@@ -378,177 +575,38 @@ def train_vq(
     """
     device = torch.device(device)
     out_path = _check_out_dir(out_dir) if out_dir is not None else None
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    next_batch, heldout = _split_sources(images, config)
-
-    tokenizer = (tokenizer or _new_tokenizer(config)).to(device).train()
-    image_size = heldout.shape[-1]
-    if heldout.shape[-2] != image_size or image_size % tokenizer.downsample_factor:
-        raise ValueError(
-            f"training images are {heldout.shape[-2]}x{image_size}; the tokenizer needs square images "
-            f"whose side is a multiple of {tokenizer.downsample_factor}"
-        )
-
-    precision = resolve_precision(config.precision, device)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-    codebook = tokenizer.codebook
-    use_ema = config.codebook_update == "ema"
-    optimizer = _optimizer(tokenizer, config)
-    ema: CodebookEMA | None = None
-
-    # The adversarial part (off unless adversarial_weight > 0): a patch discriminator and its optimiser.
-    discriminator = None
-    if config.adversarial_weight > 0:
-        discriminator = PatchDiscriminator(config.discriminator_channels, config.discriminator_layers).to(device).train()
-        discriminator_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=config.lr, betas=(0.5, 0.9),
-                                                    weight_decay=0.0)
-    adversarial_from = round(config.adversarial_start * config.steps)
-    last_layer = tokenizer.model.decoder.conv_out.weight
-    # The perceptual part (off unless perceptual_weight > 0): LPIPS from the user's weight files.
-    lpips = LPIPS.from_files(config.lpips_vgg, config.lpips_linear).to(device) if config.perceptual_weight > 0 else None
-
-    usage_counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long, device=device)
-    history: list[dict] = []
-    restarted = 0
-    loss_value = float("nan")
-    # Steps before this one train a plain autoencoder; the codebook starts here, on trained features.
-    quantize_from = round(config.autoencoder_warmup * config.steps)
+    run = VQTrainingRun(config, images, tokenizer=tokenizer, device=device)
     with flush_denormals() if device.type == "cpu" else contextlib.nullcontext():
         bar = tqdm(range(config.steps), desc="train-vq", unit="step", disable=not progress, dynamic_ncols=True)
         start = time.perf_counter()
-        step_seconds: list[float] = []
         for step in bar:
-            step_start = time.perf_counter()
-            quantizing = step >= quantize_from
-            if step == quantize_from:
-                if config.codebook_init == "kmeans":
-                    _kmeans_init(tokenizer, next_batch, config, autocast, generator, device)
-                if use_ema:
-                    ema = CodebookEMA(codebook, config.ema_decay)
-            for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(step, config)
-            batch = next_batch().to(device)
-            with autocast:
-                output = tokenizer(batch, quantize=quantizing)
-            reconstruction = _reconstruction_loss(output.reconstruction, batch, config)
-            # The recipe's "negative log-likelihood", pixel and perceptual: what the discriminator's weight is measured against.
-            nll = reconstruction
-            if lpips is not None:
-                with autocast:
-                    perceptual = lpips(output.reconstruction, batch).float().mean()
-                nll = reconstruction + config.perceptual_weight * perceptual
-            loss = nll + config.commitment_weight * output.commitment_loss
-            if not use_ema:
-                loss = loss + config.codebook_weight * output.codebook_loss
-            adversarial = discriminator is not None and step >= adversarial_from
-            if adversarial:
-                with autocast:
-                    fake_scores = discriminator(output.reconstruction * 2 - 1)  # the discriminator sees [-1, 1]
-                fooling = generator_loss(fake_scores.float())
-                weight = config.adversarial_weight * adaptive_weight(nll, fooling, last_layer)
-                loss = loss + weight * fooling
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if adversarial:
-                # The discriminator's own step, on the batch against its (fixed) reconstruction.
-                with autocast:
-                    real_scores = discriminator(batch * 2 - 1)
-                    fake_scores = discriminator(output.reconstruction.detach() * 2 - 1)
-                discriminator_loss = hinge_discriminator_loss(real_scores.float(), fake_scores.float())
-                discriminator_optimizer.zero_grad(set_to_none=True)
-                discriminator_loss.backward()
-                discriminator_optimizer.step()
-
-            if quantizing:
-                restarted += _maintain_codebook(tokenizer, output, step + 1 - quantize_from, step + 1 == config.steps,
-                                                config, usage_counts, ema, generator, optimizer)
-
-            loss_value = loss.item()
-            step_seconds.append(time.perf_counter() - step_start)
-            if step % config.log_every == 0 or step + 1 == config.steps:
-                record = {
-                    "step": step,
-                    "loss": round(loss_value, 6),
-                    "reconstruction": round(reconstruction.item(), 6),
-                    "psnr": round(psnr(output.reconstruction, batch), 3),
-                    "used": int(output.codes.unique().numel()) if quantizing else 0,
-                }
-                if adversarial:
-                    record["discriminator_loss"] = round(discriminator_loss.item(), 6)
-                    record["adversarial_weight"] = round(float(weight), 6)
-                if lpips is not None:
-                    record["perceptual"] = round(perceptual.item(), 6)
-                history.append(record)
-                bar.set_postfix(loss=f"{loss_value:.4f}", psnr=f"{record['psnr']:.1f}", codes=record["used"], refresh=False)
+            loss = run.take_step(step)
+            record = run.log(step)
+            if record is not None:
+                bar.set_postfix(loss=f"{loss:.4f}", psnr=f"{record['psnr']:.1f}", codes=record["used"], refresh=False)
         bar.close()
-        seconds = time.perf_counter() - start
-
-        tokenizer.eval()
-        figures = evaluate_tokenizer(tokenizer, heldout)
-    result = VQTrainResult(
-        psnr=figures["psnr"],
-        codebook_usage=figures["codebook_usage"],
-        perplexity=figures["perplexity"],
-        steps=config.steps,
-        seconds=round(seconds, 3),
-        steps_per_second=round(config.steps / seconds, 3),
-        median_step_seconds=round(float(np.median(step_seconds)), 4),
-        precision=precision,
-        restarted_codes=restarted,
-        final_loss=loss_value,
-        out_dir=str(out_path) if out_path is not None else None,
-        history=history,
-        tokenizer=tokenizer,
-    )
+        result = run.result(seconds=time.perf_counter() - start, out_dir=out_path)
     if out_path is not None:
-        _save_run(tokenizer, heldout[: config.preview_images], result, config, out_path)
+        _save_run(run.tokenizer, run.heldout[: config.preview_images], result, config, out_path)
     return result
-
-
-def _kmeans_init(
-    tokenizer: ImageTokenizer,
-    next_batch: Callable[[], torch.Tensor],
-    config: VQTrainConfig,
-    autocast: torch.autocast,
-    generator: torch.Generator,
-    device: torch.device,
-) -> None:
-    """Set the codebook to k-means centroids of the current encoder's outputs on a few batches."""
-    # About four outputs per code, so that k-means has something to average.
-    wanted = 4 * tokenizer.codebook_size
-    vectors, total = [], 0
-    with torch.no_grad(), autocast:
-        while total < wanted:
-            pixels = tokenizer._to_network_range(next_batch().to(device))
-            vectors.append(flat_latents(tokenizer.model.encode(pixels).latents).cpu())  # (B*h*w, C)
-            total += vectors[-1].shape[0]
-    centroids = kmeans(torch.cat(vectors)[:wanted], tokenizer.codebook_size, config.kmeans_iterations, generator)
-    with torch.no_grad():
-        tokenizer.codebook.copy_(centroids.to(tokenizer.codebook))
 
 
 @torch.no_grad()
 def evaluate_tokenizer(tokenizer: ImageTokenizer, images: torch.Tensor, batch_size: int = 64) -> dict:
     """PSNR of encode → decode, codebook usage and code perplexity on `images` (B, 3, H, W)."""
     device = tokenizer.codebook.device
-    squared_error = 0.0
-    counts = torch.zeros(tokenizer.codebook_size, dtype=torch.long)
+    squared_error, codes = 0.0, []
     for chunk in images.split(batch_size):
         chunk = chunk.to(device)
-        codes = tokenizer.encode(chunk)
-        reconstruction = tokenizer.decode(codes)
+        chunk_codes = tokenizer.encode(chunk)
+        reconstruction = tokenizer.decode(chunk_codes)
         squared_error += F.mse_loss(reconstruction, chunk, reduction="sum").item()
-        counts += torch.bincount(codes.reshape(-1).cpu(), minlength=tokenizer.codebook_size)
-    mse = squared_error / images.numel()
-    probabilities = counts[counts > 0].double() / counts.sum()
-    entropy = -(probabilities * probabilities.log()).sum().item()
+        codes.append(chunk_codes.reshape(-1).cpu())
+    stats = codebook_stats(torch.cat(codes), tokenizer.codebook_size)
     return {
-        "psnr": round(float(psnr_of_mse(torch.tensor(mse))), 3),
-        "codebook_usage": round(int((counts > 0).sum()) / tokenizer.codebook_size, 4),
-        "perplexity": round(math.exp(entropy), 2),
+        "psnr": round(float(psnr_of_mse(torch.tensor(squared_error / images.numel()))), 3),
+        "codebook_usage": round(stats.usage, 4),
+        "perplexity": round(stats.perplexity, 2),
     }
 
 
