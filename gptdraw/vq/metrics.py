@@ -96,7 +96,7 @@ def codebook_stats(codes: torch.Tensor | np.ndarray, codebook_size: int) -> Code
         raise ValueError(f"codes go up to {counts.size - 1}, beyond the codebook of {codebook_size}")
     total = counts.sum()
     if total == 0:
-        return CodebookStats(0, 0.0, 0.0)
+        return CodebookStats(codes_used=0, usage=0.0, perplexity=0.0)
     probabilities = counts[counts > 0] / total
     entropy = float(-(probabilities * np.log(probabilities)).sum())
     used = int((counts > 0).sum())
@@ -152,6 +152,20 @@ def _gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
+def _rfid(real: np.ndarray, fake: np.ndarray) -> tuple[float | None, str]:
+    """rFID between Inception features (N, D) of originals and reconstructions, and a note on how
+    far to trust it (None and the reason when it cannot be computed)."""
+    count = real.shape[0]
+    if count < 2:
+        return None, "skipped: rFID needs at least two images"
+    rfid = frechet_distance(*_gaussian_stats(real), *_gaussian_stats(fake))
+    # With N <= D the covariances are singular: the figure still ranks tokenizers on the same images.
+    note = f"over {count} images" + ("" if count > real.shape[1] else
+                                     f"; fewer images than feature dimensions ({real.shape[1]}), so only comparable "
+                                     f"between runs on the same images")
+    return rfid, note
+
+
 # ---- evaluating a tokenizer on a folder of images ----------------------------------------------
 
 
@@ -179,6 +193,7 @@ class ReconstructionReport:
 def evaluate_reconstruction(
     tokenizer: ImageTokenizer,
     image_paths: list[Path],
+    *,
     image_size: int | None = None,
     batch_size: int = 16,
     inception_path: str | Path | None = None,
@@ -225,23 +240,14 @@ def evaluate_reconstruction(
 
     count = sum(len(p) for p in psnrs)
     stats = codebook_stats(torch.cat([c.reshape(-1) for c in all_codes]), tokenizer.codebook_size)
-    rfid, rfid_note = None, "skipped: no Inception weights given (pass a TorchScript inception-2015-12-05.pt)"
-    if inception is not None:
-        real, fake = np.concatenate(real_features), np.concatenate(fake_features)
-        if count < 2:
-            rfid_note = "skipped: rFID needs at least two images"
-        else:
-            rfid = frechet_distance(*_gaussian_stats(real), *_gaussian_stats(fake))
-            rfid_note = (f"over {count} images" + ("" if count > real.shape[1] else
-                         f"; fewer images than feature dimensions ({real.shape[1]}), so only comparable "
-                         f"between runs on the same images"))
+    if inception is None:
+        rfid, rfid_note = None, "skipped: no Inception weights given (pass a TorchScript inception-2015-12-05.pt)"
+    else:
+        rfid, rfid_note = _rfid(np.concatenate(real_features), np.concatenate(fake_features))
     written = None
     if grid_path is not None and grid_pairs:
-        tiles = [image for pair in grid_pairs for image in tensor_to_pil(torch.stack(pair))]
-        labels = [label for _ in grid_pairs for label in ("original", "reconstruction")]
         grid_path = Path(grid_path)
-        grid_path.parent.mkdir(parents=True, exist_ok=True)
-        make_grid(tiles, columns=2, labels=labels).save(grid_path)
+        _save_pairs_grid(grid_pairs, grid_path)
         written = str(grid_path)
     return ReconstructionReport(
         images=count,
@@ -257,3 +263,11 @@ def evaluate_reconstruction(
         rfid_note=rfid_note,
         grid_path=written,
     )
+
+
+def _save_pairs_grid(pairs: list[tuple[torch.Tensor, torch.Tensor]], path: Path) -> None:
+    """A PNG of (original, reconstruction) pairs (3, H, W), one pair per row."""
+    tiles = [image for pair in pairs for image in tensor_to_pil(torch.stack(pair))]
+    labels = [label for _ in pairs for label in ("original", "reconstruction")]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(tiles, columns=2, labels=labels).save(path)
