@@ -49,7 +49,7 @@ def test_quality_bench_runs_variants_and_reads_finished_runs_back(tmp_path, monk
     # Finished runs are read back, not trained again: the figures come from each run's quickstart.json.
     summary_path = work / "adamw-2" / "quickstart.json"
     summary = json.loads(summary_path.read_text())
-    summary["two_object_accuracy"] = 0.123456  # no share of the 24 prompts: only a read-back shows it
+    summary["two_object_accuracy"] = 0.123456  # a share no prompt count gives: only a read-back shows it
     summary_path.write_text(json.dumps(summary))
     trained.clear()
     assert quality.main(argv) == 0
