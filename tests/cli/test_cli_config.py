@@ -19,6 +19,10 @@ def other_value(field: dataclasses.Field, current):
     hint = typing.get_type_hints(TrainConfig)[field.name]
     if typing.get_origin(hint) is typing.Literal:
         return next(choice for choice in typing.get_args(hint) if choice != current)
+    if hint == bool | None:
+        return True if current is not True else False
+    if hint == str | None:
+        return "reduce-overhead" if current != "reduce-overhead" else "max-autotune"
     if hint is bool:
         return not current
     if hint is int:
