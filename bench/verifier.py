@@ -71,7 +71,7 @@ def render_rate(image_size: int, count: int, seed: int) -> float:
     heldout = shapes.heldout_prompts()
     start = time.perf_counter()
     for _ in tqdm(
-        shapes.generate_examples(count, image_size, seed, heldout),
+        shapes.generate_examples(count, image_size, seed=seed, heldout=heldout),
         total=count,
         desc=f"render {image_size}px",
         leave=False,
@@ -82,7 +82,7 @@ def render_rate(image_size: int, count: int, seed: int) -> float:
 
 def verifier_accuracy(image_size: int, count: int, seed: int) -> dict:
     """Verifier accuracy per condition on `count` generator images, with the commonest failures."""
-    examples = list(shapes.generate_examples(count, image_size, seed, shapes.heldout_prompts()))
+    examples = list(shapes.generate_examples(count, image_size, seed=seed, heldout=shapes.heldout_prompts()))
     results = {}
     for name, degrade in CONDITIONS.items():
         rng = np.random.default_rng([seed, image_size])

@@ -149,7 +149,7 @@ def list_pictures(style: str, folder: str | Path | None = None) -> tuple[list[Em
             unnamed += 1
             continue
         subject, tone = split_tone(name)
-        pictures.append(EmojiPicture(str(path), name, subject, tone, style))
+        pictures.append(EmojiPicture(path=str(path), name=name, subject=subject, tone=tone, style=style))
     if not pictures:
         raise ValueError(f"{folder} holds no emoji pictures named by their code points")
     return pictures, unnamed

@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from PIL import Image
@@ -64,7 +64,8 @@ SUPERSAMPLE = 4
 
 _PHRASE_TO_CELL: dict[str, tuple[int, int]] = {phrase: cell for cell, phrase in CELLS.items()}
 _SIZE_NAMES: tuple[str, ...] = tuple(SIZES)
-_COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
+COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
+"""The colour names in palette order: a colour's index is its class label (gptdraw.eval.verifier)."""
 _CELL_LIST: tuple[tuple[int, int], ...] = tuple(CELLS)
 _OBJECT_SEPARATOR = " and "
 
@@ -230,7 +231,7 @@ def layout(
         jitter_x, jitter_y = rng.uniform(-JITTER, JITTER, size=2) * size_px
         placements.append(
             Placement(
-                spec=ShapeSpec(spec.colour, spec.shape, spec.cell, size),
+                spec=replace(spec, size=size),
                 cx=_cell_centre(spec.cell[0], size_px) + jitter_x,
                 cy=_cell_centre(spec.cell[1], size_px) + jitter_y,
                 d=SIZES[size] * size_px,
@@ -314,7 +315,7 @@ def sample_scene(
     _check_probability("two_object_prob", two_object_prob)
     _check_probability("drop_size_prob", drop_size_prob)
     count = 2 if rng.random() < two_object_prob else 1
-    colours = rng.choice(len(_COLOUR_NAMES), size=count, replace=False)
+    colours = rng.choice(len(COLOUR_NAMES), size=count, replace=False)
     cells = rng.choice(len(_CELL_LIST), size=count, replace=False)
     scene = []
     for colour, cell in zip(colours, cells, strict=True):
@@ -322,7 +323,7 @@ def sample_scene(
         size = (
             None if rng.random() < drop_size_prob else _SIZE_NAMES[rng.integers(len(_SIZE_NAMES))]
         )
-        scene.append(ShapeSpec(_COLOUR_NAMES[colour], shape, _CELL_LIST[cell], size))
+        scene.append(ShapeSpec(colour=COLOUR_NAMES[colour], shape=shape, cell=_CELL_LIST[cell], size=size))
     return tuple(scene)
 
 
@@ -337,7 +338,7 @@ def _scene_key(scene: Scene) -> _SceneKey:
 def _keys_covering(scene: Scene) -> set[_SceneKey]:
     """The scene with its objects in any order and any of its size words dropped."""
     variants_per_object = [
-        {spec, ShapeSpec(spec.colour, spec.shape, spec.cell, None)} for spec in scene
+        {spec, replace(spec, size=None)} for spec in scene
     ]
     return {_scene_key(variant) for variant in itertools.product(*variants_per_object)}
 
@@ -386,7 +387,7 @@ def heldout_prompts(seed: int = 0, n_one: int = 24, n_two: int = 24, avoid: Held
     shape, cell and size still occurs in training in other combinations. With `avoid`, no
     prompt of it and none of its one-object triples is chosen again.
     """
-    triples = list(itertools.product(_COLOUR_NAMES, SHAPES, _CELL_LIST))
+    triples = list(itertools.product(COLOUR_NAMES, SHAPES, _CELL_LIST))
     taken = set() if avoid is None else {
         (spec.colour, spec.shape, spec.cell) for prompt in avoid.one_object for spec in parse_caption(prompt)
     }
@@ -403,7 +404,7 @@ def heldout_prompts(seed: int = 0, n_one: int = 24, n_two: int = 24, avoid: Held
         if (colour, shape, cell) in taken:
             continue
         size = _SIZE_NAMES[rng.integers(len(_SIZE_NAMES))]
-        one_object.append(caption((ShapeSpec(colour, shape, cell, size),)))
+        one_object.append(caption((ShapeSpec(colour=colour, shape=shape, cell=cell, size=size),)))
     two_object: list[str] = []
     seen: set[_SceneKey] = set() if avoid is None else set(avoid._keys)
     while len(two_object) < n_two:
@@ -431,7 +432,7 @@ def heldout_union(sets: Sequence[HeldOut]) -> HeldOut:
 
 def without_sizes(prompt: str) -> str:
     """The prompt with its size words dropped ("a red circle at the top"), which means either size."""
-    return caption(tuple(ShapeSpec(spec.colour, spec.shape, spec.cell, None) for spec in parse_caption(prompt)))
+    return caption(tuple(replace(spec, size=None) for spec in parse_caption(prompt)))
 
 
 def is_heldout(caption_text: str, heldout: HeldOut) -> bool:
@@ -445,6 +446,7 @@ SPLITS: tuple[str, ...] = ("train", "heldout")
 def make_example(
     index: int,
     image_size: int,
+    *,
     seed: int,
     heldout: HeldOut | None,
     split: str = "train",
@@ -475,6 +477,7 @@ def make_example(
 def generate_examples(
     count: int,
     image_size: int,
+    *,
     seed: int,
     heldout: HeldOut | None,
     split: str = "train",
@@ -498,6 +501,7 @@ def generate_examples(
             f"count, start and seed must be non-negative, got {count}, {start}, {seed}"
         )
     return (
-        make_example(index, image_size, seed, heldout, split, two_object_prob, drop_size_prob)
+        make_example(index, image_size, seed=seed, heldout=heldout, split=split, two_object_prob=two_object_prob,
+                     drop_size_prob=drop_size_prob)
         for index in range(start, start + count)
     )

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from gptdraw.data.shapes import (
-    BACKGROUND, COLOURS, SHAPES, SIZES, Scene, ShapeSpec, _COLOUR_NAMES, parse_caption, shape_coverage,
+    BACKGROUND, COLOUR_NAMES, COLOURS, SHAPES, SIZES, Scene, ShapeSpec, parse_caption, shape_coverage,
 )
 
 
@@ -366,7 +366,7 @@ def detect_objects(image: Image.Image | np.ndarray) -> list[DetectedObject]:
         if label == len(COLOURS):
             colour, object_coverage = OTHER, mask.astype(np.float32)
         else:
-            colour = _COLOUR_NAMES[label]
+            colour = COLOUR_NAMES[label]
             # The object's pixels plus its soft edge: nearby pixels of its colour that no
             # other fragment of that colour claims.
             near = np.zeros_like(mask)

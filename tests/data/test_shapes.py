@@ -261,14 +261,14 @@ def test_is_heldout_covers_order_and_dropped_sizes():
 
 def test_heldout_split_streams_the_heldout_prompts():
     heldout = shapes.heldout_prompts(n_one=2, n_two=1)
-    texts = [text for _, text in shapes.generate_examples(6, 32, 0, heldout, split="heldout")]
+    texts = [text for _, text in shapes.generate_examples(6, 32, seed=0, heldout=heldout, split="heldout")]
     assert texts == heldout.prompts * 2
     with pytest.raises(ValueError, match="split"):
-        shapes.generate_examples(1, 32, 0, heldout, split="valid")
+        shapes.generate_examples(1, 32, seed=0, heldout=heldout, split="valid")
     with pytest.raises(ValueError, match="HeldOut"):
-        shapes.generate_examples(1, 32, 0, None, split="heldout")
+        shapes.generate_examples(1, 32, seed=0, heldout=None, split="heldout")
     with pytest.raises(ValueError, match="image size"):
-        shapes.generate_examples(1, 33, 0, None)
+        shapes.generate_examples(1, 33, seed=0, heldout=None)
 
 
 # ---------------------------------------------------------------------------- verifier

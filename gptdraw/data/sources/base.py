@@ -1,16 +1,13 @@
-"""What every reader of image–caption data shares: `Source`, `SourceItem`, and the helpers that
-find image and caption columns."""
+"""What every reader of image–caption data shares: `Source`, `SourceItem`, the column names tried
+for images and captions, and small helpers for caption files, parquet cells and file lists."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from PIL import Image
-
-from gptdraw.data.decode import IMAGE_EXTENSIONS
 
 
 # Column names tried, in order, when the caller names no image or text column.
@@ -81,41 +78,22 @@ class Source:
         return start, min(stop, len(self))
 
 
-def _read_text(path: Path) -> str | None:
+def read_caption_file(path: Path) -> str | None:
+    """A caption file's text (undecodable bytes replaced); None when it cannot be read."""
     try:
         return path.read_bytes().decode("utf-8", errors="replace")
     except OSError:
         return None
 
 
-def _image_field(names: list[str]) -> str | None:
-    for extension in ("jpg", "jpeg", "png", "webp"):
-        if extension in names:
-            return extension
-    return None
-
-
-def _cell_image(value: Any) -> bytes | str | None:
+def cell_image(value: Any) -> bytes | str | None:
+    """A parquet image cell as a source item's image."""
     # Parquet image cells are raw bytes (img2dataset) or {bytes, path} structs (Hugging Face).
     if isinstance(value, dict):
         return value.get("bytes") or value.get("path")
     return value
 
 
-_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-
-
-def _column_index(header: list[str], wanted: str | int | None, candidates: tuple[str, ...], what: str,
-                  path: Path) -> int | None:
-    lowered = [name.strip().lower() for name in header]
-    if isinstance(wanted, int):
-        return wanted
-    if wanted is not None:
-        if wanted.lower() not in lowered:
-            raise ValueError(f"{path}: no {what} column {wanted!r} (columns: {', '.join(header)})")
-        return lowered.index(wanted.lower())
-    return next((lowered.index(name) for name in candidates if name in lowered), None)
-
-
-def _looks_like_image(value: str) -> bool:
-    return bool(_URL.match(value)) or value.lower().endswith(IMAGE_EXTENSIONS)
+def sorted_files(root: Path, pattern: str) -> list[Path]:
+    """The files (not folders) in `root` matching the glob `pattern`, sorted by path."""
+    return sorted(path for path in root.glob(pattern) if path.is_file())

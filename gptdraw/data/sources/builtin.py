@@ -14,8 +14,8 @@ class ShapesSource(Source):
     two_object_prob: the share of two-object scenes.
     """
 
-    def __init__(self, count: int, image_size: int, seed: int = 0,
-                 heldout_seed: int = 0, two_object_prob: float = 0.5):
+    def __init__(self, count: int, image_size: int, *, seed: int = 0, heldout_seed: int = 0,
+                 two_object_prob: float = 0.5):
         from gptdraw.data import shapes
 
         if count < 1:
@@ -35,7 +35,7 @@ class ShapesSource(Source):
 
         start, stop = self._range(start, stop)
         examples = shapes.generate_examples(
-            stop - start, self.image_size, self.seed, self._heldout, split="train", start=start,
+            stop - start, self.image_size, seed=self.seed, heldout=self._heldout, split="train", start=start,
             two_object_prob=self.two_object_prob,
         )
         for index, (image, caption) in enumerate(examples, start):

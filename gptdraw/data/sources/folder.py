@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Iterator
 
 from gptdraw.data.decode import IMAGE_EXTENSIONS, image_files
-from gptdraw.data.sources.base import Source, SourceItem, _read_text, file_state
+from gptdraw.data.sources.base import Source, SourceItem, file_state, read_caption_file
 
 
 class FolderSource(Source):
@@ -28,7 +28,7 @@ class FolderSource(Source):
         start, stop = self._range(start, stop)
         for relative in self._paths[start:stop]:
             path = self.root / relative
-            caption = _read_text(path.with_suffix(".txt"))
+            caption = read_caption_file(path.with_suffix(".txt"))
             yield SourceItem(key=str(Path(relative).with_suffix("")), caption=caption, image=str(path))
 
     def describe(self) -> dict:

@@ -6,9 +6,7 @@ import logging
 from pathlib import Path
 from typing import Iterator
 
-from gptdraw.data.sources.base import (
-    IMAGE_COLUMNS, TEXT_COLUMNS, Source, SourceItem, _cell_image,
-)
+from gptdraw.data.sources.base import IMAGE_COLUMNS, TEXT_COLUMNS, Source, SourceItem, cell_image
 
 logger = logging.getLogger(__name__)
 
@@ -16,7 +14,7 @@ logger = logging.getLogger(__name__)
 class HFSource(Source):
     """A Hugging Face `datasets` dataset: a save_to_disk folder, a local data folder, or a hub id."""
 
-    def __init__(self, name: str, split: str = "train", image_column: str | None = None,
+    def __init__(self, name: str, *, split: str = "train", image_column: str | None = None,
                  text_column: str | None = None):
         try:
             import datasets
@@ -66,7 +64,7 @@ class HFSource(Source):
                     yield SourceItem(key=f"{self.split}:{index}", caption=None, image=None, skip_reason="damaged_dataset")
                 continue
             for offset, (image, caption) in enumerate(zip(rows[self.image_column], rows[self.text_column])):
-                yield SourceItem(key=f"{self.split}:{first + offset}", caption=caption, image=_cell_image(image))
+                yield SourceItem(key=f"{self.split}:{first + offset}", caption=caption, image=cell_image(image))
 
     def _rows(self, first: int, last: int) -> dict | None:
         """Rows first..last-1 as columns, or None where the dataset's files are damaged there."""

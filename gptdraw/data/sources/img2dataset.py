@@ -13,8 +13,8 @@ from typing import Iterator
 
 from gptdraw.data.decode import DEFAULT_MAX_BYTES
 from gptdraw.data.sources.base import (
-    IMAGE_COLUMNS, IMG2DATASET_SUCCESS, TEXT_COLUMNS, Source, SourceItem, _cell_image, _image_field, _read_text,
-    file_state,
+    IMAGE_COLUMNS, IMG2DATASET_SUCCESS, TEXT_COLUMNS, Source, SourceItem, cell_image, file_state, read_caption_file,
+    sorted_files,
 )
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ def _read_meta(path: Path) -> list[_MetaRow]:
     keys = table.column("key").to_pylist()
     statuses = table.column("status").to_pylist() if "status" in names else [IMG2DATASET_SUCCESS] * len(keys)
     captions = table.column("caption").to_pylist() if "caption" in names else [None] * len(keys)
-    return [_MetaRow(str(k), s, c) for k, s, c in zip(keys, statuses, captions)]
+    return [_MetaRow(key=str(key), status=status, caption=caption)
+            for key, status, caption in zip(keys, statuses, captions)]
 
 
 @dataclass
@@ -76,10 +77,18 @@ def _tar_samples(tar: tarfile.TarFile) -> Iterator[_TarSample]:
         if current is None or current.key != key:
             if current is not None:
                 yield current
-            current = _TarSample(key, {})
+            current = _TarSample(key=key, members={})
         current.members[extension.lower()] = member
     if current is not None:
         yield current
+
+
+def _image_field(names: list[str]) -> str | None:
+    """The image extension among a sample's fields (webdataset members, parquet columns), if any."""
+    for extension in ("jpg", "jpeg", "png", "webp"):
+        if extension in names:
+            return extension
+    return None
 
 
 MAX_CAPTION_BYTES = 2**20
@@ -238,7 +247,7 @@ class _FilesUnit(_Unit):
                 continue
             image = next((self.folder / f"{row.key}.{ext}" for ext in ("jpg", "png", "webp", "jpeg")
                           if (self.folder / f"{row.key}.{ext}").is_file()), None)
-            caption = _read_text(self.folder / f"{row.key}.txt")
+            caption = read_caption_file(self.folder / f"{row.key}.txt")
             if caption is None:
                 caption = row.caption
             if image is None:
@@ -307,7 +316,7 @@ class _ParquetUnit(_Unit):
                 continue
             key = str(row["key"]) if self.has_key else f"{self.path.stem}:{index}"
             caption = row.get(self.text_column) if self.text_column else None
-            image = _cell_image(row[self.image_column])
+            image = cell_image(row[self.image_column])
             if isinstance(image, str) and not os.path.isabs(image):
                 image = str(self.path.parent / image)
             status = row.get("status") if self.has_status else IMG2DATASET_SUCCESS
@@ -358,21 +367,17 @@ class MultiFileSource(Source):
         return file_state(sorted(path for path in folder.rglob("*") if path.is_file()), folder)
 
 
-def _sorted_files(root: Path, pattern: str) -> list[Path]:
-    return sorted(path for path in root.glob(pattern) if path.is_file())
-
-
 def webdataset_source(path: str | os.PathLike) -> MultiFileSource:
     """Webdataset tars (a folder of them, or one): img2dataset's webdataset output or any other."""
     path = Path(path)
-    tars = [path] if path.is_file() else _sorted_files(path, "*.tar")
+    tars = [path] if path.is_file() else sorted_files(path, "*.tar")
     return MultiFileSource("webdataset", path, [_TarUnit(tar) for tar in tars])
 
 
 def files_source(path: str | os.PathLike) -> MultiFileSource:
     """img2dataset's files output: NNNNN.parquet beside the NNNNN/ folder it lists."""
     path = Path(path)
-    metas = [meta for meta in _sorted_files(path, "*.parquet") if meta.with_suffix("").is_dir()]
+    metas = [meta for meta in sorted_files(path, "*.parquet") if meta.with_suffix("").is_dir()]
     return MultiFileSource("img2dataset-files", path, [_FilesUnit(meta) for meta in metas])
 
 
@@ -380,6 +385,6 @@ def parquet_source(path: str | os.PathLike, image_column: str | None = None,
                    text_column: str | None = None) -> MultiFileSource:
     """Parquet files with image bytes: img2dataset's parquet output, or a Hugging Face parquet export."""
     path = Path(path)
-    files = [path] if path.is_file() else _sorted_files(path, "*.parquet")
+    files = [path] if path.is_file() else sorted_files(path, "*.parquet")
     options = {"image_column": image_column, "text_column": text_column}
     return MultiFileSource("parquet", path, [_ParquetUnit(file, image_column, text_column) for file in files], options)

@@ -5,14 +5,32 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from array import array
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from gptdraw.data.sources.base import (
-    IMAGE_COLUMNS, TEXT_COLUMNS, Source, SourceItem, _URL, _column_index, _looks_like_image,
-    file_state,
-)
+from gptdraw.data.decode import IMAGE_EXTENSIONS
+from gptdraw.data.sources.base import IMAGE_COLUMNS, TEXT_COLUMNS, Source, SourceItem, file_state
+
+_URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def _column_index(header: list[str], wanted: str | int | None, *, candidates: tuple[str, ...], what: str,
+                  path: Path) -> int | None:
+    """The index of the `what` column: the one `wanted` names, else the first of `candidates` present."""
+    lowered = [name.strip().lower() for name in header]
+    if isinstance(wanted, int):
+        return wanted
+    if wanted is not None:
+        if wanted.lower() not in lowered:
+            raise ValueError(f"{path}: no {what} column {wanted!r} (columns: {', '.join(header)})")
+        return lowered.index(wanted.lower())
+    return next((lowered.index(name) for name in candidates if name in lowered), None)
+
+
+def _looks_like_image(value: str) -> bool:
+    return bool(_URL.match(value)) or value.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def _load_url_map(url_map: str | os.PathLike | Mapping[str, str] | None) -> tuple[dict[str, str] | None, str | None]:
@@ -69,6 +87,7 @@ class ManifestSource(Source):
     def __init__(
         self,
         path: str | os.PathLike,
+        *,
         kind: str | None = None,
         image_column: str | int | None = None,
         text_column: str | int | None = None,
@@ -114,8 +133,8 @@ class ManifestSource(Source):
         named = any(name in IMAGE_COLUMNS or name in TEXT_COLUMNS for name in names)
         if named or isinstance(self.image_column, str) or isinstance(self.text_column, str):
             self._header = True
-            image = _column_index(first, self.image_column, IMAGE_COLUMNS, "image", self.path)
-            text = _column_index(first, self.text_column, TEXT_COLUMNS, "caption", self.path)
+            image = _column_index(first, self.image_column, candidates=IMAGE_COLUMNS, what="image", path=self.path)
+            text = _column_index(first, self.text_column, candidates=TEXT_COLUMNS, what="caption", path=self.path)
         else:
             image = self.image_column if isinstance(self.image_column, int) else next(
                 (index for index, value in enumerate(first) if _looks_like_image(value.strip())), None)

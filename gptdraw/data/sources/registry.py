@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from gptdraw.data.sources.base import Source
+from gptdraw.data.sources.base import Source, sorted_files
 from gptdraw.data.sources.builtin import ShapesSource
 from gptdraw.data.sources.folder import FolderSource
 from gptdraw.data.sources.huggingface import HFSource
-from gptdraw.data.sources.img2dataset import _sorted_files, files_source, parquet_source, webdataset_source
+from gptdraw.data.sources.img2dataset import files_source, parquet_source, webdataset_source
 from gptdraw.data.sources.manifest import ManifestSource
 
 
@@ -29,17 +29,19 @@ class SourceFormat:
 MANIFEST_OPTIONS = ("image_column", "text_column", "url_map", "allow_outside_paths")
 
 SOURCE_FORMATS: dict[str, SourceFormat] = {
-    "shapes": SourceFormat(lambda spec, **options: ShapesSource(**options), ("count", "image_size", "seed", "heldout_seed", "two_object_prob"),
-                           ("count", "image_size")),
+    "shapes": SourceFormat(lambda spec, **options: ShapesSource(**options),
+                           options=("count", "image_size", "seed", "heldout_seed", "two_object_prob"),
+                           required=("count", "image_size")),
     "webdataset": SourceFormat(webdataset_source),
-    "parquet": SourceFormat(parquet_source, ("image_column", "text_column")),
+    "parquet": SourceFormat(parquet_source, options=("image_column", "text_column")),
     "files": SourceFormat(files_source),
     "folder": SourceFormat(FolderSource),
-    "csv": SourceFormat(lambda spec, **options: ManifestSource(spec, kind="csv", **options), MANIFEST_OPTIONS),
-    "tsv": SourceFormat(lambda spec, **options: ManifestSource(spec, kind="tsv", **options), MANIFEST_OPTIONS),
-    "jsonl": SourceFormat(lambda spec, **options: ManifestSource(spec, kind="jsonl", **options), MANIFEST_OPTIONS),
+    "csv": SourceFormat(lambda spec, **options: ManifestSource(spec, kind="csv", **options), options=MANIFEST_OPTIONS),
+    "tsv": SourceFormat(lambda spec, **options: ManifestSource(spec, kind="tsv", **options), options=MANIFEST_OPTIONS),
+    "jsonl": SourceFormat(lambda spec, **options: ManifestSource(spec, kind="jsonl", **options),
+                          options=MANIFEST_OPTIONS),
     "huggingface": SourceFormat(lambda spec, **options: HFSource(spec.removeprefix("hf:"), **options),
-                                ("split", "image_column", "text_column")),
+                                options=("split", "image_column", "text_column")),
 }
 """Every format `open_source` reads, by the name `--format` takes. A new reader registers here."""
 
@@ -65,7 +67,7 @@ def detect_format(spec: str) -> str:
         return "huggingface"
     if any(path.glob("*.tar")):
         return "webdataset"
-    parquets = _sorted_files(path, "*.parquet")
+    parquets = sorted_files(path, "*.parquet")
     if parquets:
         return "files" if any(meta.with_suffix("").is_dir() for meta in parquets) else "parquet"
     return "folder"
