@@ -42,6 +42,7 @@ from PIL import Image
 from common import add_out_option, machine, write_result  # bench/common.py
 from gptdraw.captions import CaptionTokenizer
 from gptdraw.data.prepare import prepare
+from gptdraw.data.prepare_config import PrepareConfig
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import open_source
 from gptdraw.gpt.config import ModelConfig
@@ -63,6 +64,12 @@ class Hang(Exception):
 
 def _alarm(_signum, _frame):
     raise Hang()
+
+
+def prepare_leniently(source, out: Path, vq, captions):
+    """prepare() as every case runs it: in this process, keeping the corpus's small pictures."""
+    return prepare(source, out, PrepareConfig(workers=0, min_image_size=8), image_tokenizer=vq,
+                   caption_tokenizer=captions, progress=False)
 
 
 def encoded(array: np.ndarray, format: str, **options) -> bytes:
@@ -167,8 +174,8 @@ def image_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) ->
     for index, data in enumerate(bad):
         (folder / f"bad-{index:03d}.png").write_bytes(data)
         (folder / f"bad-{index:03d}.txt").write_bytes([b"", b"\xff\xfe junk", b"x" * 100_000, b"fine caption"][index % 4])
-    result = corpus.run("prepare: folder of mutated images", lambda: prepare(
-        open_source(str(folder)), work / "images-out", vq, captions, workers=0, progress=False, min_image_size=8),
+    result = corpus.run("prepare: folder of mutated images", lambda: prepare_leniently(
+        open_source(str(folder)), work / "images-out", vq, captions),
         inputs=len(bad))
     count_lost(corpus, result, work / "images-out", "folder of mutated images",
                [f"good-{index}" for index in range(good)], by="key")
@@ -197,8 +204,8 @@ def manifest_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int)
         for name, text in variants.items():
             path = folder / name
             path.write_text(text, encoding="utf-8", errors="replace")
-            result = corpus.run(f"prepare: manifest {name}", lambda: prepare(
-                open_source(str(path)), work / f"out-{name}", vq, captions, workers=0, progress=False, min_image_size=8))
+            result = corpus.run(f"prepare: manifest {name}", lambda: prepare_leniently(
+                open_source(str(path)), work / f"out-{name}", vq, captions))
             if result is None or result.examples < 1:
                 corpus.lost += 1  # ok.png is named, well formed, in every variant
                 corpus.lost_cases.append(f"manifest {name}")
@@ -217,8 +224,8 @@ def tar_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) -> N
         folder = work / f"tar-{index}"
         folder.mkdir()
         (folder / "00000.tar").write_bytes(data)
-        corpus.run(f"prepare: webdataset tar #{index}", lambda: prepare(
-            open_source(str(folder)), work / f"tar-out-{index}", vq, captions, workers=0, progress=False, min_image_size=8))
+        corpus.run(f"prepare: webdataset tar #{index}", lambda: prepare_leniently(
+            open_source(str(folder)), work / f"tar-out-{index}", vq, captions))
 
 
 def _mixed_rows(rng, bad: list[bytes]) -> tuple[list, list]:
@@ -241,9 +248,8 @@ def parquet_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) 
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     table = pa.table({"image": pa.array(images, type=image_type), "caption": pa.array(texts, type=pa.string())})
     pq.write_table(table, folder / "rows.parquet", row_group_size=7)
-    result = corpus.run("prepare: parquet rows with broken images and captions", lambda: prepare(
-        open_source(str(folder / "rows.parquet")), work / "parquet-out", vq, captions, workers=0, progress=False,
-        min_image_size=8), inputs=len(images) - 4)
+    result = corpus.run("prepare: parquet rows with broken images and captions", lambda: prepare_leniently(
+        open_source(str(folder / "rows.parquet")), work / "parquet-out", vq, captions), inputs=len(images) - 4)
     count_lost(corpus, result, work / "parquet-out", "parquet rows", [f"good {i}" for i in range(4)], by="caption")
     # Columns of the wrong kind, and damaged files.
     odd_tables = {
@@ -258,9 +264,8 @@ def parquet_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) 
         (folder / f"damaged-{index}.parquet").write_bytes(damaged)
     for path in sorted(folder.glob("*.parquet")):
         if path.name != "rows.parquet":
-            corpus.run(f"prepare: parquet {path.name}", lambda: prepare(
-                open_source(str(path)), work / f"parquet-out-{path.stem}", vq, captions, workers=0, progress=False,
-                min_image_size=8))
+            corpus.run(f"prepare: parquet {path.name}", lambda: prepare_leniently(
+                open_source(str(path)), work / f"parquet-out-{path.stem}", vq, captions))
 
 
 def huggingface_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) -> None:
@@ -273,21 +278,20 @@ def huggingface_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: i
     features = datasets.Features({"image": datasets.Image(decode=False), "caption": datasets.Value("string")})
     saved = work / "hf"
     datasets.Dataset.from_dict({"image": images, "caption": texts}, features=features).save_to_disk(str(saved))
-    result = corpus.run("prepare: hf dataset with broken images and captions", lambda: prepare(
-        open_source(str(saved)), work / "hf-out", vq, captions, workers=0, progress=False, min_image_size=8),
+    result = corpus.run("prepare: hf dataset with broken images and captions", lambda: prepare_leniently(
+        open_source(str(saved)), work / "hf-out", vq, captions),
         inputs=len(images) - 4)
     count_lost(corpus, result, work / "hf-out", "hf rows", [f"good {i}" for i in range(4)], by="caption")
     arrow = next(saved.glob("*.arrow"))
     original = arrow.read_bytes()
     for index, damaged in enumerate(mutations(original, rng, max(2, per_kind // 4))):
         arrow.write_bytes(damaged)
-        corpus.run(f"prepare: hf dataset, damaged arrow #{index}", lambda: prepare(
-            open_source(str(saved)), work / f"hf-out-{index}", vq, captions, workers=0, progress=False,
-            min_image_size=8))
+        corpus.run(f"prepare: hf dataset, damaged arrow #{index}", lambda: prepare_leniently(
+            open_source(str(saved)), work / f"hf-out-{index}", vq, captions))
     arrow.write_bytes(original)
     (saved / "state.json").write_text("{broken")
-    corpus.run("prepare: hf dataset, broken state.json", lambda: prepare(
-        open_source(str(saved)), work / "hf-out-state", vq, captions, workers=0, progress=False, min_image_size=8))
+    corpus.run("prepare: hf dataset, broken state.json", lambda: prepare_leniently(
+        open_source(str(saved)), work / "hf-out-state", vq, captions))
 
 
 def converter_cases(corpus: Corpus, work: Path, vq, rng, per_kind: int) -> None:
@@ -311,7 +315,7 @@ def converter_cases(corpus: Corpus, work: Path, vq, rng, per_kind: int) -> None:
 def shard_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) -> None:
     source = open_source("shapes", count=16, image_size=32, seed=0)
     clean = work / "shards"
-    prepare(source, clean, vq, captions, workers=0, progress=False, min_image_size=8)
+    prepare_leniently(source, clean, vq, captions)
     files = sorted(path for path in clean.rglob("*") if path.is_file() and path.suffix in (".npy", ".jsonl", ".json"))
     for index in range(per_kind):
         damaged = work / f"shards-{index}"

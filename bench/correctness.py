@@ -40,6 +40,7 @@ import torch
 from common import add_out_option, device_name, machine, write_result  # bench/common.py
 from gptdraw.gpt.config import TrainConfig, model_preset
 from gptdraw.data.prepare import prepare
+from gptdraw.data.prepare_config import PrepareConfig
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import ShapesSource
 from gptdraw.captions import CaptionTokenizer
@@ -63,7 +64,8 @@ def make_data(root: Path, examples: int) -> Path:
     torch.manual_seed(0)
     vq = ImageTokenizer(vq_preset("shapes-f8", image_size=48)).eval()
     vq.save_pretrained(root / "vq")
-    prepare(source, root / "data", vq, caption_tokenizer, workers=0, progress=False, image_tokenizer_path=str(root / "vq"))
+    prepare(source, root / "data", PrepareConfig(workers=0), image_tokenizer=vq, caption_tokenizer=caption_tokenizer,
+            progress=False, image_tokenizer_path=str(root / "vq"))
     return root / "data"
 
 

@@ -46,6 +46,7 @@ from common import add_out_option, machine, write_result  # bench/common.py
 from memory import GIB, highest, measure_training_memory  # bench/memory.py
 from gptdraw.data.emoji import EmojiConfig, write_emoji_folder
 from gptdraw.data.prepare import prepare
+from gptdraw.data.prepare_config import PrepareConfig
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources.folder import FolderSource
 from gptdraw.eval.inception import LinearProbe, inception_features, load_inception, retrieval_accuracy
@@ -68,8 +69,8 @@ def new_style_data(base: GPTDrawPipeline, base_dir: Path, fluent_folder: str, wo
     if not (pictures / "emoji.json").is_file():
         write_emoji_folder(pictures, EmojiConfig(sets=(NEW,), fluent_folder=fluent_folder, image_size=size))
     if not (data / "manifest.json").is_file():
-        prepare(FolderSource(pictures / "train"), data, base.image_tokenizer, base.text_tokenizer, workers=0,
-                image_tokenizer_path=str(base_dir / "image_tokenizer"))
+        prepare(FolderSource(pictures / "train"), data, PrepareConfig(workers=0), image_tokenizer=base.image_tokenizer,
+                caption_tokenizer=base.text_tokenizer, image_tokenizer_path=str(base_dir / "image_tokenizer"))
     return pictures, data
 
 

@@ -51,7 +51,7 @@ def bench_decode(jpegs: list[bytes], size: int, workers: int) -> dict:
     items = [SourceItem(key=str(index), caption="x", image=data) for index, data in enumerate(jpegs)]
     started = time.perf_counter()
     first_at, decoded = None, 0
-    for _, pixels, _ in decode_parallel(items, size, workers):
+    for _, pixels, _ in decode_parallel(items, size, workers=workers):
         decoded += pixels is not None
         if first_at is None:
             first_at, first_count = time.perf_counter(), decoded
@@ -87,6 +87,7 @@ def bench_prepare(folder: Path, preset: str, count: int, batch_size: int, worker
     import torch
 
     from gptdraw.data.prepare import prepare
+    from gptdraw.data.prepare_config import PrepareConfig
     from gptdraw.captions import CaptionTokenizer
     from gptdraw.vq.model import ImageTokenizer, vq_preset
 
@@ -99,8 +100,9 @@ def bench_prepare(folder: Path, preset: str, count: int, batch_size: int, worker
         for index in range(count):
             (subset / f"{index:05d}.jpg").symlink_to(folder / f"{index:05d}.jpg")
             (subset / f"{index:05d}.txt").write_text(f"photo number {index}")
-    result = prepare(open_source(str(subset)), work / f"dataset-{preset}-{count}-{workers}", tokenizer, captions,
-                     shard_size=1000, batch_size=batch_size, workers=workers, device="cpu", progress=False)
+    result = prepare(open_source(str(subset)), work / f"dataset-{preset}-{count}-{workers}",
+                     PrepareConfig(shard_size=1000, batch_size=batch_size, workers=workers), image_tokenizer=tokenizer,
+                     caption_tokenizer=captions, device="cpu", progress=False)
     return {"preset": preset, "image_size": tokenizer.config.image_size, "images": result.examples,
             "batch_size": batch_size, "workers": workers, "seconds": result.seconds,
             "images_per_s": result.images_per_s}

@@ -14,6 +14,7 @@ from PIL import Image
 
 from gptdraw.gpt.config import ModelConfig
 from gptdraw.data.prepare import prepare
+from gptdraw.data.prepare_config import PrepareConfig
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import ShapesSource
 from gptdraw.gpt.model import build_model
@@ -104,8 +105,8 @@ def shapes_data(tmp_path_factory, caption_tokenizer) -> PreparedShapes:
     torch.manual_seed(0)
     vq = ImageTokenizer(tiny_vq_config(image_size=32)).eval()
     vq.save_pretrained(root / "vq")
-    prepare(ShapesSource(160, 32, seed=0), root / "data", vq, caption_tokenizer, eval_count=32, workers=0,
-            progress=False, image_tokenizer_path=str(root / "vq"))
+    prepare(ShapesSource(160, 32, seed=0), root / "data", PrepareConfig(eval_count=32, workers=0), image_tokenizer=vq,
+            caption_tokenizer=caption_tokenizer, progress=False, image_tokenizer_path=str(root / "vq"))
     return PreparedShapes(root / "data", root / "vq", vq)
 
 

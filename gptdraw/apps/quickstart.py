@@ -27,6 +27,7 @@ from gptdraw.apps.animate import save_gif
 from gptdraw.apps.quickstart_config import QuickstartConfig
 from gptdraw.data import shapes
 from gptdraw.data.prepare import caption_tokenizer_for, prepare
+from gptdraw.data.prepare_config import PrepareConfig
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import ShapesSource
 from gptdraw.eval.shapes import evaluate_shapes
@@ -52,7 +53,8 @@ def run_quickstart(out: str | Path, config: QuickstartConfig = QuickstartConfig(
 
     # 1. Caption tokenizer: a BPE trained on the source's captions, as `gptdraw prepare` trains one.
     data_dir = out / "data"
-    caption_tokenizer = caption_tokenizer_for(source, data_dir, "train", config.text_len, config.text_vocab_size)
+    text_settings = PrepareConfig(text_tokenizer="train", text_len=config.text_len, vocab_size=config.text_vocab_size)
+    caption_tokenizer = caption_tokenizer_for(source, data_dir, text_settings)
     timings["text_tokenizer"] = time.perf_counter() - started
 
     # 2. The VQGAN, on a prefix of the training images.
@@ -72,8 +74,8 @@ def run_quickstart(out: str | Path, config: QuickstartConfig = QuickstartConfig(
     # 3. Pre-encode every example; eval_examples of them, spread evenly, form the held-out split.
     mark = time.perf_counter()
     prepare(
-        source, data_dir, image_tokenizer, caption_tokenizer, eval_count=config.eval_examples,
-        device=device, image_tokenizer_path=str(vq_dir), workers=0, progress=progress,
+        source, data_dir, PrepareConfig(eval_count=config.eval_examples, workers=0), image_tokenizer=image_tokenizer,
+        caption_tokenizer=caption_tokenizer, device=device, image_tokenizer_path=str(vq_dir), progress=progress,
     )
     timings["prepare"] = time.perf_counter() - mark
 

@@ -4,14 +4,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from pathlib import Path
 
+# Torch-free modules only, so that `--help` and argument errors stay fast; the handlers import the rest.
 from gptdraw.cli import UserError
+from gptdraw.cli.config_flags import add_config_flags, apply_config_file, given_fields, read_config_file
+from gptdraw.data.prepare_config import PrepareConfig
+from gptdraw.runtime import PRECISIONS
 
 logger = logging.getLogger(__name__)
-
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,14 +29,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inspect.add_argument("directory", help="dataset folder written by gptdraw prepare")
     inspect.add_argument("--split", choices=("train", "eval"), default="train")
     inspect.add_argument("--out", help="write a PNG grid of examples decoded from their codes")
-    inspect.add_argument("--vq", help="image tokenizer folder (default: the one recorded in the manifest)")
+    inspect.add_argument("--image-tokenizer", "--vq", dest="image_tokenizer",
+                         help="image tokenizer folder (default: the one recorded in the manifest); "
+                         "--vq is its older name")
     inspect.add_argument("--count", type=int, default=16, help="examples in the grid (default 16)")
     inspect.add_argument("--no-verify", action="store_true", help="skip the shard checksum check")
     inspect.set_defaults(func=run_inspect)
     emoji = data_commands.add_parser(
         "emoji", help="write real captioned pictures from installed emoji sets as folder sources (train, heldout)")
     emoji.add_argument("--out", required=True, help="folder to write OUT/train, OUT/heldout and OUT/emoji.json into")
-    from gptdraw.cli.config_flags import add_config_flags
     from gptdraw.data.emoji import CREDITS, EmojiConfig
 
     add_config_flags(emoji, EmojiConfig, choices={"sets": list(CREDITS)}, title="emoji settings")
@@ -48,45 +53,52 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction, name: str, help: 
         description="Pre-encode image–caption pairs once: SOURCE is 'shapes', an img2dataset output folder "
         "(webdataset/parquet/files), a folder of images with .txt captions, a CSV/TSV/JSONL manifest, a "
         "datasets save_to_disk folder or 'hf:ID'. Rerunning resumes; under `accelerate launch` the "
-        "shards are split across processes.",
+        "shards are split across processes. Settings come from PrepareConfig's defaults, then --config, "
+        "then the flags.",
     )
     prepare.add_argument("source", help="what to read (see above)")
     prepare.add_argument("--out", required=True, help="dataset folder to write (resumed if it exists)")
-    prepare.add_argument("--vq", required=True, help="image tokenizer folder (written by save_pretrained)")
-    prepare.add_argument("--text-tokenizer", default="train",
-                         help="'train' (a byte-level BPE trained on the source's captions; default), a caption "
-                         "tokenizer folder, or a GPT-2 tokenizer folder / hub id")
-    prepare.add_argument("--text-len", type=int, default=64, help="caption tokens per example when training "
-                         "or loading a GPT-2 tokenizer (default 64)")
-    prepare.add_argument("--vocab-size", type=int, default=16384, help="BPE vocabulary size for 'train'")
-    prepare.add_argument("--train-captions", type=int, default=1_000_000,
-                         help="at most this many captions to train the BPE on (default 1,000,000)")
-    prepare.add_argument("--format", choices=FORMATS, help="source format (default: detected)")
-    prepare.add_argument("--image-column", help="image column/key of a manifest, parquet or HF dataset")
-    prepare.add_argument("--text-column", help="caption column/key of a manifest, parquet or HF dataset")
-    prepare.add_argument("--split", help="Hugging Face dataset split (default train)")
-    prepare.add_argument("--url-map", help="for manifests of URLs: JSON object or TSV 'url<TAB>path' of downloaded files")
-    prepare.add_argument("--count", type=int, help="shapes: number of examples")
-    prepare.add_argument("--image-size", type=int, help="shapes: canvas size (default: the VQGAN's image size)")
-    prepare.add_argument("--seed", type=int, default=0, help="shapes: seed (default 0)")
-    prepare.add_argument("--shard-size", type=int, default=10_000, help="source items per shard (default 10,000)")
-    prepare.add_argument("--batch-size", type=int, default=64, help="images per VQ encoding batch (default 64)")
-    prepare.add_argument("--workers", type=int, help="image decoding processes (default: cores - 1; 0 = in-process)")
+    prepare.add_argument("--image-tokenizer", "--vq", dest="image_tokenizer", required=True,
+                         help="image tokenizer folder (written by save_pretrained); --vq is its older name")
+    prepare.add_argument("--config", help="YAML or JSON file of PrepareConfig fields")
     prepare.add_argument("--device", help="encoding device (default: this process's accelerator, else cpu)")
-    prepare.add_argument("--dtype", choices=("bf16", "fp16", "fp32"),
-                         help="autocast dtype for encoding (default bf16 on CUDA, fp32 on CPU)")
-    eval_group = prepare.add_mutually_exclusive_group()
-    eval_group.add_argument("--eval-fraction", type=float, default=0.0, help="share of items for DIR/eval")
-    eval_group.add_argument("--eval-count", type=int, default=0, help="number of items for DIR/eval")
-    prepare.add_argument("--min-image-size", type=int, default=32, help="skip images whose shorter side is smaller")
-    prepare.add_argument("--max-image-pixels", type=int, default=64_000_000,
-                         help="skip images with more pixels (decompression-bomb guard)")
-    prepare.add_argument("--max-image-bytes", type=int, default=128 * 2**20,
-                         help="skip image files bigger than this, unread (default 128 MiB)")
-    prepare.add_argument("--allow-outside-paths", action="store_true",
-                         help="let a manifest name images outside its own folder (absolute or ../ paths)")
     prepare.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_flags(prepare, PrepareConfig, title="PrepareConfig fields (default: its own, then --config's)")
+    prepare.add_argument("--dtype", dest="precision", choices=PRECISIONS, help="the older name of --precision")
+
+    reading = prepare.add_argument_group("source options (each source format takes some of them)")
+    reading.add_argument("--format", choices=FORMATS, help="source format (default: detected)")
+    reading.add_argument("--image-column", help="image column/key of a manifest, parquet or HF dataset")
+    reading.add_argument("--text-column", help="caption column/key of a manifest, parquet or HF dataset")
+    reading.add_argument("--split", help="Hugging Face dataset split (default train)")
+    reading.add_argument("--url-map",
+                         help="for manifests of URLs: JSON object or TSV 'url<TAB>path' of downloaded files")
+    reading.add_argument("--allow-outside-paths", action="store_true",
+                         help="let a manifest name images outside its own folder (absolute or ../ paths)")
+    reading.add_argument("--count", type=int, help="shapes: number of examples")
+    reading.add_argument("--image-size", type=int, help="shapes: canvas size (default: the VQGAN's image size)")
+    reading.add_argument("--seed", type=int, help="shapes: the stream's seed (default: ShapesSource's)")
     prepare.set_defaults(func=run_prepare)
+
+
+def prepare_config(args: argparse.Namespace) -> PrepareConfig:
+    """The run's PrepareConfig: its defaults, then the --config file, then the flags."""
+    config = PrepareConfig()
+    if args.config:
+        config = apply_config_file(config, read_config_file(args.config), args.config)
+    return dataclasses.replace(config, **given_fields(args, PrepareConfig))
+
+
+def source_options(args: argparse.Namespace, image_size: int) -> dict:
+    """The options `open_source` takes from the flags; the shapes canvas defaults to `image_size`."""
+    if args.source == "shapes" or args.format == "shapes":
+        if args.count is None:
+            raise UserError("the shapes source needs --count")
+        return {"count": args.count, "image_size": args.image_size or image_size, "seed": args.seed}
+    if args.count is not None or args.image_size is not None:
+        raise UserError("--count and --image-size apply to the shapes source only")
+    return {"image_column": args.image_column, "text_column": args.text_column, "split": args.split,
+            "url_map": args.url_map, "allow_outside_paths": args.allow_outside_paths or None}
 
 
 def run_prepare(args: argparse.Namespace) -> int:
@@ -97,47 +109,25 @@ def run_prepare(args: argparse.Namespace) -> int:
     from gptdraw.data.sources import open_source
     from gptdraw.vq.model import ImageTokenizer
 
-    for name in ("text_len", "vocab_size", "train_captions", "shard_size", "batch_size"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be positive")
-    vq_dir = Path(args.vq)
+    config = prepare_config(args)
+    vq_dir = Path(args.image_tokenizer)
     image_tokenizer = ImageTokenizer.from_pretrained(vq_dir)
-    options = {"image_column": args.image_column, "text_column": args.text_column, "split": args.split,
-               "url_map": args.url_map, "allow_outside_paths": args.allow_outside_paths or None}
-    is_shapes = args.source == "shapes" or args.format == "shapes"
-    if is_shapes:
-        if args.count is None:
-            raise UserError("the shapes source needs --count")
-        options = {"count": args.count, "image_size": args.image_size or image_tokenizer.config.image_size,
-                   "seed": args.seed}
-    elif args.count is not None or args.image_size is not None:
-        raise UserError("--count and --image-size apply to the shapes source only")
-    source = open_source(args.source, format=args.format, **options)
+    source = open_source(args.source, format=args.format, **source_options(args, image_tokenizer.config.image_size))
 
     # cpu=True where there is no CUDA: only then does accelerate see several CPU processes
     # started by a launcher as one job (otherwise each would think it is alone and redo every shard).
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    caption_tokenizer = caption_tokenizer_for(
-        source, out, args.text_tokenizer, args.text_len, args.vocab_size, args.train_captions,
-        is_main_process=state.is_main_process, wait_for_everyone=state.wait_for_everyone,
-    )
+    caption_tokenizer = caption_tokenizer_for(source, out, config, is_main_process=state.is_main_process,
+                                              wait_for_everyone=state.wait_for_everyone)
     result = prepare(
         source,
         out,
-        image_tokenizer,
-        caption_tokenizer,
-        shard_size=args.shard_size,
-        batch_size=args.batch_size,
-        workers=args.workers,
+        config,
+        image_tokenizer=image_tokenizer,
+        caption_tokenizer=caption_tokenizer,
         device=args.device or state.device,
-        dtype=args.dtype,
-        eval_fraction=args.eval_fraction,
-        eval_count=args.eval_count,
-        min_image_size=args.min_image_size,
-        max_image_pixels=args.max_image_pixels,
-        max_image_bytes=args.max_image_bytes,
         rank=state.process_index,
         world_size=state.num_processes,
         progress=not args.no_progress,
@@ -170,19 +160,16 @@ def summary(result) -> str:
 
 
 def run_emoji(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from gptdraw.cli.config_flags import given_fields
     from gptdraw.data.emoji import EmojiConfig, write_emoji_folder
 
-    config = replace(EmojiConfig(), **given_fields(args, EmojiConfig))
+    config = dataclasses.replace(EmojiConfig(), **given_fields(args, EmojiConfig))
     summary = write_emoji_folder(args.out, config)
     counts = summary["counts"]
     print(f"{counts['train']} training pictures in {args.out}/train, {counts['heldout']} held out in "
           f"{args.out}/heldout ({len(summary['heldout_pairs'])} subject–tone pairs"
           + (f", {len(summary['heldout_style_pairs'])} subject–set pairs" if summary["heldout_style_pairs"] else "")
           + f"), {counts['unreadable']} unreadable; "
-          f"next: gptdraw data prepare {args.out}/train --out DATA --vq VQ_DIR")
+          f"next: gptdraw data prepare {args.out}/train --out DATA --image-tokenizer VQ_DIR")
     return 0
 
 
@@ -205,7 +192,7 @@ def run_inspect(args: argparse.Namespace) -> int:
     for index in range(min(3, len(dataset))):
         print(f"  [{index}] {dataset.key(index)}: {dataset.caption(index)}")
     if args.out:
-        write_grid(dataset, args.out, args.vq or manifest.get("image_tokenizer_path"), args.count)
+        write_grid(dataset, args.out, args.image_tokenizer or manifest.get("image_tokenizer_path"), args.count)
         print(f"wrote {args.out}")
     return 0
 
@@ -220,7 +207,7 @@ def write_grid(dataset, out: str, vq_dir: str | None, count: int) -> None:
     from gptdraw.vq.model import ImageTokenizer
 
     if not vq_dir or not Path(vq_dir).is_dir():
-        raise UserError(f"no image tokenizer to decode with ({vq_dir or 'none recorded'}): pass --vq VQDIR")
+        raise UserError(f"no image tokenizer to decode with ({vq_dir or 'none recorded'}): pass --image-tokenizer DIR")
     tokenizer = ImageTokenizer.from_pretrained(vq_dir)
     recorded = dataset.manifest["image_tokenizer"].get("weights_sha256")
     if image_tokenizer_identity(tokenizer)["weights_sha256"] != recorded:

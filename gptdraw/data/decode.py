@@ -83,6 +83,7 @@ class DecodeOptions:
 def decode_image(
     image: bytes | str | Image.Image | None,
     size: int,
+    *,
     min_size: int = DEFAULT_MIN_SIZE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
@@ -93,7 +94,7 @@ def decode_image(
     palette, 16-bit and alpha images are converted (alpha composited on white) and EXIF
     orientation is applied. Raises BadInput(reason) for anything unusable.
     """
-    return _decode(image, DecodeOptions(size, min_size, max_pixels, max_bytes))
+    return _decode(image, DecodeOptions(size=size, min_size=min_size, max_pixels=max_pixels, max_bytes=max_bytes))
 
 
 def _decode(image: bytes | str | Image.Image | None, options: DecodeOptions) -> np.ndarray:
@@ -259,6 +260,7 @@ def _decode_chunk(images: list, options: DecodeOptions) -> list[tuple[np.ndarray
 def decode_parallel(
     items: Iterable,
     size: int,
+    *,
     workers: int,
     min_size: int = DEFAULT_MIN_SIZE,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -271,7 +273,7 @@ def decode_parallel(
     work. With `workers` > 0 a process pool decodes chunks of `chunk_size` items, at most
     2 × workers chunks in flight; with 0 everything happens in this process.
     """
-    options = DecodeOptions(size, min_size, max_pixels, max_bytes)
+    options = DecodeOptions(size=size, min_size=min_size, max_pixels=max_pixels, max_bytes=max_bytes)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     if workers < 0:

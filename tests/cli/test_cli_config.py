@@ -148,3 +148,74 @@ def test_commands_grouped_by_stage_keep_their_older_spellings(grouped, older):
     assert new.func is old.func
     ignored = {"command", "vq_command", "data_command"}
     assert {k: v for k, v in vars(new).items() if k not in ignored} == {k: v for k, v in vars(old).items() if k not in ignored}
+
+
+PREPARE = ["data", "prepare", "shapes", "--out", "o", "--image-tokenizer", "v"]
+
+
+def changed_prepare_values() -> dict:
+    """A valid value, other than the default, for every PrepareConfig field but eval_count (which
+    cannot be given with eval_fraction)."""
+    from gptdraw.data.prepare_config import PrepareConfig
+
+    defaults, hints = PrepareConfig(), typing.get_type_hints(PrepareConfig)
+    values = {}
+    for field in dataclasses.fields(PrepareConfig):
+        current, hint = getattr(defaults, field.name), hints[field.name]
+        if field.name == "eval_count":
+            continue
+        if typing.get_origin(hint) is typing.Literal:
+            values[field.name] = next(choice for choice in typing.get_args(hint) if choice != current)
+        elif hint is str:
+            values[field.name] = "gpt2"
+        elif hint == (int | None):
+            values[field.name] = 3
+        elif hint is int:
+            values[field.name] = current + 1
+        elif hint is float:
+            values[field.name] = 0.25
+        else:
+            raise AssertionError(f"no test value for {field.name}: {hint}")
+    return values
+
+
+def parse_prepare(argv):
+    from gptdraw.cli.data import prepare_config
+
+    return prepare_config(build_parser().parse_args(argv))
+
+
+def test_every_prepare_field_is_a_flag_and_a_config_entry(tmp_path):
+    from gptdraw.data.prepare_config import PrepareConfig
+
+    values = changed_prepare_values()
+    from_flags = parse_prepare([*PREPARE, *as_flags(values)])
+    path = tmp_path / "prepare.yaml"
+    path.write_text(yaml.safe_dump(values))
+    from_file = parse_prepare([*PREPARE, "--config", str(path)])
+    assert from_flags == from_file == PrepareConfig(**values)
+    assert parse_prepare([*PREPARE, "--eval-count", "7"]).eval_count == 7
+    # Flags win over the file; nothing given, nothing changed.
+    assert parse_prepare([*PREPARE, "--config", str(path), "--batch-size", "9"]).batch_size == 9
+    assert parse_prepare(PREPARE) == PrepareConfig()
+
+
+def test_prepare_keeps_its_older_flag_names():
+    older = ["prepare", "shapes", "--out", "o", "--vq", "v", "--dtype", "bf16"]
+    assert build_parser().parse_args(older).image_tokenizer == "v"
+    assert parse_prepare(older).precision == "bf16"
+    assert build_parser().parse_args(["data", "inspect", "d", "--vq", "v"]).image_tokenizer == "v"
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"shard_size": 0}, "shard_size must be at least 1"),
+    ({"workers": -1}, "workers must be 0 or more"),
+    ({"precision": "fp8"}, "unknown precision 'fp8'"),
+    ({"eval_fraction": 1.0}, r"eval_fraction must be in \[0, 1\)"),
+    ({"eval_fraction": 0.1, "eval_count": 5}, "not both"),
+])
+def test_prepare_settings_that_cannot_work_are_refused_naming_the_field(fields, message):
+    from gptdraw.data.prepare_config import PrepareConfig
+
+    with pytest.raises(ValueError, match=message):
+        PrepareConfig(**fields)

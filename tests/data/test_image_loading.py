@@ -9,6 +9,7 @@ from PIL import Image
 from gptdraw.cli import main
 from gptdraw.data.decode import decode_image, image_files, load_images
 from gptdraw.data.prepare import prepare
+from gptdraw.data.prepare_config import PrepareConfig
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import FolderSource
 from gptdraw.editing import image_to_codes
@@ -52,7 +53,8 @@ def test_every_command_reads_a_picture_the_same_way(pictures, tmp_path, image_to
     assert [path.name for path in paths] == ["rotated.jpg", "transparent.png"]
 
     # prepare (what training reads)
-    prepare(FolderSource(pictures), tmp_path / "data", image_tokenizer, caption_tokenizer, workers=0, progress=False)
+    prepare(FolderSource(pictures), tmp_path / "data", PrepareConfig(workers=0), image_tokenizer=image_tokenizer,
+            caption_tokenizer=caption_tokenizer, progress=False)
     data = ShardDataset(tmp_path / "data")
     _, codes = data.get_batch(np.arange(len(data)))
     prepared = {data.key(i): codes[i].reshape(layout.grid) for i in range(len(data))}

@@ -18,6 +18,7 @@ import torch
 from gptdraw.data import shapes
 from gptdraw.data.decode import decode_image
 from gptdraw.data.prepare import prepare
+from gptdraw.data.prepare_config import PrepareConfig
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import detect_format, open_source
 from gptdraw.images import uint8_to_tensor
@@ -76,8 +77,8 @@ def test_prepare_reads_img2dataset_output(served, tokenizers, tmp_path, monkeypa
     assert len(source) == 6
 
     image_tokenizer, caption_tokenizer = tokenizers
-    result = prepare(source, tmp_path / "dataset", image_tokenizer, caption_tokenizer,
-                     shard_size=4, batch_size=2, workers=0, progress=False)
+    result = prepare(source, tmp_path / "dataset", PrepareConfig(shard_size=4, batch_size=2, workers=0),
+                     image_tokenizer=image_tokenizer, caption_tokenizer=caption_tokenizer, progress=False)
     assert result.examples == 4
     assert result.skipped == {"failed_to_download": 1, "failed_to_resize": 1}
     dataset = ShardDataset(tmp_path / "dataset")

@@ -9,6 +9,7 @@ import torch
 from gptdraw.data import shapes
 from gptdraw.data.loader import EpochBatches
 from gptdraw.data.prepare import prepare
+from gptdraw.data.prepare_config import PrepareConfig
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import open_source
 from gptdraw.captions import CaptionTokenizer
@@ -75,8 +76,9 @@ def test_get_batch_gathers_across_shards(tmp_path):
     )
     source = open_source("shapes", count=10, image_size=32, seed=0)
     captions = [caption for _, caption in shapes.generate_examples(100, 32, seed=9, heldout=None)]
-    prepare(source, tmp_path, ImageTokenizer(config).eval(), CaptionTokenizer.train(captions, 300, text_len=12),
-            shard_size=3, batch_size=4, workers=0, progress=False)
+    prepare(source, tmp_path, PrepareConfig(shard_size=3, batch_size=4, workers=0),
+            image_tokenizer=ImageTokenizer(config).eval(),
+            caption_tokenizer=CaptionTokenizer.train(captions, 300, text_len=12), progress=False)
     dataset = ShardDataset(tmp_path)
     assert len(dataset) == 10 and len(dataset.manifest["shards"]) == 4
     indices = [9, 0, 4, 4, 3, 8, 1]  # every shard, out of order, one repeated

@@ -24,6 +24,7 @@ from conftest import png_bytes
 from gptdraw.data import shapes
 from gptdraw.data.decode import BadInput, clean_caption, decode_image
 from gptdraw.data.prepare import EvalSplit, prepare
+from gptdraw.data.prepare_config import PrepareConfig
 from gptdraw.data.shards import ChecksumError, ShardDataset
 from gptdraw.data.sources import open_source
 from gptdraw.images import uint8_to_tensor
@@ -63,12 +64,13 @@ def tree_bytes(directory: Path) -> dict[str, bytes]:
     return {str(path.relative_to(directory)): path.read_bytes() for path in sorted(directory.rglob("*")) if path.is_file()}
 
 
-def run_shapes(out, tokenizers, count=14, **options):
+def run_shapes(out, tokenizers, count=14, shard_size=4, workers=0, **runtime):
+    """14 shapes in shards of 4, 3 of them held out; `runtime`: prepare's keyword arguments."""
     image_tokenizer, caption_tokenizer = tokenizers
     source = open_source("shapes", count=count, image_size=SIZE, seed=2)
-    settings = dict(shard_size=4, batch_size=3, workers=0, progress=False, eval_count=3)
-    settings.update(options)
-    return prepare(source, out, image_tokenizer, caption_tokenizer, **settings)
+    config = PrepareConfig(shard_size=shard_size, batch_size=3, workers=workers, eval_count=3)
+    return prepare(source, out, config, image_tokenizer=image_tokenizer, caption_tokenizer=caption_tokenizer,
+                   progress=False, **runtime)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,8 +187,9 @@ def test_bad_items_are_counted_by_reason_and_the_run_goes_on(tmp_path, tokenizer
     lines.insert(4, '{"image": "good.png", "caption": "cut off')
     (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
 
-    result = prepare(open_source(str(tmp_path / "data.jsonl")), tmp_path / "out", image_tokenizer,
-                     caption_tokenizer, shard_size=4, batch_size=2, workers=0, progress=False)
+    result = prepare(open_source(str(tmp_path / "data.jsonl")), tmp_path / "out",
+                     PrepareConfig(shard_size=4, batch_size=2, workers=0), image_tokenizer=image_tokenizer,
+                     caption_tokenizer=caption_tokenizer, progress=False)
     expected_skips = {"undecodable": 1, "truncated": 1, "too_small": 1, "too_large": 2, "empty_caption": 2,
                       "missing_caption": 1, "broken_line": 1, "missing_file": 1}
     assert result.skipped == expected_skips
@@ -230,6 +233,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     from gptdraw.data import shards
     from gptdraw.data.prepare import prepare
+    from gptdraw.data.prepare_config import PrepareConfig
     from gptdraw.data.sources import open_source
     from gptdraw.captions import CaptionTokenizer
     from gptdraw.vq.model import ImageTokenizer
@@ -243,9 +247,10 @@ KILL_SCRIPT = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)  # mid-shard: codes.npy written, the rest not
 
     shards._save_npy = save_then_die
-    prepare(open_source("shapes", count=14, image_size=32, seed=2), out, ImageTokenizer.from_pretrained(vq_dir),
-            CaptionTokenizer.from_pretrained(text_dir), shard_size=4, batch_size=3, workers=0, progress=False,
-            eval_count=3)
+    prepare(open_source("shapes", count=14, image_size=32, seed=2), out,
+            PrepareConfig(shard_size=4, batch_size=3, workers=0, eval_count=3),
+            image_tokenizer=ImageTokenizer.from_pretrained(vq_dir),
+            caption_tokenizer=CaptionTokenizer.from_pretrained(text_dir), progress=False)
 """)
 
 
@@ -330,7 +335,8 @@ def test_codebooks_beyond_uint16_are_refused(tmp_path, tokenizers):
     _, caption_tokenizer = tokenizers
     big = ImageTokenizer(tiny_vq_config(num_vq_embeddings=70_000))
     with pytest.raises(ValueError, match="uint16"):
-        prepare(open_source("shapes", count=2, image_size=SIZE), tmp_path, big, caption_tokenizer, progress=False)
+        prepare(open_source("shapes", count=2, image_size=SIZE), tmp_path, image_tokenizer=big,
+                caption_tokenizer=caption_tokenizer, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,8 +347,8 @@ def test_codebooks_beyond_uint16_are_refused(tmp_path, tokenizers):
 def test_cli_prepare_and_inspect(tmp_path, saved_tokenizers, monkeypatch, capsys):
     vq_dir, _ = saved_tokenizers
     out = tmp_path / "dataset"
-    arguments = ["prepare", "shapes", "--count", "12", "--vq", str(vq_dir), "--out", str(out), "--text-len", "16",
-                 "--vocab-size", "300", "--shard-size", "5", "--workers", "0", "--eval-count", "2", "--no-progress"]
+    arguments = ["prepare", "shapes", "--count", "12", "--image-tokenizer", str(vq_dir), "--out", str(out),
+                 "--text-len", "16", "--vocab-size", "300", "--shard-size", "5", "--workers", "0", "--eval-count", "2", "--no-progress"]
     assert gptdraw.cli.main(arguments) == 0
     printed = capsys.readouterr().out
     assert "10 training examples, 2 eval examples" in printed and "skipped: none" in printed
@@ -394,11 +400,11 @@ def test_a_source_edited_between_runs_is_noticed_on_resume(tmp_path, tokenizers,
 
     out = tmp_path / "data"
     with pytest.raises(Interrupted):
-        prepare(open_source(str(folder)), out, image_tokenizer, caption_tokenizer, shard_size=4, workers=0,
-                progress=False, on_shard_done=stop)
+        prepare(open_source(str(folder)), out, PrepareConfig(shard_size=4, workers=0), image_tokenizer=image_tokenizer,
+                caption_tokenizer=caption_tokenizer, progress=False, on_shard_done=stop)
     (folder / "6.txt").write_text("an edited caption")
     with caplog.at_level("WARNING", logger="gptdraw.data.prepare"):
-        result = prepare(open_source(str(folder)), out, image_tokenizer, caption_tokenizer, shard_size=4, workers=0,
-                         progress=False)
+        result = prepare(open_source(str(folder)), out, PrepareConfig(shard_size=4, workers=0),
+                         image_tokenizer=image_tokenizer, caption_tokenizer=caption_tokenizer, progress=False)
     assert result.complete and result.shards_reused == 1
     assert "the source changed since this dataset was started: 1 file(s) differ (6.txt)" in caplog.text

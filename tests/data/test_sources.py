@@ -14,6 +14,7 @@ from PIL import Image
 
 from gptdraw.data import shapes
 from gptdraw.data.prepare import prepare
+from gptdraw.data.prepare_config import PrepareConfig
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import SourceItem, detect_format, open_source
 from gptdraw.images import pil_to_tensor
@@ -39,8 +40,8 @@ def png_bytes(image: Image.Image) -> bytes:
 def prepare_and_check(source, tmp_path, tokenizers, images, captions, skipped=None):
     """Prepare `source`; the dataset must hold exactly `images` (encoded directly) and `captions`."""
     image_tokenizer, caption_tokenizer = tokenizers
-    result = prepare(source, tmp_path / "dataset", image_tokenizer, caption_tokenizer,
-                     shard_size=3, batch_size=2, workers=0, progress=False)
+    result = prepare(source, tmp_path / "dataset", PrepareConfig(shard_size=3, batch_size=2, workers=0),
+                     image_tokenizer=image_tokenizer, caption_tokenizer=caption_tokenizer, progress=False)
     dataset = ShardDataset(tmp_path / "dataset")
     assert result.examples == len(dataset) == len(images)
     assert result.skipped == (skipped or {})

@@ -13,6 +13,7 @@ import pytest
 from conftest import png_bytes
 from gptdraw.data.decode import BadInput, decode_image
 from gptdraw.data.prepare import prepare
+from gptdraw.data.prepare_config import PrepareConfig
 from gptdraw.data.sources import open_source
 
 
@@ -56,8 +57,9 @@ def hostile_manifest(tmp_path):
 @pytest.mark.parametrize("workers", [0, 1])
 def test_prepare_skips_and_counts_what_it_must_not_read(hostile_manifest, tmp_path, workers, image_tokenizer,
                                                         caption_tokenizer):
-    result = prepare(open_source(str(hostile_manifest)), tmp_path / "out", image_tokenizer, caption_tokenizer,
-                     workers=workers, min_image_size=16, progress=False)
+    result = prepare(open_source(str(hostile_manifest)), tmp_path / "out",
+                     PrepareConfig(workers=workers, min_image_size=16), image_tokenizer=image_tokenizer,
+                     caption_tokenizer=caption_tokenizer, progress=False)
     assert result.examples == 2  # both good images kept
     assert result.skipped == {"outside_dataset": 2, "not_a_file": 1}
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -66,8 +68,8 @@ def test_prepare_skips_and_counts_what_it_must_not_read(hostile_manifest, tmp_pa
 
 def test_outside_paths_only_when_allowed(hostile_manifest, tmp_path, image_tokenizer, caption_tokenizer):
     source = open_source(str(hostile_manifest), allow_outside_paths=True)
-    result = prepare(source, tmp_path / "out", image_tokenizer, caption_tokenizer, workers=1, min_image_size=16,
-                     progress=False)
+    result = prepare(source, tmp_path / "out", PrepareConfig(workers=1, min_image_size=16),
+                     image_tokenizer=image_tokenizer, caption_tokenizer=caption_tokenizer, progress=False)
     assert result.examples == 3  # the file outside the folder, now allowed
     assert result.skipped == {"not_a_file": 2}  # /dev/zero and the FIFO, refused unread
 
@@ -114,8 +116,8 @@ def test_tar_members_claiming_too_much_are_skipped(tmp_path, image_tokenizer, ca
         items = list(source.read(0, len(source)))
     reasons = {item.key: item.skip_reason for item in items}
     assert reasons == {"000": None, "001": "too_many_bytes", "002": "sparse_member"}
-    result = prepare(source, tmp_path / "out", image_tokenizer, caption_tokenizer, workers=0, min_image_size=16,
-                     progress=False)
+    result = prepare(source, tmp_path / "out", PrepareConfig(workers=0, min_image_size=16),
+                     image_tokenizer=image_tokenizer, caption_tokenizer=caption_tokenizer, progress=False)
     assert result.skipped.get("sparse_member") == 1  # and no MemoryError
 
 
@@ -160,8 +162,8 @@ def test_damaged_parquet_row_group_is_skipped_and_the_rest_kept(tmp_path, image_
     data = bytearray(path.read_bytes())
     data[start : start + group.total_byte_size // 2] = b"\xab" * (group.total_byte_size // 2)
     path.write_bytes(bytes(data))
-    result = prepare(open_source(str(path)), tmp_path / "out", image_tokenizer, caption_tokenizer, workers=0,
-                     min_image_size=16, progress=False)
+    result = prepare(open_source(str(path)), tmp_path / "out", PrepareConfig(workers=0, min_image_size=16),
+                     image_tokenizer=image_tokenizer, caption_tokenizer=caption_tokenizer, progress=False)
     assert result.examples == 4 and result.skipped == {"damaged_parquet": 2}  # no OSError, nothing else lost
     # A damaged footer leaves not even the row count: a one-line error, not an OSError.
     path.write_bytes(bytes(data[:-12]) + b"\x00" * 4 + b"PAR1")

@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_vq_config
 from gptdraw.cli import main
 from gptdraw.data.prepare import prepare
+from gptdraw.data.prepare_config import PrepareConfig
 from gptdraw.data.sources import ShapesSource
 from gptdraw.vq.model import ImageTokenizer
 
@@ -46,8 +47,9 @@ def test_a_dataset_of_other_tokenizers_is_refused(shapes_data, trained, tmp_path
     torch.manual_seed(7)
     other = ImageTokenizer(tiny_vq_config(image_size=32)).eval()
     other.save_pretrained(tmp_path / "other_vq")
-    prepare(ShapesSource(40, 32, seed=1), tmp_path / "other_data", other, caption_tokenizer, eval_count=8, workers=0,
-            progress=False, image_tokenizer_path=str(tmp_path / "other_vq"))
+    prepare(ShapesSource(40, 32, seed=1), tmp_path / "other_data", PrepareConfig(eval_count=8, workers=0),
+            image_tokenizer=other, caption_tokenizer=caption_tokenizer, progress=False,
+            image_tokenizer_path=str(tmp_path / "other_vq"))
     assert main(["train", "--data", str(tmp_path / "other_data"), "--out", str(tmp_path / "tuned"), "--init-from",
                  str(trained), *FLAGS]) == 2
     error = capsys.readouterr().err
