@@ -46,7 +46,8 @@ import numpy as np
 import torch
 
 from gptdraw.gpt.config import TrainConfig, model_preset
-from gptdraw.data.shards import FORMAT_NAME, FORMAT_VERSION, ShardContent, ShardDataset, write_json_atomic, write_shard
+from gptdraw.data.shards import FORMAT_NAME, FORMAT_VERSION, ShardContent, ShardDataset, write_shard
+from gptdraw.files import write_json_atomic
 from gptdraw.gpt.model import build_model
 from gptdraw.sequence import SequenceLayout
 from gptdraw.captions import CaptionTokenizer

@@ -30,6 +30,7 @@ _EXPORTS = {
     "VQConfig": "gptdraw.vq.config",
     "VQTrainConfig": "gptdraw.vq.config",
     "train_vq": "gptdraw.vq.train",
+    "PrepareConfig": "gptdraw.data.prepare_config",
     "prepare": "gptdraw.data.prepare",
     "ModelConfig": "gptdraw.gpt.config",
     "TrainConfig": "gptdraw.gpt.config",
@@ -56,6 +57,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # for type checkers and editors; never run
     from gptdraw.captions import CaptionTokenizer
     from gptdraw.data.prepare import prepare
+    from gptdraw.data.prepare_config import PrepareConfig
     from gptdraw.gpt.config import ModelConfig, SamplingConfig, TrainConfig
     from gptdraw.gpt.train import train
     from gptdraw.hub import push_model

@@ -17,8 +17,17 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gptdraw.files import replace_directory, staging_directory, write_text_atomic
+
+if TYPE_CHECKING:  # torch-free at import: the Hub and the CLI read only the constants
+    from transformers import GPT2LMHeadModel
+
+    from gptdraw.captions import CaptionTokenizer
+    from gptdraw.gpt.config import SamplingConfig
+    from gptdraw.sequence import SequenceLayout
+    from gptdraw.vq.model import ImageTokenizer
 
 MODEL_CONFIG_NAME = "gptdraw.json"
 """The file that marks a folder as a gptdraw model directory."""

@@ -16,7 +16,6 @@ import secrets
 import tempfile
 import warnings
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch

@@ -63,7 +63,7 @@ class BadInput(Exception):
 
 
 @dataclass(frozen=True)
-class DecodeOptions:
+class DecodeConfig:
     """How images are checked and resized."""
 
     size: int  # output side in pixels: images become size × size RGB squares
@@ -94,10 +94,10 @@ def decode_image(
     palette, 16-bit and alpha images are converted (alpha composited on white) and EXIF
     orientation is applied. Raises BadInput(reason) for anything unusable.
     """
-    return _decode(image, DecodeOptions(size=size, min_size=min_size, max_pixels=max_pixels, max_bytes=max_bytes))
+    return _decode(image, DecodeConfig(size=size, min_size=min_size, max_pixels=max_pixels, max_bytes=max_bytes))
 
 
-def _decode(image: bytes | str | Image.Image | None, options: DecodeOptions) -> np.ndarray:
+def _decode(image: bytes | str | Image.Image | None, options: DecodeConfig) -> np.ndarray:
     if image is None:
         raise BadInput("missing_image")
     if isinstance(image, Image.Image):
@@ -151,7 +151,7 @@ def read_file(path: str | os.PathLike, max_bytes: int = DEFAULT_MAX_BYTES) -> by
     return data
 
 
-def _to_square(image: Image.Image, options: DecodeOptions) -> np.ndarray:
+def _to_square(image: Image.Image, options: DecodeConfig) -> np.ndarray:
     size = options.size
     width, height = image.size  # from the header: nothing is decoded yet
     if width * height > options.max_pixels:
@@ -246,7 +246,7 @@ def clean_caption(text: str | bytes | None) -> str:
     return text
 
 
-def _decode_chunk(images: list, options: DecodeOptions) -> list[tuple[np.ndarray | None, str | None]]:
+def _decode_chunk(images: list, options: DecodeConfig) -> list[tuple[np.ndarray | None, str | None]]:
     """Worker task: decode a chunk of images, each to (pixels, None) or (None, reason)."""
     results = []
     for image in images:
@@ -273,7 +273,7 @@ def decode_parallel(
     work. With `workers` > 0 a process pool decodes chunks of `chunk_size` items, at most
     2 × workers chunks in flight; with 0 everything happens in this process.
     """
-    options = DecodeOptions(size=size, min_size=min_size, max_pixels=max_pixels, max_bytes=max_bytes)
+    options = DecodeConfig(size=size, min_size=min_size, max_pixels=max_pixels, max_bytes=max_bytes)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     if workers < 0:

@@ -28,9 +28,7 @@ import itertools
 import json
 import logging
 import os
-import shutil
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -45,6 +43,7 @@ from gptdraw.data import shards as fmt
 from gptdraw.data.decode import DEFAULT_MAX_BYTES, BadInput, clean_caption, decode_parallel
 from gptdraw.data.prepare_config import PrepareConfig
 from gptdraw.data.sources import Source, SourceItem
+from gptdraw.files import replace_directory, staging_directory
 from gptdraw.runtime import resolve_device, resolve_precision, torch_dtype
 
 logger = logging.getLogger(__name__)
@@ -394,11 +393,9 @@ def _check_existing(out_dir: Path, fingerprint: str) -> None:
 
 
 def _save_text_tokenizer(caption_tokenizer, directory: Path) -> None:
-    temporary = directory.with_name(f".tmp-{directory.name}-{uuid.uuid4().hex[:8]}")
-    caption_tokenizer.save_pretrained(temporary)
-    if directory.exists():
-        shutil.rmtree(directory)
-    os.rename(temporary, directory)
+    staging = staging_directory(directory)
+    caption_tokenizer.save_pretrained(staging)
+    replace_directory(staging, directory)
 
 
 def _encode_shards(source: Source, plan: _ShardPlan, pending: list[int], *, config: PrepareConfig, split: EvalSplit,

@@ -32,6 +32,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from gptdraw.files import dump_json, replace_directory, write_durable, write_json_atomic  # noqa: F401  (also the format's own JSON)
+
 FORMAT_NAME = "gptdraw-shards"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -59,25 +61,6 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
         while chunk := file.read(block):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def dump_json(data: dict) -> str:
-    """JSON with sorted keys and a fixed layout, so equal content gives equal bytes."""
-    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-
-
-def _write_durable(path: Path, data: bytes) -> None:
-    with open(path, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write-temp-then-replace: readers see the old file or the new one, never a mix."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    _write_durable(temporary, dump_json(data).encode("utf-8"))
-    os.replace(temporary, path)
 
 
 @dataclass
@@ -119,7 +102,7 @@ def write_shard(directory: Path, index: int, content: ShardContent, record: dict
             json.dumps({"key": key, "caption": caption}, ensure_ascii=False) + "\n"
             for key, caption in zip(content.keys, content.captions)
         )
-        _write_durable(temporary / CAPTIONS_FILE, lines.encode("utf-8"))
+        write_durable(temporary / CAPTIONS_FILE, lines.encode("utf-8"))
         done = {
             **record,
             "name": name,
@@ -128,10 +111,8 @@ def write_shard(directory: Path, index: int, content: ShardContent, record: dict
             "sha256": {file: sha256_file(temporary / file) for file in SHARD_FILES},
         }
         # done.json last: a folder without it is never taken as a finished shard.
-        _write_durable(temporary / DONE_FILE, dump_json(done).encode("utf-8"))
-        if final.exists():
-            shutil.rmtree(final)  # an earlier, invalid attempt at this shard
-        os.rename(temporary, final)
+        write_durable(temporary / DONE_FILE, dump_json(done).encode("utf-8"))
+        replace_directory(temporary, final)  # over an earlier, invalid attempt at this shard
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise

@@ -37,9 +37,7 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,6 +49,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from gptdraw.files import replace_directory, staging_directory
 from gptdraw.images import make_grid, tensor_to_pil, uint8_to_tensor
 from gptdraw.runtime import resolve_precision
 from gptdraw.schedule import learning_rate
@@ -637,21 +636,14 @@ def _save_run(
 
     A crash while saving leaves either the old directory or the new one, never half of each.
     """
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", dir=out_path.parent))
+    staging = staging_directory(out_path)
     try:
         tokenizer.save_pretrained(staging)
         if len(preview):
             save_preview(tokenizer, preview, staging / "reconstructions.png")
         report = {"result": result.to_dict(), "config": dataclasses.asdict(config), "history": result.history}
         (staging / "train_vq.json").write_text(json.dumps(report, indent=2) + "\n")
-        if out_path.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.old.", dir=out_path.parent))
-            os.replace(out_path, retired / out_path.name)
-            os.replace(staging, out_path)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, out_path)
+        replace_directory(staging, out_path)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gptdraw.gpt.config import ModelConfig, TrainConfig
-from gptdraw.data.shards import FORMAT_NAME, FORMAT_VERSION, ShardContent, ShardDataset, write_json_atomic, write_shard
+from gptdraw.data.shards import FORMAT_NAME, FORMAT_VERSION, ShardContent, ShardDataset, write_shard
+from gptdraw.files import write_json_atomic
 
 MIB = 2**20
 
