@@ -31,7 +31,7 @@ from gptdraw.data.prepare_config import PrepareConfig
 from gptdraw.data.shards import ShardDataset
 from gptdraw.data.sources import ShapesSource
 from gptdraw.eval.shapes import evaluate_shapes
-from gptdraw.gpt.config import ModelConfig, train_preset
+from gptdraw.gpt.config import ModelConfig, TrainConfig, train_preset
 from gptdraw.gpt.train import train
 from gptdraw.pipeline import GPTDrawPipeline
 from gptdraw.runtime import resolve_device
@@ -39,6 +39,28 @@ from gptdraw.vq.model import ImageTokenizer
 from gptdraw.vq.train import VQTrainConfig, train_vq
 
 logger = logging.getLogger(__name__)
+
+
+def train_image_tokenizer(source: ShapesSource, vq_dir: Path, config: QuickstartConfig, *, device, progress: bool) -> None:
+    """Stage 2: the VQGAN, trained on a prefix of the training images and saved to `vq_dir`."""
+    images = np.stack([np.asarray(item.image) for item in source.read(0, config.vq_images)])  # (N, S, S, 3)
+    vq_config = VQTrainConfig(
+        preset=config.vq_preset, steps=config.vq_steps, seed=config.seed, image_size=config.image_size,
+        lr=config.vq_lr, reconstruction_loss="mse", autoencoder_warmup=config.vq_autoencoder_warmup,
+    )
+    vq_result = train_vq(vq_config, images, vq_dir, device=str(device), progress=progress)
+    logger.info("VQGAN: PSNR %.1f dB, codebook usage %.0f%%", vq_result.psnr, 100 * vq_result.codebook_usage)
+
+
+def gpt_train_config(config: QuickstartConfig, *, sample_prompts: tuple[str, ...]) -> TrainConfig:
+    """Stage 4's recipe: the tiny preset with the quickstart's sizes, optimiser and schedule."""
+    return train_preset(
+        "tiny", max_steps=config.gpt_steps, seed=config.seed, micro_batch_size=config.gpt_batch,
+        model=ModelConfig(n_layer=config.gpt_layers, n_head=config.gpt_heads, n_embd=config.gpt_width),
+        optimizer=config.gpt_optimizer, lr=config.gpt_lr, text_loss_weight=config.text_loss_weight,
+        loss_vocabulary=config.gpt_loss_vocabulary, warmup_steps=min(100, config.gpt_steps // 10),
+        sample_prompts=sample_prompts, sample_every=max(1, config.gpt_steps // 3),
+    )
 
 
 def run_quickstart(out: str | Path, config: QuickstartConfig = QuickstartConfig(), progress: bool = True) -> dict:
@@ -61,13 +83,7 @@ def run_quickstart(out: str | Path, config: QuickstartConfig = QuickstartConfig(
     mark = time.perf_counter()
     vq_dir = out / "vq"
     if not (vq_dir / "model.safetensors").exists():
-        images = np.stack([np.asarray(item.image) for item in source.read(0, config.vq_images)])  # (N, S, S, 3)
-        vq_config = VQTrainConfig(
-            preset=config.vq_preset, steps=config.vq_steps, seed=config.seed, image_size=config.image_size,
-            lr=config.vq_lr, reconstruction_loss="mse", autoencoder_warmup=config.vq_autoencoder_warmup,
-        )
-        vq_result = train_vq(vq_config, images, vq_dir, device=str(device), progress=progress)
-        logger.info("VQGAN: PSNR %.1f dB, codebook usage %.0f%%", vq_result.psnr, 100 * vq_result.codebook_usage)
+        train_image_tokenizer(source, vq_dir, config, device=device, progress=progress)
     image_tokenizer = ImageTokenizer.from_pretrained(vq_dir, device=device)
     timings["vqgan"] = time.perf_counter() - mark
 
@@ -83,15 +99,7 @@ def run_quickstart(out: str | Path, config: QuickstartConfig = QuickstartConfig(
     mark = time.perf_counter()
     model_dir = out / "model"
     tuning, report = shapes.evaluation_sets()
-    train_config = train_preset(
-        "tiny", max_steps=config.gpt_steps, seed=config.seed, micro_batch_size=config.gpt_batch,
-        model=ModelConfig(n_layer=config.gpt_layers, n_head=config.gpt_heads, n_embd=config.gpt_width),
-        optimizer=config.gpt_optimizer, lr=config.gpt_lr, text_loss_weight=config.text_loss_weight,
-        loss_vocabulary=config.gpt_loss_vocabulary,
-        warmup_steps=min(100, config.gpt_steps // 10),
-        sample_prompts=tuple(tuning.one_object[:4] + tuning.two_object[:4]),
-        sample_every=max(1, config.gpt_steps // 3),
-    )
+    train_config = gpt_train_config(config, sample_prompts=tuple(tuning.one_object[:4] + tuning.two_object[:4]))
     result = train(
         train_config, ShardDataset(data_dir), model_dir, caption_tokenizer, image_tokenizer,
         eval_data=ShardDataset(data_dir / "eval"), sampling=config.sampling, progress=progress,
