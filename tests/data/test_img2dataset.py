@@ -69,7 +69,7 @@ def test_prepare_reads_img2dataset_output(served, tokenizers, tmp_path, monkeypa
     img2dataset.download(
         url_list=str(urls), input_format="tsv", url_col="url", caption_col="caption",
         output_format=output_format, output_folder=str(out), image_size=SIZE, resize_mode="center_crop",
-        processes_count=1, thread_count=2, timeout=5, retries=0, number_sample_per_shard=100,
+        processes_count=1, thread_count=2, timeout=60, retries=0, number_sample_per_shard=100,
         enable_wandb=False, disallowed_header_directives=[],
     )
     assert detect_format(str(out)) == detected

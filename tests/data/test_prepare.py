@@ -10,7 +10,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 import zlib
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 from PIL import Image
 
 import gptdraw.cli
-from conftest import png_bytes
+from conftest import HANG_SECONDS, png_bytes
 from gptdraw.data import shapes
 from gptdraw.data.decode import BadInput, clean_caption, decode_image
 from gptdraw.data.prepare import EvalSplit, prepare
@@ -260,7 +259,7 @@ def test_sigkilled_run_leaves_no_trusted_partial_shard(tmp_path, saved_tokenizer
     script = tmp_path / "kill.py"
     script.write_text(KILL_SCRIPT)
     completed = subprocess.run([sys.executable, str(script), str(vq_dir), str(text_dir), str(out)],
-                               capture_output=True, text=True, timeout=300)
+                               capture_output=True, text=True, timeout=HANG_SECONDS)
     assert completed.returncode == -signal.SIGKILL, completed.stderr
     assert [path.name for path in out.glob(".tmp-shard-00002-*")]  # the half-written shard is there…
     assert not (out / "shard-00002").exists()  # …but never under its final name
@@ -375,10 +374,10 @@ def test_cli_prepare_and_inspect(tmp_path, saved_tokenizers, monkeypatch, capsys
 def test_a_rank_that_died_does_not_leave_rank_zero_waiting_forever(tmp_path, tokenizers):
     out = tmp_path / "ranked"
     # Rank 1 never runs (it "died"): rank 0 writes its own shards, waits, and gives up with a message.
-    started = time.monotonic()
+    # The error itself proves rank 0 gave up after its 1 s stall limit (no wall-clock assert: a
+    # loaded machine must not fail this).
     with pytest.raises(TimeoutError, match="no shard from the other processes completed in 1 s .*Rerun"):
         run_shapes(out, tokenizers, rank=0, world_size=2, poll_seconds=0.1, stall_seconds=1.0)
-    assert time.monotonic() - started < 30
     assert sorted(path.name for path in out.glob("shard-*")) == ["shard-00000", "shard-00002"]  # kept for the rerun
     run_shapes(out, tokenizers, rank=1, world_size=2)
     assert run_shapes(out, tokenizers, rank=0, world_size=2).complete
