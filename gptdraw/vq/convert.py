@@ -32,6 +32,7 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from gptdraw.repo_id import is_repo_id
 from gptdraw.runtime import check_torch_is_safe
 from gptdraw.vq.model import ImageTokenizer, VQConfig, load_state_dict_strict
 
@@ -708,10 +709,6 @@ def _as_float32(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value.float() if value.is_floating_point() else value for key, value in state_dict.items()}
 
 
-def _looks_like_hub_id(source: str) -> bool:
-    return re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", source) is not None
-
-
 def _download_hub_model(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
@@ -752,7 +749,7 @@ def detect_source(source: str | Path, allow_download: bool = True) -> tuple[str,
     if path.parts and Path(path.parts[0]).exists():
         # "runs/vq" where runs/ exists is a local path with a typo, not a hub id to download.
         raise FileNotFoundError(f"VQGAN source not found: {source} does not exist")
-    if _looks_like_hub_id(str(source)) and not str(source).startswith((".", "/")):
+    if is_repo_id(str(source)) and not str(source).startswith((".", "/")):
         if not allow_download:
             raise ValueError(
                 f"{source} is neither a local file nor a folder, and downloading it from the Hub is switched off"
