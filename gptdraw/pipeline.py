@@ -145,6 +145,7 @@ class GPTDrawPipeline:
         if dtype is not None:
             warnings.warn("from_pretrained(dtype=...) is now precision=...", DeprecationWarning, stacklevel=2)
             precision = dtype
+        precision = "auto" if precision is None else precision  # None meant "auto" before the rename
         directory = resolve_model(directory, revision)
         device = resolve_device(device)
         chosen = resolve_precision(precision, device, purpose="drawing", bf16_on_cpu=False)
