@@ -69,11 +69,16 @@ def make_data(root: Path, examples: int) -> Path:
     return root / "data"
 
 
+def load_data(data_dir: Path) -> tuple[ShardDataset, CaptionTokenizer, ImageTokenizer]:
+    """The prepared shards with the two tokenizers they were encoded with."""
+    data = ShardDataset(data_dir)
+    return (data, CaptionTokenizer.from_pretrained(data_dir / "text_tokenizer"),
+            ImageTokenizer.from_pretrained(data.manifest["image_tokenizer_path"]))
+
+
 def run_losses(config: TrainConfig, data_dir: Path, out: Path, stop_after: int | None = None) -> dict[int, float]:
     """Trains (or resumes) in `out`; returns {step: loss} from its metrics."""
-    data = ShardDataset(data_dir)
-    caption_tokenizer = CaptionTokenizer.from_pretrained(data_dir / "text_tokenizer")
-    vq = ImageTokenizer.from_pretrained(data.manifest["image_tokenizer_path"])
+    data, caption_tokenizer, vq = load_data(data_dir)
     train(config, data, out, caption_tokenizer, vq, progress=False, stop_after=stop_after)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {row["step"]: row["loss"] for row in rows if "loss" in row}
@@ -84,9 +89,7 @@ def check_sync(config: TrainConfig, data_dir: Path, work: Path, steps: int = 5) 
         return {"skipped": "needs CUDA (torch.cuda.set_sync_debug_mode)"}
     from gptdraw.gpt.train import TrainingRun
 
-    data = ShardDataset(data_dir)
-    caption_tokenizer = CaptionTokenizer.from_pretrained(data_dir / "text_tokenizer")
-    vq = ImageTokenizer.from_pretrained(data.manifest["image_tokenizer_path"])
+    data, caption_tokenizer, vq = load_data(data_dir)
     run = TrainingRun(replace(config, max_steps=steps + 1), data, work, caption_tokenizer, vq)
     first_sync = None
     try:

@@ -159,6 +159,11 @@ def split_targets(ids: torch.Tensor, layout: SequenceLayout) -> tuple[torch.Tens
     return text_targets, targets[:, layout.text_len - 1 :]  # (B, text_len-1), (B, h*w)
 
 
+def caption_target_count(ids: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
+    """Non-pad caption targets of (B, seq_len) ids: the denominator of the caption loss."""
+    return (split_targets(ids, layout)[0] != -100).sum()
+
+
 def weighted_loss(text_mean: torch.Tensor, image_mean: torch.Tensor, text_weight: float, image_weight: float) -> torch.Tensor:
     return (text_weight * text_mean + image_weight * image_mean) / (text_weight + image_weight)
 
@@ -206,7 +211,7 @@ def sequence_loss(
 ) -> LossOutput:
     """Next-token loss on (B, seq_len) joint ids, caption and image targets weighed apart (see summed_losses)."""
     text_sum, image_sum = summed_losses(gpt, ids, layout, chunk, vocabulary)
-    text_count = (split_targets(ids, layout)[0] != -100).sum()
+    text_count = caption_target_count(ids, layout)
     image_count = ids.shape[0] * layout.image_len
     text_loss = text_sum / text_count.clamp(min=1)
     image_loss = image_sum / image_count

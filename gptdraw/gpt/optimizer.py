@@ -75,7 +75,7 @@ class BatchedMuon(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is not None:
                     by_shape.setdefault(p.shape, []).append(p)
-            for shape, params in by_shape.items():
+            for params in by_shape.values():
                 self.step_matrices(params, group)
         return None
 

@@ -46,7 +46,7 @@ from gptdraw.gpt.checkpoint import (
 )
 from gptdraw.gpt.config import TrainConfig
 from gptdraw.gpt.lora import add_lora
-from gptdraw.gpt.model import TrainingForward, build_model, check_model_fits_layout, split_targets, weighted_loss
+from gptdraw.gpt.model import TrainingForward, build_model, caption_target_count, check_model_fits_layout, weighted_loss
 from gptdraw.gpt.optimizer import make_optimizer
 from gptdraw.gpt.run_log import RunLog, import_wandb
 from gptdraw.gpt.sampling import CodeDrawer, DrawerConfig, SamplingConfig, sample_codes
@@ -132,7 +132,7 @@ def eval_loss(model, dataset, layout: SequenceLayout, config: TrainConfig, accel
             indices = np.arange(start, min(start + batch, len(dataset)))
             captions, codes = dataset.get_batch(indices)
             ids = layout.pack(captions, codes)
-            text_count = max(int((split_targets(ids, layout)[0] != -100).sum()), 1)  # on the CPU: no wait
+            text_count = max(int(caption_target_count(ids, layout)), 1)  # on the CPU: no wait
             with accelerator.autocast():
                 text_sum, image_sum = model(ids.to(accelerator.device))
             image_count = ids.shape[0] * layout.image_len
@@ -223,7 +223,7 @@ def read_step(train_data, order: EpochBatches, step: int, layout: SequenceLayout
         micro_step = step * config.grad_accum + micro
         captions, codes = train_data.get_batch(micro_batch_indices(order, micro_step))
         ids = blank_captions(layout.pack(captions, codes), layout, config.caption_dropout, config.seed, micro_step, rank, world)
-        text_targets += int((split_targets(ids, layout)[0] != -100).sum())
+        text_targets += int(caption_target_count(ids, layout))
         micro_batches.append(ids.pin_memory() if pin else ids)
     image_targets = sum(ids.shape[0] * layout.image_len for ids in micro_batches)
     return HostBatches(micro_batches=micro_batches, counts=torch.tensor([text_targets, image_targets], dtype=torch.float32))
