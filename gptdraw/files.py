@@ -65,3 +65,29 @@ def replace_directory(staging: str | os.PathLike, final: str | os.PathLike) -> N
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(staging, final)
+
+
+def output_directory(path: str | os.PathLike, *, flag: str = "--out") -> Path:
+    """The folder a command writes into, made and checked before any work starts.
+
+    Refused in one line naming `flag`: an empty path (it would mean the current folder), a path
+    that is a file or lies under one, and a folder this process cannot write into (found out now,
+    not after an hour of drawing).
+    """
+    if not str(path).strip():
+        raise ValueError(f"{flag} is empty: name the folder to write into")
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{flag} {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ValueError(f"{flag} {folder} lies under a file, not a folder") from None
+    except OSError as error:  # permission denied, a read-only disk, a filesystem that makes no folders
+        raise ValueError(f"{flag} {folder} cannot be made: {error.strerror or error}") from None
+    try:
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check.", delete=True)
+        probe.close()
+    except OSError as error:
+        raise ValueError(f"{flag} {folder} is not writable: {error.strerror or error}") from None
+    return folder
