@@ -20,12 +20,13 @@ from typing import Iterator, Sequence
 
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 from transformers import GPT2LMHeadModel
 
 from gptdraw.captions import CaptionTokenizer
 from gptdraw.gpt.config import SamplingConfig
 from gptdraw.gpt.model import check_model_fits_layout
-from gptdraw.gpt.sampling import CodeDrawer, DrawerConfig, last_step
+from gptdraw.gpt.sampling import CodeDrawer, DrawerConfig, draw_noise
 from gptdraw.hub import push_model, resolve_model
 from gptdraw.images import tensor_to_pil
 from gptdraw.model_dir import load_model_directory, save_model_directory
@@ -34,6 +35,18 @@ from gptdraw.sequence import SequenceLayout
 from gptdraw.vq.model import ImageTokenizer
 
 logger = logging.getLogger(__name__)
+
+MAX_BATCH = 64
+"""Images drawn at once unless told otherwise. The KV caches of a batch grow with it (the
+reference 124M GPT-2 with guidance: about 1.5 GiB in fp32 at 64), and a compiled drawer
+compiles each power of two up to it once (gptdraw.gpt.sampling.COMPILATION_LIMIT)."""
+
+MAX_IMAGES = 10_000
+"""The most images one drawing makes unless its caller raises the limit: a slip such as
+100,000 images per prompt is refused at once instead of running for days."""
+
+DECODE_BATCH = 16
+"""Images turned into pixels at once: a 256-px VQGAN decoder needs about 150 MB per image in fp32."""
 
 
 @dataclass
@@ -48,6 +61,36 @@ class DrawingStep:
     """The partial images; codes not yet drawn are shown grey."""
     codes: torch.Tensor
     """(B, codes_drawn) the codes so far."""
+    first: int = 0
+    """Where these images stand among all the drawing's: a drawing of more than `max_batch`
+    images comes in batches, one after another, each streamed from its start to its end."""
+
+
+def check_image_count(count: int, max_images: int = MAX_IMAGES, *, flag: str = "max_images") -> None:
+    """Refuses, in one line naming `flag`, a drawing of more than `max_images` images."""
+    check_whole(max_images, flag)
+    if count > max_images:
+        raise ValueError(
+            f"{count:,} images asked for (prompts × images per prompt), more than {flag} {max_images:,}; "
+            f"raise {flag} to draw that many"
+        )
+
+
+def check_whole(value, name: str) -> None:
+    """Refuses a count that is not a whole number of at least 1, naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+
+
+def finished_drawing(steps: Iterator[DrawingStep]) -> DrawingStep:
+    """Runs a drawing (`GPTDrawPipeline.stream`) to its end and joins the finished step of each
+    of its batches into one: every image and its codes, in order."""
+    finished = [step for step in steps if step.codes_drawn == step.total_codes]
+    if not finished:
+        raise ValueError("the drawing ended before it began")
+    images = [image for step in finished for image in step.images]
+    codes = torch.cat([step.codes for step in finished])  # (N, total_codes)
+    return DrawingStep(finished[0].total_codes, finished[0].total_codes, images, codes)
 
 
 class GPTDrawPipeline:
@@ -191,21 +234,30 @@ class GPTDrawPipeline:
         seed: int | None = None,
         every: int = 1,
         prefix_codes: torch.Tensor | None = None,
+        *,
+        max_batch: int = MAX_BATCH,
+        max_images: int = MAX_IMAGES,
+        progress: bool = True,
         **settings,
     ) -> Iterator[DrawingStep]:
-        """Draws, yielding partial images every `every` codes and the finished images last.
+        """Draws, yielding partial images every `every` codes and the finished images last,
+        batch after batch of at most `max_batch` images (`DrawingStep.first` says which).
 
         prefix_codes: (B, n) codes that are kept as given (an image prompt), B = all images.
-        Settings (temperature, top_k, top_p, cfg_scale) default to the model's.
+        max_images: more images than this in all is refused before any work.
+        progress: a progress bar over the images when they take more than one batch.
+        Settings (temperature, top_k, top_p, cfg_scale) default to the model's. The same seed
+        draws the same images whatever `max_batch` is.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise ValueError("no prompts given")
-        if num_images_per_prompt < 1:
-            raise ValueError(f"num_images_per_prompt must be at least 1, got {num_images_per_prompt}")
+        check_whole(num_images_per_prompt, "num_images_per_prompt")
+        check_image_count(len(prompts) * num_images_per_prompt, max_images)  # before encoding them all
         caption_ids, _ = self.encode_prompts(prompts)
         caption_ids = caption_ids.repeat_interleave(num_images_per_prompt, dim=0)  # (B, text_len)
-        return self.stream_ids(caption_ids, seed, every, prefix_codes, **settings)
+        return self.stream_ids(caption_ids, seed, every, prefix_codes, max_batch=max_batch, max_images=max_images,
+                               progress=progress, **settings)
 
     def stream_ids(
         self,
@@ -213,21 +265,50 @@ class GPTDrawPipeline:
         seed: int | None = None,
         every: int = 1,
         prefix_codes: torch.Tensor | None = None,
+        *,
+        max_batch: int = MAX_BATCH,
+        max_images: int = MAX_IMAGES,
+        progress: bool = True,
         **settings,
     ) -> Iterator[DrawingStep]:
-        """`stream` for captions already encoded: (B, text_len) ids, one image per row."""
-        if every < 1:
-            raise ValueError(f"every must be at least 1, got {every}")
+        """`stream` for captions already encoded: (B, text_len) ids, one image per row.
+
+        Everything is checked here, when it is called, before the first step is asked for."""
+        check_whole(every, "every")
+        check_whole(max_batch, "max_batch")
+        count = caption_ids.shape[0]
+        check_image_count(count, max_images)
+        if prefix_codes is not None and prefix_codes.shape[0] != count:
+            raise ValueError(f"prefix_codes has {prefix_codes.shape[0]} rows for {count} captions")
         sampling = self.settings(**settings)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**64):
+            raise ValueError(f"seed must be a whole number from -2**63 to 2**64 - 1, got {seed!r}")
         generator = torch.Generator(self.device)
         # Without a seed, a fresh one (torch.seed() would also reseed torch's global generator).
         generator.manual_seed(seed if seed is not None else secrets.randbits(63))
-        total = self.layout.image_len
-        with evaluation_mode(self.transformer):
-            for codes in self.drawer.iter_codes(caption_ids.to(self.device), sampling, generator, prefix_codes):
-                drawn = codes.shape[1]
-                if drawn == total or drawn % every == 0:
-                    yield DrawingStep(drawn, total, self.decode_partial(codes), codes)
+        return self._draw_batches(caption_ids, generator, every, prefix_codes, sampling, max_batch, progress)
+
+    def _draw_batches(self, caption_ids, generator, every, prefix_codes, sampling, max_batch, progress):
+        """The steps of `stream_ids`, batch after batch."""
+        count, total = caption_ids.shape[0], self.layout.image_len
+        prefix = None if prefix_codes is None else prefix_codes.reshape(count, -1)  # (B, n0)
+        steps = total - (0 if prefix is None else prefix.shape[1])
+        # Every image's random numbers are drawn first, as one batch of all of them would draw
+        # them, so that each image is the same whichever batch it falls in.
+        noise = draw_noise(count, max(steps, 0), generator, self.device) if sampling.temperature > 0 else None
+        bar = tqdm(total=count, desc="draw", unit="img", disable=not progress or count <= max_batch, dynamic_ncols=True)
+        with evaluation_mode(self.transformer), bar:
+            for first in range(0, count, max_batch):
+                rows = slice(first, first + max_batch)
+                batch_steps = self.drawer.iter_codes(
+                    caption_ids[rows].to(self.device), sampling, None,
+                    None if prefix is None else prefix[rows], None if noise is None else noise[rows],
+                )
+                for codes in batch_steps:
+                    drawn = codes.shape[1]
+                    if drawn == total or drawn % every == 0:
+                        yield DrawingStep(drawn, total, self.decode_partial(codes), codes, first)
+                bar.update(min(max_batch, count - first))
 
     def __call__(
         self,
@@ -235,15 +316,25 @@ class GPTDrawPipeline:
         num_images_per_prompt: int = 1,
         seed: int | None = None,
         prefix_codes: torch.Tensor | None = None,
+        *,
+        max_batch: int = MAX_BATCH,
+        max_images: int = MAX_IMAGES,
+        progress: bool = True,
         **settings,
     ) -> list[Image.Image]:
-        """Draws `num_images_per_prompt` images for each prompt, in prompt order."""
-        steps = self.stream(prompts, num_images_per_prompt, seed, every=self.layout.image_len,
-                            prefix_codes=prefix_codes, **settings)
-        return last_step(steps).images
+        """Draws `num_images_per_prompt` images for each prompt, in prompt order, `max_batch` at a
+        time; more than `max_images` in all is refused (see `stream`)."""
+        steps = self.stream(prompts, num_images_per_prompt, seed, every=self.layout.image_len, prefix_codes=prefix_codes,
+                            max_batch=max_batch, max_images=max_images, progress=progress, **settings)
+        return finished_drawing(steps).images
 
     def decode_partial(self, codes: torch.Tensor) -> list[Image.Image]:
-        """(B, n ≤ h·w) codes → images; positions not yet drawn are painted grey."""
+        """(B, n ≤ h·w) codes → images; positions not yet drawn are painted grey.
+        Decoded DECODE_BATCH images at a time, so that memory does not grow with B."""
+        return [image for start in range(0, codes.shape[0], DECODE_BATCH)
+                for image in self._decode_chunk(codes[start : start + DECODE_BATCH])]
+
+    def _decode_chunk(self, codes: torch.Tensor) -> list[Image.Image]:
         batch, drawn = codes.shape
         h, w = self.layout.grid
         full = torch.zeros(batch, h * w, dtype=torch.long, device=codes.device)

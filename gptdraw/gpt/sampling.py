@@ -14,8 +14,9 @@ It runs one of two loops, which draw the same codes for the same seed:
 
 Both choose codes with the same function, `pick_codes`, from the same random numbers:
 inverse-CDF sampling with one uniform number per image and step. The numbers are drawn
-outside the model step with the caller's torch.Generator, so a compiled step (or a CUDA
-graph) holds no random state and a seed means the same codes on every path.
+outside the model step with the caller's torch.Generator (or all beforehand, `draw_noise`,
+so that a drawing split into batches draws what it draws in one), so a compiled step (or a
+CUDA graph) holds no random state and a seed means the same codes on every path.
 """
 
 from __future__ import annotations
@@ -156,11 +157,30 @@ def pick_codes(logits: torch.Tensor, uniform: torch.Tensor, tensors: SamplingTen
     return torch.where(tensors.temperature > 0, sampled, greedy)
 
 
-def _uniform_for(settings: SamplingConfig, batch: int, generator, device) -> torch.Tensor:
-    # Greedy drawing uses no randomness, so it leaves the generator untouched.
+def draw_noise(count: int, steps: int, generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    """The uniform numbers of a whole drawing of `count` images, drawn beforehand: (count, steps), on the CPU.
+
+    Column t holds what step t of `CodeDrawer.iter_codes` would draw from `generator` (one
+    (count, 1) draw per step on `device`, in the same order), so that the drawing split into
+    batches of rows, each given its rows as `noise`, draws the same codes as in one batch.
+    The cost is 4 bytes per image and step in host memory (1 KiB an image for 256 codes).
+    """
+    columns = [draw_uniform(count, generator, device).cpu() for _ in range(steps)]
+    return torch.cat(columns, dim=1) if columns else torch.empty(count, 0)
+
+
+def _uniform_source(
+    settings: SamplingConfig, batch: int, generator, noise: torch.Tensor | None, device
+) -> Callable[[], torch.Tensor]:
+    """The (B, 1) uniform numbers of each step in turn: the columns of `noise`, else fresh
+    draws from `generator`."""
     if settings.temperature == 0:
-        return torch.zeros(batch, 1, device=device)
-    return draw_uniform(batch, generator, device)
+        # Greedy drawing uses no randomness, so it leaves the generator untouched.
+        return lambda: torch.zeros(batch, 1, device=device)
+    if noise is None:
+        return lambda: draw_uniform(batch, generator, device)
+    columns = iter(noise.to(device=device, dtype=torch.float32).t().contiguous())  # (steps, B): one row per step
+    return lambda: next(columns)[:, None]  # (B, 1)
 
 
 def image_logits(gpt: GPT2LMHeadModel, layout: SequenceLayout, hidden: torch.Tensor) -> torch.Tensor:
@@ -233,13 +253,17 @@ def _start_codes(caption_ids: torch.Tensor, prefix_codes: torch.Tensor | None) -
     return prefix_codes.to(device=caption_ids.device, dtype=torch.long).reshape(batch, -1)  # (B, n0)
 
 
-def _check_inputs(layout: SequenceLayout, caption_ids: torch.Tensor, codes: torch.Tensor) -> None:
+def _check_inputs(layout: SequenceLayout, caption_ids: torch.Tensor, codes: torch.Tensor,
+                  noise: torch.Tensor | None) -> None:
     if caption_ids.ndim != 2 or caption_ids.shape[1] != layout.text_len:
         raise ValueError(f"caption ids must be (B, {layout.text_len}), got {tuple(caption_ids.shape)}")
     if codes.shape[1] > layout.image_len:
         raise ValueError(f"{codes.shape[1]} prefix codes do not fit an image of {layout.image_len}")
     if codes.numel() and (codes.min() < 0 or codes.max() >= layout.codebook_size):
         raise ValueError(f"prefix codes must be in [0, {layout.codebook_size})")
+    steps = layout.image_len - codes.shape[1]
+    if noise is not None and tuple(noise.shape) != (caption_ids.shape[0], steps):
+        raise ValueError(f"noise must be (B, codes to draw) = {(caption_ids.shape[0], steps)}, got {tuple(noise.shape)}")
 
 
 # ------------------------------------------------------------------------------------ the loops
@@ -327,47 +351,50 @@ class CodeDrawer:
         settings: SamplingConfig = SamplingConfig(),
         generator: torch.Generator | None = None,
         prefix_codes: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
     ) -> Iterator[torch.Tensor]:
         """Draws codes for (B, text_len) caption ids, yielding the (B, n) codes after each step.
 
         prefix_codes: (B, n0) codes already fixed (an image prompt); drawing continues after them
         (a prefix that fills the image is yielded once as it is). Only image codes can be drawn.
-        The same generator state draws the same codes in either loop, compiled or not.
+        noise: (B, image_len − n0) uniform numbers drawn beforehand (draw_noise), one per image
+        and step, used instead of drawing them from `generator` as the steps go.
+        The same generator state (or noise) draws the same codes in either loop, compiled or not.
         """
         caption_ids = caption_ids.to(device=self.device, dtype=torch.long)
         codes = _start_codes(caption_ids, prefix_codes)
-        _check_inputs(self.layout, caption_ids, codes)
+        _check_inputs(self.layout, caption_ids, codes, noise)
         if codes.shape[1] == self.layout.image_len:
             yield codes
             return
+        uniform = _uniform_source(settings, caption_ids.shape[0], generator, noise, self.device)
         if not self.options.use_cache:
-            yield from self._reference_steps(caption_ids, codes, settings, generator)
+            yield from self._reference_steps(caption_ids, codes, settings, uniform)
             return
         if not self.options.compile:  # nothing shared between drawings: no need to wait
-            yield from self._cached_steps(caption_ids, codes, settings, generator)
+            yield from self._cached_steps(caption_ids, codes, settings, uniform)
             return
         if self._owner == threading.get_ident():
             raise RuntimeError("this thread is already drawing with this compiled drawer; finish that drawing first")
         with self._lock:
             self._owner = threading.get_ident()
             try:
-                yield from self._cached_steps(caption_ids, codes, settings, generator)
+                yield from self._cached_steps(caption_ids, codes, settings, uniform)
             finally:
                 self._owner = None
 
-    def _reference_steps(self, caption_ids, codes, settings, generator) -> Iterator[torch.Tensor]:
+    def _reference_steps(self, caption_ids, codes, settings, uniform) -> Iterator[torch.Tensor]:
         """The plain loop: every step runs the whole sequence so far, without a cache."""
         layout, device = self.layout, self.device
         tensors = SamplingTensors.of(settings, device)
         rows = model_rows(caption_ids, layout, settings.guided)
         while codes.shape[1] < layout.image_len:
             ids = torch.cat([rows, code_tokens(codes, layout, settings.guided)], dim=1)
-            uniform = _uniform_for(settings, codes.shape[0], generator, device)
-            chosen = next_codes(self.gpt, layout, last_hidden(self.gpt, ids), uniform, tensors)  # (B,)
+            chosen = next_codes(self.gpt, layout, last_hidden(self.gpt, ids), uniform(), tensors)  # (B,)
             codes = torch.cat([codes, chosen[:, None]], dim=1)
             yield codes
 
-    def _cached_steps(self, caption_ids, codes, settings, generator) -> Iterator[torch.Tensor]:
+    def _cached_steps(self, caption_ids, codes, settings, real_rows_uniform) -> Iterator[torch.Tensor]:
         """The fast loop: one uncompiled prefill, then one fixed-shape decode step per code."""
         layout, device = self.layout, self.device
         batch = caption_ids.shape[0]
@@ -385,7 +412,7 @@ class CodeDrawer:
 
         def uniform() -> torch.Tensor:
             # Only the real rows draw random numbers, so padding leaves the generator's stream alone.
-            real = _uniform_for(settings, batch, generator, device)
+            real = real_rows_uniform()
             return torch.cat([real, torch.zeros(padding, 1, device=device)]) if padding else real
 
         # Prefill: the captions and any prefix codes in one uncompiled pass of varying length.
