@@ -3,19 +3,22 @@
 A checkpoint is `checkpoints/step-NNNNNNNN/` with model.safetensors, optimizer.pt (tensors
 only: it loads with weights_only) and trainer_state.json, which is written last and so marks
 the checkpoint complete. Under FSDP the shards are gathered first, so a checkpoint is the same
-files whatever launcher wrote it, and a run can resume under another process count.
+files whatever launcher wrote it, and a run can resume under another process count. A checkpoint
+is written in a hidden staging folder (`.step-NNNNNNNN.XXXXXXXX`) and renamed into place; one that
+a killed run left behind is deleted by recover_checkpoints when the run starts again.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from gptdraw.files import replace_directory, staging_directory
+from gptdraw.files import recover_leftovers, replace_directory, reporting_full_disk, staging_directory, write_durable
 from gptdraw.gpt.config import TrainConfig
 from gptdraw.runtime import check_torch_is_safe
 from gptdraw.sequence import SequenceLayout
@@ -31,6 +34,17 @@ def list_checkpoints(out_dir: Path) -> list[Path]:
         return []
     found = [p for p in root.glob("step-*") if (p / STATE_NAME).is_file()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def recover_checkpoints(out_dir: Path) -> None:
+    """Deletes what a killed run left of the checkpoints it was writing (their staging folders), and
+    puts back one it was replacing; complete checkpoints (`step-NNNNNNNN/`) are left alone."""
+    root = out_dir / CHECKPOINTS
+    if not root.is_dir():
+        return
+    names = {match.group(1) for entry in root.iterdir() if (match := re.match(r"\.(step-\d+)\.", entry.name))}
+    for name in sorted(names):
+        recover_leftovers(root / name)
 
 
 def gather_model_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -108,8 +122,6 @@ def save_checkpoint(
     final = root / f"step-{step:08d}"
     temporary = staging_directory(final)
     state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
-    save_file(state, temporary / "model.safetensors")
-    torch.save(optimizer_state, temporary / "optimizer.pt")
     trainer_state = {
         "step": step,
         "config": config.to_dict(),
@@ -118,9 +130,18 @@ def save_checkpoint(
         "history": history,
         "wandb_run_id": wandb_run_id,
     }
-    # The state file is written last: its presence marks the checkpoint complete.
-    (temporary / STATE_NAME).write_text(json.dumps(trainer_state))
-    replace_directory(temporary, final)
+    try:
+        with reporting_full_disk(temporary / "model.safetensors"):
+            save_file(state, temporary / "model.safetensors")
+        with reporting_full_disk(temporary / "optimizer.pt"):
+            torch.save(optimizer_state, temporary / "optimizer.pt")
+        # The state file is written last: its presence marks the checkpoint complete.
+        write_durable(temporary / STATE_NAME, json.dumps(trainer_state).encode("utf-8"))
+        replace_directory(temporary, final)
+    except BaseException:
+        # A failed write (a full disk) leaves the last complete checkpoint and frees the space it took.
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     return final
 
 

@@ -13,17 +13,25 @@ resume under another launcher or process count (same global batch: micro-batch Ã
 Run directory (`--out`), which is also a model directory that `gptdraw generate` reads:
 
     transformer/ text_tokenizer/ image_tokenizer/ gptdraw.json   the model (updated at each checkpoint)
+    export.json                    the checkpoint step the model was last exported from, written after it
     checkpoints/step-00000200/     model.safetensors, optimizer.pt, trainer_state.json
     train_config.json              the TrainConfig of the last invocation (`gptdraw train --config` reads it)
     metrics.jsonl                  one JSON object per logged step
     logs/                          TensorBoard events
     samples/step-00000200.png      sample grids of fixed prompts
     loss.png                       the loss curves
+
+A run killed in the middle of writing any of these loses nothing: every file and folder is
+replaced whole (gptdraw.files), what a kill leaves half-written is cleaned up when the run starts
+again, and a start that finds the model directory incomplete or behind its last checkpoint (its
+export.json says which step it holds) exports it again from that checkpoint. So rerunning the same
+command repairs a run killed during its final export.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import os
@@ -42,7 +50,7 @@ from gptdraw.captions import CaptionTokenizer
 from gptdraw.data.loader import EpochBatches
 from gptdraw.gpt.checkpoint import (
     CHECKPOINTS, gather_model_weights, gather_optimizer_state, list_checkpoints, load_checkpoint, load_gpt_weights,
-    load_optimizer_state, prune_checkpoints, save_checkpoint,
+    load_optimizer_state, prune_checkpoints, recover_checkpoints, save_checkpoint,
 )
 from gptdraw.gpt.config import TrainConfig
 from gptdraw.gpt.lora import add_lora
@@ -50,9 +58,9 @@ from gptdraw.gpt.model import TrainingForward, build_model, caption_target_count
 from gptdraw.gpt.optimizer import make_optimizer
 from gptdraw.gpt.run_log import RunLog, import_wandb
 from gptdraw.gpt.sampling import CodeDrawer, DrawerConfig, SamplingConfig, sample_codes
-from gptdraw.files import write_json_atomic
+from gptdraw.files import recover_leftovers, reporting_full_disk, write_json_atomic
 from gptdraw.images import make_grid, tensor_to_pil
-from gptdraw.model_dir import MODEL_CONFIG_NAME, save_model_directory
+from gptdraw.model_dir import ADAPTER_DIR, MODEL_CONFIG_NAME, PARTS, save_model_directory
 from gptdraw.runtime import accelerate_precision, evaluation_mode, resolve_device, resolve_precision
 from gptdraw.sequence import SequenceLayout
 from gptdraw.vq.model import ImageTokenizer
@@ -60,6 +68,8 @@ from gptdraw.vq.model import ImageTokenizer
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "train_config.json"
+EXPORT_NAME = "export.json"
+"""Which checkpoint step the run directory's model holds: written once its export is whole."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -338,6 +348,9 @@ class TrainingRun:
         if self.sharded and config.lora_rank:
             raise ValueError("LoRA is for one process with little memory; it is not supported under FSDP")
         self.main, world = self.accelerator.is_main_process, self.accelerator.num_processes
+        if self.main:  # before any process lists the checkpoints
+            recover_run_directory(self.out_dir)
+        self.accelerator.wait_for_everyone()
         set_seed(config.seed)
 
         gpt = init_model if init_model is not None else build_model(config.model, layout, seed=config.seed)
@@ -378,8 +391,8 @@ class TrainingRun:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             # What this invocation trains with, as `gptdraw train --config` reads it back.
             write_json_atomic(self.out_dir / CONFIG_NAME, config.to_dict())
-            if not (self.out_dir / MODEL_CONFIG_NAME).exists():
-                self.export()
+            if not export_is_current(self.out_dir, self.resumed.step):
+                self.export(self.resumed.step)  # a fresh run's first model, or one a kill left half-written
             self.log = RunLog(self.out_dir, self.resumed.step, config, world, self.resumed.wandb_run_id)
         self.wandb_run_id = self.log.wandb_run_id if self.log is not None else self.resumed.wandb_run_id
         self.tokens_per_step = config.micro_batch_size * config.grad_accum * world * (layout.seq_len - 1)
@@ -387,10 +400,13 @@ class TrainingRun:
         self.last_log_step = self.resumed.step
         self.losses, self.grad_norm, self.eval_loss = None, None, None
 
-    def export(self) -> None:
-        """Writes the model directory (the run directory is one) from the unsharded GPT."""
-        save_model_directory(self.out_dir, transformer=self.export_gpt, text_tokenizer=self.caption_tokenizer,
-                             image_tokenizer=self.image_tokenizer, layout=self.layout, sampling=self.sampling)
+    def export(self, step: int) -> None:
+        """Writes the model directory (the run directory is one) from the unsharded GPT, as of
+        optimiser step `step`, then notes that step in export.json."""
+        with reporting_full_disk(self.out_dir):
+            save_model_directory(self.out_dir, transformer=self.export_gpt, text_tokenizer=self.caption_tokenizer,
+                                 image_tokenizer=self.image_tokenizer, layout=self.layout, sampling=self.sampling)
+        write_json_atomic(self.out_dir / EXPORT_NAME, {"step": step})
 
     def take_step(self, step: int) -> None:
         """Optimiser step `step` (0-based). Nothing in it waits for the device: its losses stay there
@@ -461,7 +477,7 @@ class TrainingRun:
             save_checkpoint(self.out_dir, done, weights, optimizer_state, self.config, self.layout,
                             self.resumed.history, self.wandb_run_id)
             prune_checkpoints(self.out_dir, self.config.keep_checkpoints)
-            self.export()
+            self.export(done)
             self.log.plot()
         self.accelerator.wait_for_everyone()
 
@@ -475,6 +491,25 @@ class TrainingRun:
             tokens_per_s=max(0, end_step - self.resumed.step) * self.tokens_per_step / max(seconds, 1e-9),
             main_process=self.main,
         )
+
+
+def recover_run_directory(out_dir: Path) -> None:
+    """Cleans up after a run killed while writing: its staging folders and temporary files are
+    deleted, and a model part it had renamed aside to replace is put back (see gptdraw.files)."""
+    for name in (*PARTS, ADAPTER_DIR, MODEL_CONFIG_NAME, EXPORT_NAME, CONFIG_NAME):
+        recover_leftovers(out_dir / name)
+    recover_checkpoints(out_dir)
+
+
+def export_is_current(out_dir: Path, step: int) -> bool:
+    """Whether the run directory holds a whole model exported at optimiser step `step`: its
+    export.json names that step (it is written after the rest) and no part is missing."""
+    try:
+        exported = json.loads((out_dir / EXPORT_NAME).read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    whole = (out_dir / MODEL_CONFIG_NAME).is_file() and all((out_dir / part).is_dir() for part in PARTS)
+    return whole and exported == step
 
 
 def train(
