@@ -16,10 +16,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+from gptdraw.untrusted_files import TOKENIZER_LIMIT, read_bytes, read_text, whole
 
 PAD_TOKEN = "<|pad|>"
 CONFIG_NAME = "caption_tokenizer.json"
@@ -80,9 +82,11 @@ class CaptionTokenizer:
         """Loads a pretrained GPT-2 tokenizer from a directory or a hub id."""
         path = Path(name_or_dir)
         if path.is_dir():
-            if (path / TOKENIZER_NAME).is_file():
-                tokenizer = Tokenizer.from_file(str(path / TOKENIZER_NAME))
-            elif (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+            if (path / TOKENIZER_NAME).exists():
+                tokenizer = read_tokenizer(path / TOKENIZER_NAME)
+            elif (path / "vocab.json").exists() and (path / "merges.txt").exists():
+                for name in ("vocab.json", "merges.txt"):  # regular files of a sane size, before tokenizers reads them
+                    read_bytes(path / name, TOKENIZER_LIMIT, what="tokenizer file")
                 tokenizer = Tokenizer(
                     models.BPE.from_file(str(path / "vocab.json"), str(path / "merges.txt"))
                 )
@@ -150,22 +154,44 @@ class CaptionTokenizer:
         (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "CaptionTokenizer":
+    def from_pretrained(cls, directory: str | os.PathLike, *, within: Sequence[Path] | None = None) -> "CaptionTokenizer":
+        """Loads what save_pretrained wrote. The folder is untrusted: both files are read only as
+        regular files under a size cap, and a cut, empty, oversized or foreign file is one line
+        naming it. `within`: the folders the files may resolve into."""
         directory = Path(directory)
         config_path = directory / CONFIG_NAME
         tokenizer_path = directory / TOKENIZER_NAME
         for path in (config_path, tokenizer_path):
-            if not path.is_file():
+            if not path.exists():
                 raise FileNotFoundError(f"caption tokenizer directory {directory} lacks {path.name}")
+        text = read_text(config_path, within=within, what="caption tokenizer config")  # a regular file, size-capped
         try:
-            config = json.loads(config_path.read_text())
-            text_len = int(config["text_len"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            config = json.loads(text)
+            if not isinstance(config, dict):
+                raise ValueError(f"it holds a {type(config).__name__}, not an object")
+            text_len = whole(config.get("text_len"), "text_len", 1, MAX_TEXT_LEN)
+            kind, name = config.get("kind", ""), config.get("name", "")
+            if not isinstance(kind, str) or not isinstance(name, str):
+                raise ValueError(f"kind and name must be text, got {kind!r} and {name!r}")
+        except (ValueError, RecursionError) as error:  # json's errors are ValueErrors
             raise ValueError(f"{config_path} is not a valid caption tokenizer config: {error}") from None
-        tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        loaded = cls(tokenizer, text_len, kind=config.get("kind", ""), name=config.get("name", ""))
-        if loaded.pad_id != config.get("pad_id", loaded.pad_id):
-            raise ValueError(
-                f"{directory}: pad id {loaded.pad_id} differs from the recorded {config['pad_id']}"
-            )
+        loaded = cls(read_tokenizer(tokenizer_path, within=within), text_len, kind=kind, name=name)
+        for field in ("pad_id", "vocab_size"):  # what the config recorded must be what the tokenizer is
+            if config.get(field, getattr(loaded, field)) != getattr(loaded, field):
+                raise ValueError(f"{directory}: {tokenizer_path.name} has {field} {getattr(loaded, field)}, but "
+                                 f"{config_path.name} records {config[field]!r}")
         return loaded
+
+
+MAX_TEXT_LEN = 65536
+"""The longest caption budget loaded: the GPT's context (gptdraw.gpt.config.MODEL_LIMITS) cannot hold more."""
+
+
+def read_tokenizer(path: str | os.PathLike, *, within: Sequence[Path] | None = None) -> Tokenizer:
+    """A tokenizers JSON file (under gptdraw.untrusted_files.TOKENIZER_LIMIT), parsed; one line naming the file if not."""
+    text = read_text(path, TOKENIZER_LIMIT, within=within, what="tokenizer")
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as error:  # tokenizers raises a bare Exception with serde's message
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise ValueError(f"{path} is not a tokenizer file: {reason}") from None

@@ -17,6 +17,10 @@ from pathlib import Path
 
 from gptdraw.model_dir import MODEL_CONFIG_NAME, MODEL_FILES, is_model_directory
 from gptdraw.repo_id import is_repo_id, looks_like_repo_id
+from gptdraw.untrusted_files import read_json, read_json_object, read_text
+
+METRICS_LIMIT = 256 * 2**20
+"""Largest metrics.jsonl read for a model card (256 MiB: a million logged steps)."""
 
 
 def resolve_model(name: str | Path, revision: str | None = None) -> Path:
@@ -43,19 +47,22 @@ def resolve_model(name: str | Path, revision: str | None = None) -> Path:
 
 def model_card(model_dir: Path, license: str, credits: str) -> str:
     """A model card from what the directory holds: layout, sampling, training settings, figures, samples."""
-    try:
-        config = json.loads((model_dir / MODEL_CONFIG_NAME).read_text())
-        training = json.loads((model_dir / "train_config.json").read_text()) if (model_dir / "train_config.json").is_file() else {}
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{model_dir}: a config is not valid JSON ({error})") from None
+    # The folder may be one fetched from someone else: each file read as a regular file under a cap.
+    config = read_json(model_dir / MODEL_CONFIG_NAME, what="model config")
+    training = (read_json_object(model_dir / "train_config.json", what="training config")
+                if (model_dir / "train_config.json").is_file() else {})
     if not isinstance(config, dict) or not isinstance(config.get("layout"), dict):
         raise ValueError(f"{model_dir / MODEL_CONFIG_NAME} is not a gptdraw model config")
     layout = config["layout"]
     last = {}
     metrics = model_dir / "metrics.jsonl"
     if metrics.is_file():
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        last = next((row for row in reversed(rows) if "loss" in row), {})
+        try:
+            rows = [json.loads(line) for line in read_text(metrics, METRICS_LIMIT, what="metrics log").splitlines()
+                    if line.strip()]
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{metrics} is not JSON lines: {error}") from None
+        last = next((row for row in reversed(rows) if isinstance(row, dict) and "loss" in row), {})
     samples = sorted((model_dir / "samples").glob("*.png")) if (model_dir / "samples").is_dir() else []
     lines = [
         "---", f"license: {license}", "library_name: gptdraw", "tags: [text-to-image, gptdraw, vqgan, gpt2]", "---", "",

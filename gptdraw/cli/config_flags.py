@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from gptdraw.runtime import PRECISIONS, canonical_precision
+from gptdraw.untrusted_files import JSON_LIMIT, read_text
 
 
 def field_help(cls: type) -> dict[str, str]:
@@ -103,12 +104,13 @@ def given_fields(args: argparse.Namespace, cls: type, skip: tuple[str, ...] = ()
 
 
 def read_config_file(path: str | Path) -> dict:
-    """A config file (YAML or JSON) as a dict; a clear error for anything else."""
+    """A config file (YAML or JSON) as a dict; a clear error for anything else. It is read only as a
+    regular file under gptdraw.untrusted_files.JSON_LIMIT (4 MiB), so /dev/zero or a FIFO is refused at once."""
     path = Path(path)
     try:
-        text = path.read_text()
-    except OSError as error:
-        raise FileNotFoundError(f"config file {path}: {error.strerror or error}") from None
+        text = read_text(path, JSON_LIMIT, what="config file")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path} does not exist") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
@@ -116,8 +118,9 @@ def read_config_file(path: str | Path) -> dict:
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
-    except Exception as error:  # yaml and json raise their own kinds
-        raise ValueError(f"config file {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {error}") from None
+    except Exception as error:  # yaml and json raise their own kinds (and RecursionError when nested too deep)
+        reason = " ".join(str(error).split())[:300] or type(error).__name__
+        raise ValueError(f"config file {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {reason}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of field names to values")
     return data
@@ -135,4 +138,7 @@ def apply_config_file(base, data: dict, path: str | Path = "the config file"):
     hints = typing.get_type_hints(type(base))
     values = {name: tuple(value) if get_origin(hints[name]) is tuple and isinstance(value, list) else value
               for name, value in data.items()}
-    return dataclasses.replace(base, **values)
+    try:  # the config class checks every value; say which file the refused one came from
+        return dataclasses.replace(base, **values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: {error}") from None

@@ -28,6 +28,11 @@ def check_numbers(config, whole: tuple[str, ...] = (), real: tuple[str, ...] = (
             raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
+MODEL_LIMITS = {"n_layer": 256, "n_head": 256, "n_embd": 16384, "n_positions": 65536, "vocab_size": 2**20}
+"""The largest GPT gptdraw builds or loads (far above GPT-2 XL's 48 layers × 1600, 1,024 positions and
+50,257 ids): a config past them is refused before anything is allocated."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Width and depth of the GPT-2 (vocabulary and context come from the sequence layout)."""
@@ -43,8 +48,9 @@ class ModelConfig:
 
     def __post_init__(self):
         check_numbers(self, whole=("n_layer", "n_head", "n_embd"), real=("dropout",))
-        if min(self.n_layer, self.n_head, self.n_embd) < 1:
-            raise ValueError(f"n_layer, n_head and n_embd must be at least 1, got {self.n_layer}, {self.n_head}, {self.n_embd}")
+        for name in ("n_layer", "n_head", "n_embd"):
+            if not 1 <= getattr(self, name) <= MODEL_LIMITS[name]:
+                raise ValueError(f"{name} must be in [1, {MODEL_LIMITS[name]}], got {getattr(self, name)}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
@@ -230,7 +236,7 @@ class SamplingConfig:
     temperature: float = 1.0
     """Softmax temperature; 0 draws the most likely code (greedy)."""
     top_k: int = 0
-    """Keep only the k most likely codes (0: all)."""
+    """Keep only the k most likely codes (0: all; at most 2**20, the largest vocabulary)."""
     top_p: float = 1.0
     """Keep the smallest set of codes whose probability reaches p (1: all)."""
     cfg_scale: float = 1.0
@@ -240,8 +246,8 @@ class SamplingConfig:
         check_numbers(self, whole=("top_k",), real=("temperature", "top_p", "cfg_scale"))
         if self.temperature < 0:
             raise ValueError(f"temperature must be ≥ 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be ≥ 0, got {self.top_k}")
+        if not 0 <= self.top_k <= MODEL_LIMITS["vocab_size"]:
+            raise ValueError(f"top_k must be in [0, {MODEL_LIMITS['vocab_size']}] (0: all codes), got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.cfg_scale < 0:

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
+from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.activations import ACT2FN
 
-from gptdraw.gpt.config import ModelConfig
+from gptdraw.gpt.config import MODEL_LIMITS, ModelConfig
 from gptdraw.sequence import SequenceLayout
+from gptdraw.untrusted_files import check_finite, check_tensors, read_json_object, real, safetensors_header, whole
 
 
 def gpt2_config(model: ModelConfig, layout: SequenceLayout) -> GPT2Config:
@@ -51,7 +55,11 @@ def build_model(model: ModelConfig, layout: SequenceLayout, seed: int = 0) -> GP
 
 def check_model_fits_layout(gpt: GPT2LMHeadModel, layout: SequenceLayout, where: str) -> None:
     """Refuses a GPT whose vocabulary or context does not match the layout it is used with."""
-    config = gpt.config
+    check_config_fits_layout(gpt.config, layout, where)
+
+
+def check_config_fits_layout(config: GPT2Config, layout: SequenceLayout, where: str) -> None:
+    """check_model_fits_layout on a GPT's config alone, before the GPT is built from it."""
     if config.vocab_size != layout.vocab_size:
         raise ValueError(
             f"{where}: the GPT has a vocabulary of {config.vocab_size} but the layout needs "
@@ -249,19 +257,83 @@ def save_transformer(gpt: GPT2LMHeadModel, directory: str | Path) -> None:
     gpt.save_pretrained(directory, safe_serialization=True)
 
 
-def load_transformer(directory: str | Path, device: str | torch.device = "cpu") -> GPT2LMHeadModel:
-    """Loads a saved GPT strictly from safetensors (never pickle)."""
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+"""A saved GPT's files, as transformers' save_pretrained writes them (one weights file below 50 GB)."""
+_FLAGS = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+          "tie_word_embeddings": True, "use_cache": True}
+"""The GPT-2 config's true/false fields gptdraw reads, with transformers' defaults."""
+
+
+def read_transformer_config(path: str | Path, *, within: Sequence[Path] | None = None) -> GPT2Config:
+    """A saved GPT's config.json, every field that shapes the network checked for type and range
+    (gptdraw.gpt.config.MODEL_LIMITS) before anything is built; fields gptdraw does not use (a
+    quantisation or an attention kernel, say) are left out rather than obeyed. `within`: the
+    folders the file may resolve into."""
+    data = read_json_object(path, within=within, what="GPT config")
+    try:
+        return GPT2Config(**_gpt2_fields(data))
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def _gpt2_fields(data: dict) -> dict:
+    if data.get("model_type", "gpt2") != "gpt2" or data.get("add_cross_attention", False) is not False:
+        raise ValueError(f"not a gptdraw GPT (model_type {data.get('model_type')!r}, add_cross_attention "
+                         f"{data.get('add_cross_attention', False)!r})")
+    fields = {name: whole(data.get(name), name, 1, MODEL_LIMITS[name])
+              for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head")}
+    if fields["n_embd"] % fields["n_head"]:
+        raise ValueError(f"n_embd {fields['n_embd']} is not divisible by n_head {fields['n_head']}")
+    if data.get("n_inner") is not None:
+        fields["n_inner"] = whole(data["n_inner"], "n_inner", 1, 4 * MODEL_LIMITS["n_embd"])
+    activation = data.get("activation_function", "gelu_new")
+    if not isinstance(activation, str) or activation not in ACT2FN:
+        raise ValueError(f"activation_function {activation!r} is not one transformers knows")
+    fields["activation_function"] = activation
+    for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        fields[name] = real(data.get(name, 0.0), name, 0.0, 1.0, open_high=True)
+    fields["layer_norm_epsilon"] = real(data.get("layer_norm_epsilon", 1e-5), "layer_norm_epsilon", 1e-12, 1.0)
+    fields["initializer_range"] = real(data.get("initializer_range", 0.02), "initializer_range", 0.0, 1.0)
+    for name, default in _FLAGS.items():
+        fields[name] = data.get(name, default)
+        if not isinstance(fields[name], bool):
+            raise ValueError(f"{name} must be true or false, got {fields[name]!r}")
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):  # GPT-2's own ids mean nothing here
+        value = data.get(name)
+        fields[name] = None if value is None else whole(value, name, 0, fields["vocab_size"] - 1)
+    return fields
+
+
+def load_transformer(directory: str | Path, device: str | torch.device = "cpu", *, config: GPT2Config | None = None,
+                     within: Sequence[Path] | None = None) -> GPT2LMHeadModel:
+    """Loads a saved GPT strictly from safetensors (never pickle), treating the folder as untrusted.
+
+    The config (`config`, or read from config.json) is checked first, then the weights' header
+    against the tensors that config makes (names, shapes, floating dtypes; offsets inside the
+    file), all before a byte of weights is read; NaN or infinite weights are refused by name.
+    The network is built on the meta device and takes the loaded tensors as they are.
+    """
     directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        raise FileNotFoundError(f"{directory} has no config.json: not a saved GPT")
-    if not any(directory.glob("*.safetensors")):
-        raise FileNotFoundError(f"{directory} has no .safetensors weights")
-    gpt, info = GPT2LMHeadModel.from_pretrained(
-        directory, use_safetensors=True, output_loading_info=True
-    )
-    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
-    if problems:
-        raise ValueError(f"{directory}: the GPT weights do not match its config: {problems}")
+    if config is None:
+        config = read_transformer_config(directory / CONFIG_FILE, within=within)
+    weights = directory / WEIGHTS_FILE
+    if not weights.exists():
+        raise FileNotFoundError(f"{directory} has no {WEIGHTS_FILE}: not a saved gptdraw GPT")
+    with torch.device("meta"):
+        gpt = GPT2LMHeadModel(config)
+    tied = ("lm_head.weight",) if config.tie_word_embeddings else ()
+    expected = {name: tuple(tensor.shape) for name, tensor in gpt.state_dict().items()}
+    check_tensors(weights, safetensors_header(weights, within=within), expected, optional=tied)
+    try:
+        state = load_file(str(weights))
+    except Exception as error:  # safetensors' own error for what the header check let through
+        raise ValueError(f"cannot read {weights}: {str(error).splitlines()[0] if str(error) else error!r}") from None
+    check_finite(weights, state.items())
+    gpt.load_state_dict(state, strict=False, assign=True)  # exactly the expected tensors: checked above
+    gpt.tie_weights()
+    left = [name for name, tensor in gpt.state_dict(keep_vars=True).items() if tensor.is_meta]
+    if left:
+        raise ValueError(f"{weights}: tensors left without weights after loading: {left[:3]}")
     return gpt.to(device).eval()
 
 
@@ -280,6 +352,8 @@ def adapt_pretrained_gpt2(name_or_dir: str | Path, layout: SequenceLayout, dropo
     The caption tokenizer must be GPT-2's own (`CaptionTokenizer.from_gpt2`), so that caption
     id i means the same token to the pretrained embeddings.
     """
+    if (Path(name_or_dir) / CONFIG_FILE).is_file():  # a local folder: its sizes checked before transformers builds them
+        read_transformer_config(Path(name_or_dir) / CONFIG_FILE)
     try:
         gpt, info = GPT2LMHeadModel.from_pretrained(str(name_or_dir), use_safetensors=True, output_loading_info=True)
     except OSError as error:

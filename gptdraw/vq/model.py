@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 # The configs and presets live in a torch-free module; they are re-exported here.
+from gptdraw.untrusted_files import TensorEntry, check_finite, check_tensors, read_json_object, safetensors_header
 from gptdraw.vq.config import VQ_PRESETS, VQConfig, vq_preset  # noqa: F401
 
 FORMAT_NAME = "gptdraw-vq"
@@ -53,21 +55,8 @@ def load_state_dict_strict(module: torch.nn.Module, state_dict: dict[str, torch.
     each, with counts) and `source` (a file or checkpoint name), so a wrong or truncated
     checkpoint is explained rather than half-loaded.
     """
-    expected = module.state_dict()
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    mismatched = [
-        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(value.shape)}"
-        for key, value in expected.items()
-        if key in state_dict and tuple(state_dict[key].shape) != tuple(value.shape)
-    ]
-    problems = []
-    for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
-        if items:
-            shown = ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
-            problems.append(f"{len(items)} {label} ({shown})")
-    if problems:
-        raise ValueError(f"weights from {source} do not fit the model: " + "; ".join(problems))
+    expected = {key: tuple(value.shape) for key, value in module.state_dict().items()}
+    check_tensors(source, {key: TensorEntry(None, tuple(value.shape)) for key, value in state_dict.items()}, expected)
     module.load_state_dict(state_dict, strict=True, assign=assign)
 
 
@@ -225,26 +214,37 @@ class ImageTokenizer(torch.nn.Module):
         directory: str | Path,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        config: VQConfig | None = None,
+        within: Sequence[Path] | None = None,
     ) -> "ImageTokenizer":
-        """Load a tokenizer written by `save_pretrained` (or by a converter), in eval mode."""
+        """Load a tokenizer written by `save_pretrained` (or by a converter), in eval mode.
+
+        The folder is untrusted: its config (`config`, or read from config.json) is checked, then
+        the weights' header against the tensors that config makes, before any weights are read;
+        NaN or infinite weights are refused by name. `within`: the folders its files may resolve into.
+        """
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"image tokenizer directory not found: {directory}")
-        config = read_config(directory / CONFIG_FILE)
+        config = config or read_config(directory / CONFIG_FILE, within=within)
         weights_path = directory / WEIGHTS_FILE
-        if not weights_path.is_file():
+        if not weights_path.exists():
             raise FileNotFoundError(f"image tokenizer weights not found: {weights_path}")
+        # Build on the meta device (no allocation, no wasted random init) to learn the tensors it needs.
+        with torch.device("meta"):
+            tokenizer = cls(config)
+        expected = {key: tuple(value.shape) for key, value in tokenizer.model.state_dict().items()}
+        check_tensors(weights_path, safetensors_header(weights_path, within=within), expected)
         try:
             state_dict = load_file(str(weights_path))
         except (SafetensorError, OSError) as error:
-            raise ValueError(f"cannot read image tokenizer weights {weights_path}: {error}") from error
+            raise ValueError(f"cannot read image tokenizer weights {weights_path}: {error}") from None
+        check_finite(weights_path, state_dict.items())
         dtype = dtype or torch.float32
         state_dict = {
             key: value.to(dtype) if value.is_floating_point() else value for key, value in state_dict.items()
         }
-        # Build on the meta device (no wasted random init) and take the loaded tensors as-is.
-        with torch.device("meta"):
-            tokenizer = cls(config)
         load_state_dict_strict(tokenizer.model, state_dict, source=str(weights_path), assign=True)
         left_on_meta = [name for name, tensor in tokenizer.state_dict(keep_vars=True).items() if tensor.is_meta]
         if left_on_meta:
@@ -254,16 +254,14 @@ class ImageTokenizer(torch.nn.Module):
         return tokenizer.eval()
 
 
-def read_config(path: str | Path) -> VQConfig:
-    """Read a tokenizer config.json, with errors that name the file and the problem."""
+def read_config(path: str | Path, *, within: Sequence[Path] | None = None) -> VQConfig:
+    """Read a tokenizer config.json (a regular file under gptdraw.untrusted_files.JSON_LIMIT), with
+    errors that name the file and the problem."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"image tokenizer config not found: {path}")
-    try:
-        document = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    if not isinstance(document, dict) or document.get("format") != FORMAT_NAME:
+    document = read_json_object(path, within=within, what="image tokenizer config")
+    if document.get("format") != FORMAT_NAME:
         raise ValueError(f"{path} is not a {FORMAT_NAME} config (its \"format\" field is not {FORMAT_NAME!r})")
     if document.get("version") != FORMAT_VERSION:
         raise ValueError(f"{path} has {FORMAT_NAME} version {document.get('version')!r}; this gptdraw reads version {FORMAT_VERSION}")
@@ -272,4 +270,4 @@ def read_config(path: str | Path) -> VQConfig:
     try:
         return VQConfig.from_dict(document["config"])
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: invalid config: {error}") from error
+        raise ValueError(f"{path}: invalid config: {error}") from None
