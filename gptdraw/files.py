@@ -92,6 +92,8 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     try:
         write_durable(temporary, data)
         os.replace(temporary, path)
+    except DiskFullError as error:
+        raise DiskFullError(path) from error  # the file the user knows, not its temporary name
     finally:
         temporary.unlink(missing_ok=True)
 

@@ -10,10 +10,10 @@ import logging
 from pathlib import Path
 
 # Torch-free modules only, so that `--help` and argument errors stay fast; the handlers import the rest.
-from gptdraw.cli import UserError
+from gptdraw.cli import UserError, claimed_out
 from gptdraw.cli.config_flags import add_config_flags, apply_config_file, given_fields, read_config_file
 from gptdraw.data.prepare_config import PrepareConfig
-from gptdraw.runtime import PRECISIONS
+from gptdraw.runtime import PRECISIONS, resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +102,15 @@ def source_options(args: argparse.Namespace, image_size: int) -> dict:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    config = prepare_config(args)
+    if args.device is not None:
+        resolve_device(args.device)  # a device this machine lacks is refused before any work
+    with claimed_out(args) as out:  # checked, and held against a second run on it until the end
+        return prepare_into(out, args, config)
+
+
+def prepare_into(out: Path, args: argparse.Namespace, config: PrepareConfig) -> int:
+    """`gptdraw prepare`'s work, once its settings are checked and its --out is held."""
     import torch
     from accelerate import PartialState
 
@@ -109,7 +118,6 @@ def run_prepare(args: argparse.Namespace) -> int:
     from gptdraw.data.sources import open_source
     from gptdraw.vq.model import ImageTokenizer
 
-    config = prepare_config(args)
     vq_dir = Path(args.image_tokenizer)
     image_tokenizer = ImageTokenizer.from_pretrained(vq_dir)
     source = open_source(args.source, format=args.format, **source_options(args, image_tokenizer.config.image_size))
@@ -117,8 +125,6 @@ def run_prepare(args: argparse.Namespace) -> int:
     # cpu=True where there is no CUDA: only then does accelerate see several CPU processes
     # started by a launcher as one job (otherwise each would think it is alone and redo every shard).
     state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     caption_tokenizer = caption_tokenizer_for(source, out, config, is_main_process=state.is_main_process,
                                               wait_for_everyone=state.wait_for_everyone)
     result = prepare(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 
 from gptdraw.apps.quickstart_config import QuickstartConfig
+from gptdraw.cli import claimed_out
 from gptdraw.cli.config_flags import add_config_flags, given_fields
+from gptdraw.runtime import resolve_device
 
 # Sampling settings are chosen by bench/quality.py on the tuning set; `gptdraw generate` takes
 # its own sampling flags for a trained model.
@@ -29,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
     from gptdraw.apps.quickstart import run_quickstart
 
     config = replace(QuickstartConfig(), **given_fields(args, QuickstartConfig, skip=SKIP))
-    summary = run_quickstart(args.out, config)
+    resolve_device(config.device, flag="--device")  # a device this machine lacks is refused before any work
+    with claimed_out(args):  # checked, and held against a second run on it until the end
+        summary = run_quickstart(args.out, config)
     print(
         f"held-out prompts drawn correctly: {summary['one_object_accuracy']:.0%} of one-object, "
         f"{summary['two_object_accuracy']:.0%} of two-object ({config.images_per_prompt} images each)\n"

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 # gptdraw.gpt.config holds only dataclasses, so its presets and fields can fill the parser. The
 # modules that import torch and transformers load inside the handler, so that `--help` and
 # argument errors stay fast.
+from gptdraw.cli import claimed_out
 from gptdraw.cli.config_flags import add_config_flags, apply_config_file, given_fields, read_config_file
 from gptdraw.gpt.config import MODEL_PRESETS, TRAIN_PRESETS, ModelConfig, TrainConfig, model_preset, train_preset
 
@@ -65,6 +66,12 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    config = train_config(args)  # a bad setting is refused before --out is made
+    with claimed_out(args):  # checked, and held against a second run on it until the end
+        return train_into_out(args, config)
+
+
+def train_into_out(args: argparse.Namespace, config: TrainConfig) -> int:
     from gptdraw.captions import CaptionTokenizer
     from gptdraw.data.shards import ShardDataset
     from gptdraw.gpt.finetune import load_for_finetuning
@@ -75,7 +82,6 @@ def run(args: argparse.Namespace) -> int:
     from gptdraw.sequence import SequenceLayout
 
     data_dir = Path(args.data)
-    config = train_config(args)
     train_data = ShardDataset(data_dir)
     eval_dir = Path(args.eval_data) if args.eval_data else data_dir / "eval"
     eval_data = ShardDataset(eval_dir) if eval_dir.exists() else None

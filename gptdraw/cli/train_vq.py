@@ -11,8 +11,9 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from gptdraw.cli import UserError
+from gptdraw.cli import UserError, claimed_out
 from gptdraw.cli.config_flags import add_config_flags, apply_config_file, given_fields, read_config_file
+from gptdraw.runtime import resolve_device
 from gptdraw.vq.config import VQ_PRESETS, VQTrainConfig, vq_preset
 
 logger = logging.getLogger(__name__)
@@ -53,22 +54,23 @@ def vq_train_config(args: argparse.Namespace) -> VQTrainConfig:
 
 
 def run_train_vq(args: argparse.Namespace) -> int:
-    import torch
-
-    from gptdraw.data.decode import image_files, load_images
-    from gptdraw.vq.train import shapes_images, train_vq
-
     if args.shapes_count is not None and args.shapes_count <= 0:
         raise UserError(f"--shapes-count must be positive, got {args.shapes_count}")
     if args.image_size is not None and args.image_size <= 0:
         raise UserError(f"--image-size must be positive, got {args.image_size}")
     config = vq_train_config(args)
-    image_size = config.image_size
-    try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as error:
-        raise UserError(f"unknown device {args.device!r}: {error}") from error
+    device = resolve_device(args.device)
+    # The tokenizer replaces --out whole when it is saved, so its lock sits beside it.
+    with claimed_out(args, beside=True) as out:
+        return train_vq_into(out, args, config, device)
 
+
+def train_vq_into(out: Path, args: argparse.Namespace, config, device) -> int:
+    """`gptdraw vq train`'s work, once its settings are checked and its --out is held."""
+    from gptdraw.data.decode import image_files, load_images
+    from gptdraw.vq.train import shapes_images, train_vq
+
+    image_size = config.image_size
     if args.images is not None:
         images, _, skipped = load_images(image_files(args.images), image_size)
         for problem in skipped:
@@ -80,7 +82,7 @@ def run_train_vq(args: argparse.Namespace) -> int:
     else:
         images = shapes_images(args.shapes_count or 8000, image_size, seed=config.seed)
 
-    result = train_vq(config, images, args.out, device=device)
+    result = train_vq(config, images, out, device=device)
     print(
         f"saved image tokenizer to {args.out}: PSNR {result.psnr:.2f} dB, codebook usage "
         f"{100 * result.codebook_usage:.1f}%, perplexity {result.perplexity:.0f}, "
