@@ -46,7 +46,7 @@ MAX_IMAGES = 10_000
 100,000 images per prompt is refused at once instead of running for days."""
 
 DECODE_BATCH = 16
-"""Images turned into pixels at once: a 256-px VQGAN decoder needs about 150 MB per image in fp32."""
+"""Partial images turned into pixels at once: a 256-px VQGAN decoder needs about 150 MB per image in fp32."""
 
 
 @dataclass
@@ -330,9 +330,13 @@ class GPTDrawPipeline:
 
     def decode_partial(self, codes: torch.Tensor) -> list[Image.Image]:
         """(B, n ≤ h·w) codes → images; positions not yet drawn are painted grey.
-        Decoded DECODE_BATCH images at a time, so that memory does not grow with B."""
-        return [image for start in range(0, codes.shape[0], DECODE_BATCH)
-                for image in self._decode_chunk(codes[start : start + DECODE_BATCH])]
+
+        Finished images are decoded one at a time: a convolution's rounding can change with the
+        batch it runs in, and an image's pixels must depend on its codes alone, not on how many
+        were drawn beside it. Partial ones (previews) go DECODE_BATCH at a time. Either way memory
+        does not grow with B."""
+        chunk = 1 if codes.shape[1] == self.layout.image_len else DECODE_BATCH
+        return [image for start in range(0, codes.shape[0], chunk) for image in self._decode_chunk(codes[start : start + chunk])]
 
     def _decode_chunk(self, codes: torch.Tensor) -> list[Image.Image]:
         batch, drawn = codes.shape

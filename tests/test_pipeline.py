@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from gptdraw import GPTDrawPipeline
+from gptdraw.pipeline import finished_drawing
 from gptdraw.gpt.sampling import CodeDrawer, DrawerConfig, SamplingConfig
 from gptdraw.vq.model import ImageTokenizer
 
@@ -126,3 +127,68 @@ def test_bf16_decode_on_cpus_that_have_it(pipe, tmp_path):
     rounded = [np.asarray(image, dtype=float) for image in fp32.decode_partial(codes)]
     differences = np.abs(np.stack(exact) - np.stack(rounded))
     assert differences.mean() < 2.0 and differences.max() <= 16  # 0–255 pixel levels
+
+
+# ----------------------------------------------------------------- bounded work (issue 23)
+def drawn_codes(pipe, prompts, n, seed, **options):
+    return finished_drawing(pipe.stream(prompts, n, seed=seed, every=pipe.layout.image_len, **options))
+
+
+def test_the_same_seed_draws_the_same_images_in_one_batch_or_several(pipe):
+    prompts = ["a red circle", "a blue square at the top", "a green triangle"]
+    whole = drawn_codes(pipe, prompts, 3, seed=6, max_batch=9)
+    for max_batch in (1, 2, 4):
+        split = drawn_codes(pipe, prompts, 3, seed=6, max_batch=max_batch)
+        assert torch.equal(split.codes, whole.codes), max_batch
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(split.images, whole.images))
+    assert len(whole.images) == 9 and len({image.tobytes() for image in whole.images}) > 1
+    # __call__ batches the same way, and an image prompt (prefix codes) is split with its rows.
+    assert [a.tobytes() for a in pipe(prompts, 3, seed=6, max_batch=2)] == [a.tobytes() for a in whole.images]
+    prefix = whole.codes[:, :5]
+    kept = [pipe(prompts, 3, seed=1, prefix_codes=prefix, max_batch=size) for size in (9, 4)]
+    assert [a.tobytes() for a in kept[0]] == [a.tobytes() for a in kept[1]]
+
+
+def test_a_drawing_of_several_batches_streams_each_in_turn(pipe, layout, capsys):
+    steps = list(pipe.stream(["a red circle", "a blue square"], 3, seed=0, every=8, max_batch=4))
+    assert [(step.first, len(step.images)) for step in steps if step.codes_drawn == layout.image_len] == [(0, 4), (4, 2)]
+    assert [step.codes_drawn for step in steps if step.first == 4] == list(range(8, layout.image_len + 1, 8))
+    assert "6/6" in capsys.readouterr().err  # a progress bar over the images, as there are two batches
+    pipe("a red circle", 2, seed=0)
+    assert "img" not in capsys.readouterr().err  # none for one batch
+
+
+def test_absurd_totals_are_refused_before_any_work(pipe, monkeypatch):
+    def no_drawing(*args, **kwargs):
+        raise AssertionError("drew before refusing")
+
+    monkeypatch.setattr(pipe.drawer, "iter_codes", no_drawing)
+    monkeypatch.setattr(pipe, "encode_prompts", no_drawing)
+    with pytest.raises(ValueError, match="more than max_images 5; raise max_images"):
+        pipe(["a red circle"] * 3, num_images_per_prompt=2, max_images=5)
+    with pytest.raises(ValueError, match="10,001 images .* more than max_images 10,000"):
+        pipe("a red circle", num_images_per_prompt=10_001)
+    with pytest.raises(ValueError, match="max_images"):
+        pipe.stream_ids(torch.zeros(11, pipe.layout.text_len, dtype=torch.long), max_images=10)
+    for bad in ({"max_batch": 0}, {"every": 0}, {"seed": 2**64}, {"seed": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):  # at the call, not at the first step
+            pipe.stream_ids(torch.zeros(2, pipe.layout.text_len, dtype=torch.long), **bad)
+    monkeypatch.undo()
+    assert len(pipe("a red circle", num_images_per_prompt=3, max_images=3, seed=0)) == 3
+
+
+def test_codes_are_decoded_a_few_images_at_a_time(pipe, monkeypatch):
+    import gptdraw.pipeline
+
+    codes = torch.randint(0, pipe.layout.codebook_size, (5, pipe.layout.image_len), generator=torch.Generator().manual_seed(0))
+    alone = [pipe.decode_partial(row[None])[0] for row in codes]
+    sizes = []
+    decode = pipe.image_tokenizer.decode
+    monkeypatch.setattr(pipe.image_tokenizer, "decode", lambda grid: sizes.append(len(grid)) or decode(grid))
+    monkeypatch.setattr(gptdraw.pipeline, "DECODE_BATCH", 2)
+    # Finished images one by one: each image's pixels are what it gives alone.
+    assert [image.tobytes() for image in pipe.decode_partial(codes)] == [image.tobytes() for image in alone]
+    assert sizes == [1] * 5
+    sizes.clear()
+    assert len(pipe.decode_partial(codes[:, :7])) == 5  # previews a few at a time
+    assert sizes == [2, 2, 1]
