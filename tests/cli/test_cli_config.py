@@ -219,3 +219,78 @@ def test_prepare_settings_that_cannot_work_are_refused_naming_the_field(fields, 
 
     with pytest.raises(ValueError, match=message):
         PrepareConfig(**fields)
+
+
+def test_a_config_file_is_read_only_as_a_small_regular_file(tmp_path):
+    """`train --config /dev/zero` read until MemoryError, and a FIFO blocked for ever (issue 23)."""
+    import os
+
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.json"
+    with open(big, "wb") as file:
+        file.truncate(5 * 2**20)  # sparse: no disk written
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    for path, message in (("/dev/zero", "/dev/zero is a device, not a regular file"),
+                          (fifo, "fifo.json is a FIFO, not a regular file"), (tmp_path, "is a folder"),
+                          (big, "big.json is 5 MiB, over the 4 MiB limit for a config file"),
+                          (deep, "deep.json is not valid JSON")):
+        with pytest.raises(ValueError) as error:
+            parse([*BASE, "--config", str(path)])
+        assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("entries, message", [
+    ({"checkpoint_every": 0}, "checkpoint_every must be at least 1"),
+    ({"log_every": 0}, "log_every must be at least 1"),
+    ({"grad_clip": float("nan")}, "grad_clip must be a finite number"),
+    ({"seed": 2**64}, r"seed must be in \[0, 2\*\*63\)"),
+    ({"lr": "fast"}, "lr must be a finite number"),
+])
+def test_a_value_the_config_refuses_names_the_file_it_came_from(tmp_path, entries, message):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(entries))  # json writes NaN as NaN, which json (and the page's API) reads back
+    with pytest.raises(ValueError, match=f"{path}: {message}"):
+        parse([*BASE, "--config", str(path)])
+
+
+def test_a_model_in_a_config_file_is_bounded_before_anything_is_built(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"model": {"n_layer": 1_000_000, "n_head": 2, "n_embd": 32}}))
+    with pytest.raises(ValueError, match=r"n_layer must be in \[1, 256\], got 1000000"):
+        parse([*BASE, "--config", str(path)])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--checkpoint-every", "0"], "checkpoint_every must be at least 1"),
+    (["--log-every", "0"], "log_every must be at least 1"),
+    (["--grad-clip", "nan"], "grad_clip must be a finite number"),
+    (["--eval-batches", "0"], "eval_batches must be at least 1"),
+    (["--seed", str(2**64)], r"seed must be in [0, 2**63)"),
+])
+def test_training_flags_the_config_refuses_are_one_line(tmp_path, capsys, flags, message):
+    from gptdraw.cli import main
+
+    assert main(["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), *flags]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("gptdraw train: error:") and message in error and "\n" not in error
+    assert not (tmp_path / "out").exists()  # refused before anything was made
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--cfg-scale", "nan"], "cfg_scale must be a finite number"),
+    (["--cfg-scale", "inf"], "cfg_scale must be a finite number"),
+    (["--temperature", "nan"], "temperature must be a finite number"),
+    (["--top-k", "2000000"], "top_k must be in [0, 1048576]"),
+])
+def test_drawing_flags_the_config_refuses_are_one_line(tmp_path, capsys, flags, message):
+    from pathlib import Path
+
+    from gptdraw.cli import main
+
+    model = Path(__file__).parents[1] / "fixtures" / "model-v1" / "model"
+    assert main(["generate", "a red circle", "--model", str(model), "--out", str(tmp_path / "out"), *flags]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("INFO ")]
+    assert len(errors) == 1 and errors[0].startswith("gptdraw generate: error:") and message in errors[0], errors
+    assert not list((tmp_path / "out").glob("*.png"))

@@ -48,3 +48,20 @@ def test_zero_still_switches_evaluation_and_samples_off():
 def test_model_config_refuses_empty_or_undefined_shapes(changes):
     with pytest.raises(ValueError):
         ModelConfig(**{"n_layer": 2, "n_head": 2, "n_embd": 32, **changes})
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(n_layer=1_000_000), r"n_layer must be in \[1, 256\]"),
+    (dict(n_head=512, n_embd=1024), r"n_head must be in \[1, 256\]"),
+    (dict(n_embd=32768), r"n_embd must be in \[1, 16384\]"),
+])
+def test_model_config_refuses_shapes_too_big_to_build(changes, message):
+    """A million layers from a --config file took minutes and gigabytes before failing."""
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**{"n_layer": 2, "n_head": 2, "n_embd": 32, **changes})
+
+
+def test_sampling_refuses_a_top_k_past_any_vocabulary():
+    with pytest.raises(ValueError, match=r"top_k must be in \[0, 1048576\]"):
+        SamplingConfig(top_k=2**64)  # would overflow the sampler's int64 tensor
+    assert SamplingConfig(top_k=2**20).top_k == 2**20
