@@ -156,12 +156,12 @@ def check_adapter(folder: Path, gpt_config, within: tuple[Path, ...]) -> None:
     """The LoRA adapter's files, checked before peft reads them: a regular config under the size cap
     with a rank and scale in range, and weights whose header holds."""
     path = folder / "adapter_config.json"
-    settings = read_json_object(path, within=within, what="adapter config")
     try:
+        settings = read_json_object(path, within=within, what="adapter config")
         whole(settings.get("rank"), "rank", 1, gpt_config.n_embd)
         real(settings.get("alpha"), "alpha", 0.0, 1e6)
     except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
+        raise ValueError(f"{folder} is not a readable LoRA adapter: {error}") from None
     safetensors_header(folder / "adapter_model.safetensors", within=within)
 
 

@@ -143,15 +143,15 @@ def safetensors_header(path: str | os.PathLike, *, within: Sequence[Path] | None
         start = file.read(8)
         length = struct.unpack("<Q", start)[0] if len(start) == 8 else None
         if length is None or length > min(HEADER_LIMIT, size - 8):
-            raise ValueError(f"cannot read {path}: not a safetensors file (or cut short), its first 8 bytes do not "
+            raise ValueError(f"cannot read {path}: not a readable safetensors file (or cut short): its first 8 bytes do not "
                              f"give the length of a header within its {size} bytes")
         header = file.read(length)
     try:
         entries = json.loads(header.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ValueError(f"cannot read {path}: not a safetensors file, its header is not JSON") from None
+        raise ValueError(f"cannot read {path}: not a readable safetensors file: its header is not JSON") from None
     if not isinstance(entries, dict):
-        raise ValueError(f"cannot read {path}: not a safetensors file, its header is not a JSON object")
+        raise ValueError(f"cannot read {path}: not a readable safetensors file: its header is not a JSON object")
     entries.pop("__metadata__", None)
     data_size = size - 8 - length
     return {name: _tensor_entry(path, name, entry, data_size) for name, entry in entries.items()}

@@ -154,13 +154,13 @@ CASES = {
     "short context": (set_field(GPT_CONFIG, "n_positions", 8), "context is 8 tokens"),
     # transformer/model.safetensors
     "GPT weights a pickle": (replace_with(GPT_WEIGHTS, pickle.dumps({"weight": [1.0] * 10})), "model.safetensors"),
-    "GPT weights are text": (replace_with(GPT_WEIGHTS, b"root:x:0:0:root:/root:/bin/bash\n"), "not a safetensors file"),
-    "GPT weights empty": (replace_with(GPT_WEIGHTS, b""), "not a safetensors file"),
+    "GPT weights are text": (replace_with(GPT_WEIGHTS, b"root:x:0:0:root:/root:/bin/bash\n"), "not a readable safetensors file"),
+    "GPT weights empty": (replace_with(GPT_WEIGHTS, b""), "not a readable safetensors file"),
     "GPT weights cut": (cut(GPT_WEIGHTS, 0.5), "cut short"),
     "GPT weights link outside": (link_outside(GPT_WEIGHTS), "outside"),
     "GPT weights are a FIFO": (make_fifo(GPT_WEIGHTS), "model.safetensors is a FIFO"),
     "header length lies": (lambda model: (model / GPT_WEIGHTS).write_bytes(struct.pack("<Q", 2**40) + b"{}"),
-                           "not a safetensors file"),
+                           "not a readable safetensors file"),
     "offsets lie": (edit_header(GPT_WEIGHTS, lambda h: h[LN].update(data_offsets=[0, 10**9])), "header lies"),
     "shape lies about size": (edit_header(GPT_WEIGHTS, lambda h: h[LN].update(shape=[8])), "header lies"),
     "shape swapped": (edit_header(GPT_WEIGHTS, lambda h: h["transformer.h.0.attn.c_attn.weight"].update(shape=[48, 16])),
@@ -194,7 +194,7 @@ CASES = {
                        "tensor quantize.embedding.weight holds NaN"),
     # a LoRA adapter beside the GPT (checked before peft builds anything)
     "adapter of rank 1e9": (lambda model: (model / "adapter").mkdir() or (model / "adapter" / "adapter_config.json")
-                            .write_text(json.dumps({"rank": 10**9, "alpha": 16})), "adapter_config.json: rank"),
+                            .write_text(json.dumps({"rank": 10**9, "alpha": 16})), "not a readable LoRA adapter: rank must be a whole number"),
 }
 """name → (tampering, a part of the one-line error)."""
 
@@ -281,3 +281,14 @@ def test_generate_with_a_tampered_model_is_one_line_and_no_traceback(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert errors == [f"gptdraw generate: error: {model / GPT_CONFIG}: n_layer must be a whole number in [1, 256], "
                       "got 1000000"], result.stderr
+
+
+def test_the_python_api_refuses_settings_the_cli_refuses():
+    from gptdraw import GPTDrawPipeline
+
+    pipe = GPTDrawPipeline.from_pretrained(FIXTURE, device="cpu", precision="fp32")
+    for settings, message in ((dict(cfg_scale=float("nan")), "cfg_scale must be a finite number"),
+                              (dict(temperature=float("inf")), "temperature must be a finite number"),
+                              (dict(top_k=2.5), "top_k must be a whole number")):
+        with pytest.raises(ValueError, match=message):
+            pipe(["a red circle"], seed=0, **settings)

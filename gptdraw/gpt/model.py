@@ -298,9 +298,9 @@ def _gpt2_fields(data: dict) -> dict:
         fields[name] = data.get(name, default)
         if not isinstance(fields[name], bool):
             raise ValueError(f"{name} must be true or false, got {fields[name]!r}")
-    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):  # GPT-2's own ids mean nothing here
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):  # shape nothing; GPT-2's own are past a small vocabulary
         value = data.get(name)
-        fields[name] = None if value is None else whole(value, name, 0, fields["vocab_size"] - 1)
+        fields[name] = None if value is None else whole(value, name, 0, 2**31 - 1)
     return fields
 
 
