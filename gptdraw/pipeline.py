@@ -77,9 +77,14 @@ def check_image_count(count: int, max_images: int = MAX_IMAGES, *, flag: str = "
 
 
 def check_whole(value, name: str) -> None:
-    """Refuses a count that is not a whole number of at least 1, naming it."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """Refuses a count that is not a whole number of at least 1 (numpy's integers are), naming it."""
+    if not is_whole(value) or value < 1:
         raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+
+
+def is_whole(value) -> bool:
+    """Whether `value` is an integer of any kind (Python's or numpy's), but not a bool."""
+    return not isinstance(value, bool) and hasattr(type(value), "__index__")
 
 
 def finished_drawing(steps: Iterator[DrawingStep]) -> DrawingStep:
@@ -281,11 +286,11 @@ class GPTDrawPipeline:
         if prefix_codes is not None and prefix_codes.shape[0] != count:
             raise ValueError(f"prefix_codes has {prefix_codes.shape[0]} rows for {count} captions")
         sampling = self.settings(**settings)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**64):
+        if seed is not None and (not is_whole(seed) or not -2**63 <= seed < 2**64):
             raise ValueError(f"seed must be a whole number from -2**63 to 2**64 - 1, got {seed!r}")
         generator = torch.Generator(self.device)
         # Without a seed, a fresh one (torch.seed() would also reseed torch's global generator).
-        generator.manual_seed(seed if seed is not None else secrets.randbits(63))
+        generator.manual_seed(int(seed) if seed is not None else secrets.randbits(63))
         return self._draw_batches(caption_ids, generator, every, prefix_codes, sampling, max_batch, progress)
 
     def _draw_batches(self, caption_ids, generator, every, prefix_codes, sampling, max_batch, progress):
