@@ -5,18 +5,22 @@ A Gradio app over `GPTDrawPipeline.stream_ids`. Every request is checked before 
 out of range); a prompt over the caption budget is drawn truncated, with a visible warning.
 One drawing runs at a time and the queue holds at most `queue_size` waiting requests.
 
-The server reads no file and writes no file outside its output folder: drawings go to
-`<out>/drawings/`, and Gradio's own file cache is pointed at `<out>/.gradio/` (Gradio reads
-the GRADIO_TEMP_DIR environment variable for it, so `build_app` sets that variable).
+The server writes nothing outside `<out>/drawings/`, and no more than `keep_drawings`
+requests' folders there: Gradio's file cache is that folder (Gradio reads the GRADIO_TEMP_DIR
+environment variable for it, so `build_app` sets it), and the page takes no uploads. It serves
+only the files it drew for the requests it keeps, and a visitor who leaves has their drawing
+stopped and removed (`PageGuard`, `DrawingService`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import logging
 import math
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass
@@ -70,6 +74,8 @@ class ServeConfig:
     """How many times the picture is updated while it is drawn."""
     keep_drawings: int = 500
     """Requests whose drawings are kept on disk; older ones are deleted, so the folder stays bounded."""
+    monitoring: bool = False
+    """Gradio's /monitoring pages (request counts and latencies): off, since any visitor could read them."""
 
     def __post_init__(self):
         object.__setattr__(self, "out_dir", Path(self.out_dir).resolve())
@@ -155,8 +161,8 @@ def check_request(
 class DrawingUpdate:
     """What the page shows at one moment of a drawing."""
 
-    picture: Image.Image
-    """All images of the request side by side, undrawn codes grey."""
+    picture: str
+    """A PNG of all images of the request side by side, undrawn codes grey."""
     files: list[str]
     """Finished PNG files (empty until the drawing is done)."""
     status: str
@@ -165,16 +171,36 @@ class DrawingUpdate:
     """Why the drawing is not quite what was asked (a truncated prompt), or ""."""
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9_-]{24}")
+"""A request's folder name (secrets.token_urlsafe(18)): pruning touches no other folder."""
+
+
 class DrawingService:
-    """Draws checked requests and saves the results in the output folder."""
+    """Draws checked requests, keeps their files in the output folder, and knows which files the page serves.
+
+    Each request gets a folder `<out>/drawings/<unguessable>/`: its request.json, the live
+    picture's frames (frames/, removed when the next request starts), then its PNGs and the
+    last picture (picture.png). Only those files, of the requests still kept, are ever served.
+    """
 
     def __init__(self, pipe: GPTDrawPipeline, config: ServeConfig):
         self.pipe = pipe
         self.config = config
         self.drawings_dir = config.out_dir / "drawings"
+        # Real paths of the files the page may serve. A set of names, not a folder: a file
+        # anyone else puts beside them, or a request.json with its prompt, is not among them.
+        self._served: set[str] = set()
+
+    def serves(self, path: str) -> bool:
+        """Whether `path` is a file this server drew for a request it still keeps."""
+        return os.path.realpath(path) in self._served
 
     def draw(self, request: DrawRequest) -> Iterator[DrawingUpdate]:
-        """Yields the picture as it fills in, then the saved files."""
+        """Yields the picture as it fills in, then the saved files.
+
+        A drawing that is not finished (the visitor left and the caller closed this generator,
+        or it failed) leaves nothing behind.
+        """
         pipe = self.pipe
         caption_ids, warnings = pipe.encode_prompts([request.prompt])
         warning = ""
@@ -184,24 +210,34 @@ class DrawingService:
                 "tokens; only its beginning was drawn."
             )
         total = pipe.layout.image_len
-        every = max(1, total // self.config.frames_per_image)
         steps = pipe.stream_ids(
             caption_ids.expand(request.num_images, -1),
             seed=request.seed,
-            every=every,
+            every=max(1, total // self.config.frames_per_image),
             top_k=request.top_k,
             top_p=request.top_p,
             temperature=request.temperature,
             cfg_scale=request.cfg_scale,
+            progress=False,
         )
-        step = None
-        for step in steps:
-            if step.codes_drawn < total:
-                status = f"Drawing… {step.codes_drawn}/{total} codes"
-                yield DrawingUpdate(self._picture(step.images), [], " ".join(filter(None, [warning, status])), warning)
-        files = self._save(request, step.images)
-        status = f"Done: {len(files)} image{'s' if len(files) > 1 else ''} of {total} codes."
-        yield DrawingUpdate(self._picture(step.images), files, " ".join(filter(None, [warning, status])), warning)
+        run = self._new_run(request)
+        finished = False
+        try:
+            step = None
+            for frame, step in enumerate(steps):
+                if step.codes_drawn < total:
+                    picture = self._write_png(run / "frames" / f"{frame:04d}.png", self._picture(step.images))
+                    status = f"Drawing… {step.codes_drawn}/{total} codes"
+                    yield DrawingUpdate(picture, [], " ".join(filter(None, [warning, status])), warning)
+            files = [self._write_png(run / f"{index:02d}.png", image) for index, image in enumerate(step.images)]
+            picture = self._write_png(run / "picture.png", self._picture(step.images))
+            status = f"Done: {len(files)} image{'s' if len(files) > 1 else ''} of {total} codes."
+            finished = True
+            yield DrawingUpdate(picture, files, " ".join(filter(None, [warning, status])), warning)
+        finally:
+            steps.close()
+            if not finished:
+                self._remove(run)
 
     @staticmethod
     def _picture(images: list[Image.Image]) -> Image.Image:
@@ -209,18 +245,33 @@ class DrawingService:
         tiles = [enlarge(image, PICTURE_SIDE // min(4, len(images))) for image in images]
         return tiles[0] if len(tiles) == 1 else make_grid(tiles, columns=min(4, len(tiles)))
 
-    def _forget_old_drawings(self) -> None:
-        """Deletes the oldest requests' folders beyond config.keep_drawings (this one included)."""
-        runs = sorted((path for path in self.drawings_dir.iterdir() if path.is_dir()), key=lambda path: path.stat().st_mtime)
-        for old in runs[: max(0, len(runs) - self.config.keep_drawings)]:
-            shutil.rmtree(old, ignore_errors=True)
+    def _write_png(self, path: Path, image: Image.Image) -> str:
+        path.parent.mkdir(exist_ok=True)
+        image.save(path, format="PNG")
+        self._served.add(os.path.realpath(path))
+        return str(path)
 
-    def _save(self, request: DrawRequest, images: list[Image.Image]) -> list[str]:
+    def _remove(self, folder: Path) -> None:
+        """Deletes a folder this server wrote, and stops serving what was in it."""
+        inside = os.path.realpath(folder) + os.sep
+        self._served.difference_update([path for path in list(self._served) if path.startswith(inside)])
+        shutil.rmtree(folder, ignore_errors=True)
+
+    def _new_run(self, request: DrawRequest) -> Path:
+        """A new request's folder with its request.json, after pruning to keep_drawings folders in all.
+
+        The frames of earlier requests go now, not when their drawing ended: a browser fetches
+        the last few frames after the drawing is done, and they should still be there.
+        """
+        self.drawings_dir.mkdir(parents=True, exist_ok=True)
+        self._forget_old_drawings(room_for=1)
+        for frames in self.drawings_dir.glob("*/frames"):
+            if RUN_NAME.fullmatch(frames.parent.name):
+                self._remove(frames)
         # An unguessable folder per request: the files are served by path, and a visitor who
-        # could guess another's folder could read their drawings and prompt.
+        # could guess another's folder could read their drawings.
         run = self.drawings_dir / secrets.token_urlsafe(18)
-        run.mkdir(parents=True)
-        self._forget_old_drawings()
+        run.mkdir()
         sidecar = {
             "prompt": request.prompt,
             "seed": request.seed,
@@ -230,23 +281,167 @@ class DrawingService:
             ).to_dict(),
         }
         (run / "request.json").write_text(json.dumps(sidecar, indent=2) + "\n")
-        files = []
-        for index, image in enumerate(images):
-            path = run / f"{index:02d}.png"
-            image.save(path)
-            files.append(str(path))
-        return files
+        return run
+
+    def _forget_old_drawings(self, room_for: int = 0) -> None:
+        """Deletes the oldest requests' folders, leaving keep_drawings - room_for of them.
+
+        Only folders this page makes (a request's name and its request.json) are counted and
+        deleted: with `--out ~`, a `~/drawings/holiday/` is not the page's to delete.
+        """
+        runs = []
+        for path in self.drawings_dir.iterdir():
+            sidecar = path / "request.json"
+            if RUN_NAME.fullmatch(path.name) and not path.is_symlink() and sidecar.is_file():
+                runs.append((sidecar.stat().st_mtime_ns, path.name, path))
+        runs.sort()
+        for *_, old in runs[: max(0, len(runs) - (self.config.keep_drawings - room_for))]:
+            self._remove(old)
 
 
-def build_app(pipe: GPTDrawPipeline, config: ServeConfig):
-    """The Gradio Blocks app (not launched). Points Gradio's file cache into the output folder."""
-    cache_dir = config.out_dir / ".gradio"
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    # Gradio reads this for its cache and upload folder when components and the server are made.
-    os.environ["GRADIO_TEMP_DIR"] = str(cache_dir)
+# The routes the page and its API clients use (Gradio's page, its assets and config, the queue,
+# the REST call of /draw). Everything else Gradio offers is refused (a 404): uploads, proxies,
+# run history, screen recordings, the vibe editor, and any route a later Gradio adds, until it is let in here.
+OPEN_ROUTES = re.compile(
+    r"/(config/?|theme\.css|favicon\.ico|robots\.txt|manifest\.json|pwa_icon(/\d+)?|(assets|static|svelte)/.+)?"
+    r"|/gradio_api/(info/?|theme\.css|app_id/?|user/?|login_check/?|token/?|startup-events|heartbeat/[^/]+"
+    r"|queue/data|call/draw/[^/]+)"
+)
+DRAW_ROUTES = re.compile(r"/gradio_api/(queue/join|call/draw/?)")
+"""The POST routes that start a drawing: their values are counted before Gradio sees them."""
+OTHER_POSTS = re.compile(r"/gradio_api/(cancel|reset/?)")
+FILE_ROUTE = re.compile(r"/gradio_api/file[=/](?P<path>.+)")
+MONITORING = re.compile(r"/monitoring(/.*)?")
+RANGE = re.compile(r"bytes=(?P<start>\d*)-(?P<end>\d*)")
+MAX_BODY = 64 * 1024
+"""Largest request body (bytes): a draw request of the longest prompt, escaped, is well under it."""
+DRAW_VALUES = "prompt, seed, top-k, top-p, temperature, CFG scale, number of images"
+
+
+class PageGuard:
+    """The server's first word on every HTTP request, before Gradio's own routes.
+
+    It lets through only the routes the page uses (OPEN_ROUTES), serves only the files the
+    DrawingService drew (not the rest of --out, of Gradio's cache or of the working directory),
+    counts the values of a draw request, and answers a malformed Range header with a 4xx.
+    A pure ASGI middleware, so that streamed answers (the queue's events) pass through untouched.
+    """
+
+    def __init__(self, app, *, service: DrawingService, values: int, monitoring: bool):
+        self.app = app
+        self.service = service
+        self.values = values
+        self.monitoring = monitoring
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, method = scope["path"], scope["method"]
+        if method in ("GET", "HEAD"):
+            refusal = self._refuse_get(path, dict(scope["headers"]))
+        elif method == "POST" and DRAW_ROUTES.fullmatch(path):
+            body = await _read_body(receive, dict(scope["headers"]))
+            refusal = self._refuse_draw(body) if isinstance(body, bytes) else body
+            if refusal is None:
+                receive = _replay(body, receive)
+        elif method == "POST" and OTHER_POSTS.fullmatch(path):
+            refusal = None
+        elif path.startswith("/gradio_api/upload"):
+            refusal = 403, "this page takes no uploads"
+        else:
+            refusal = 404, "Not Found"
+        if refusal is None:
+            return await self.app(scope, receive, send)
+        status, message = refusal
+        logger.debug("refused %s %s: %d %s", method, path, status, message)
+        await _answer(send, status, message)
+
+    def _refuse_get(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
+        if OPEN_ROUTES.fullmatch(path) or (self.monitoring and MONITORING.fullmatch(path)):
+            return None
+        match = FILE_ROUTE.fullmatch(path)
+        if match is None:
+            return 404, "Not Found"
+        if not self.service.serves(match["path"]):
+            return 404, "Not Found: this page serves only its own drawings"
+        return _refuse_range(headers.get(b"range"))
+
+    def _refuse_draw(self, body: bytes) -> tuple[int, str] | None:
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return 422, "the request body is not JSON"
+        values = request.get("data") if isinstance(request, dict) else None
+        if not isinstance(values, list) or len(values) != self.values:
+            got = f"{len(values)}" if isinstance(values, list) else "no list of values"
+            return 422, f"a draw request takes {self.values} values ({DRAW_VALUES}), got {got}"
+        return None
+
+
+def _refuse_range(header: bytes | None) -> tuple[int, str] | None:
+    """A 4xx for a Range header Gradio's file route would answer with an error 500 or nonsense."""
+    if header is None:
+        return None
+    text = header.decode("latin-1").strip()
+    if text.startswith("bytes=") and "," in text:
+        return 416, "one byte range at a time"
+    match = RANGE.fullmatch(text)
+    if match is None or not (match["start"] or match["end"]):
+        return 400, f"malformed Range header {_shown(text)}"
+    if match["start"] and match["end"] and int(match["start"]) > int(match["end"]):
+        return 416, f"the Range {_shown(text)} ends before it starts"
+    return None
+
+
+async def _read_body(receive, headers: dict[bytes, bytes]) -> bytes | tuple[int, str]:
+    """The whole request body, or a refusal if it is over MAX_BODY (nothing more is read then)."""
+    length = headers.get(b"content-length", b"0")
+    if not length.isdigit() or int(length) > MAX_BODY:
+        return 413, f"the request body is over {MAX_BODY} bytes"
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return 400, "the client left"
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > MAX_BODY:
+            return 413, f"the request body is over {MAX_BODY} bytes"
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    """A `receive` that gives the body already read once, then what the client sends next (its leaving)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed():
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+async def _answer(send, status: int, message: str) -> None:
+    body = json.dumps({"detail": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_app(pipe: GPTDrawPipeline, config: ServeConfig, service: DrawingService | None = None):
+    """The Gradio Blocks app (not launched). Points Gradio's file cache at the drawings folder.
+
+    Gradio copies every file an output names into its cache folder unless it is there already;
+    with the cache at `<out>/drawings`, the drawings are in it, so Gradio copies nothing and
+    writes nothing of its own (uploads never reach it: see PageGuard).
+    """
+    service = service or DrawingService(pipe, config)
+    service.drawings_dir.mkdir(parents=True, exist_ok=True)
+    # Gradio reads this for its cache and upload folder when components and the server are made;
+    # there is no argument for it.
+    os.environ["GRADIO_TEMP_DIR"] = str(service.drawings_dir)
     import gradio as gr
 
-    service = DrawingService(pipe, config)
     defaults = pipe.default_settings
 
     def on_draw(prompt, seed, top_k, top_p, temperature, cfg_scale, num_images):
@@ -257,14 +452,17 @@ def build_app(pipe: GPTDrawPipeline, config: ServeConfig):
         except RequestError as error:
             raise gr.Error(str(error), title="Cannot draw this", print_exception=False) from None
         warned = False
-        for update in service.draw(request):
-            if update.warning and not warned:
-                gr.Warning(update.warning)  # a pop-up as well as the status line
-                warned = True
-            gallery = [(path, f"{request.prompt} #{i}") for i, path in enumerate(update.files)] or None
-            yield update.picture, gallery, update.files or None, update.status
+        # Gradio closes this generator when the visitor leaves; closing the drawing's with it
+        # stops the drawing at its next frame and removes its folder.
+        with contextlib.closing(service.draw(request)) as updates:
+            for update in updates:
+                if update.warning and not warned:
+                    gr.Warning(update.warning)  # a pop-up as well as the status line
+                    warned = True
+                gallery = [(path, f"{request.prompt} #{i}") for i, path in enumerate(update.files)] or None
+                yield update.picture, gallery, update.files or None, update.status
 
-    with gr.Blocks(title="gptdraw", analytics_enabled=False, delete_cache=(3600, 86400)) as app:
+    with gr.Blocks(title="gptdraw", analytics_enabled=False) as app:
         gr.Markdown("# gptdraw\nType what to draw and press **Draw**: the picture fills in code by code.")
         with gr.Row():
             with gr.Column(scale=1):
@@ -282,7 +480,7 @@ def build_app(pipe: GPTDrawPipeline, config: ServeConfig):
                                           value=min(defaults.cfg_scale, config.max_cfg_scale))
                 status = gr.Markdown(elem_id="status")
             with gr.Column(scale=1):
-                picture = gr.Image(label="Drawing", type="pil", format="png", interactive=False, elem_id="drawing",
+                picture = gr.Image(label="Drawing", type="filepath", format="png", interactive=False, elem_id="drawing",
                                    height=PICTURE_SIDE + 64)
                 gallery = gr.Gallery(label="Results", columns=4, elem_id="results", interactive=False,
                                      height=PICTURE_SIDE, object_fit="contain")
@@ -319,14 +517,18 @@ def launch(
 ):
     """Builds and starts the app; returns it (call `.close()` to stop) when block is False."""
     import gradio as gr
+    from starlette.middleware import Middleware
 
     if pipe.drawer.options.compile:
         warm_up(pipe, config.max_images)
-    app = build_app(pipe, config)
+    service = DrawingService(pipe, config)
+    app = build_app(pipe, config, service)
     # System fonts: the page fetches nothing from the internet.
     theme = gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
+    draw_inputs = next(len(fn.inputs) for fn in app.fns.values() if fn.api_name == "draw")
+    guard = Middleware(PageGuard, service=service, values=draw_inputs, monitoring=config.monitoring)
     app.launch(
         server_name=host,
         server_port=port,
@@ -336,8 +538,11 @@ def launch(
         show_error=False,
         ssr_mode=False,
         max_threads=8,
-        max_file_size=1,  # the page takes no uploads: refuse them before they reach the disk
-        allowed_paths=[str(config.out_dir)],
+        max_file_size=1,  # uploads are refused before Gradio (PageGuard); this is a second lock
+        enable_monitoring=config.monitoring,
+        run_history=False,  # Gradio would record every run and offer to upload them to a Hub bucket
+        mcp_server=False,
+        app_kwargs={"middleware": [guard]},
         theme=theme,
         footer_links=[],
     )
