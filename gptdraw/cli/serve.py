@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from gptdraw.cli import UserError
+from gptdraw.files import output_directory
 from gptdraw.runtime import PRECISIONS, canonical_precision
 
 
@@ -29,6 +30,9 @@ def register(subparsers) -> None:
     parser.add_argument("--frames", type=int, default=32,
                         help="picture updates per drawing (default: 32; each decodes the codes so far: "
                              "lower it for a large VQGAN on a CPU)")
+    parser.add_argument("--monitoring", action="store_true",
+                        help="open Gradio's /monitoring pages (request counts and latencies, readable by "
+                             "any visitor; default: off)")
     parser.set_defaults(func=run)
 
 
@@ -43,8 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from gptdraw.apps.serve import ServeConfig, launch
 
     config = ServeConfig(
-        out_dir=args.out, max_images=args.max_images, queue_size=args.queue_size, frames_per_image=args.frames,
-        keep_drawings=args.keep_drawings,
+        out_dir=output_directory(args.out, flag="--out"), max_images=args.max_images, queue_size=args.queue_size,
+        frames_per_image=args.frames, keep_drawings=args.keep_drawings, monitoring=args.monitoring,
     )
     pipe = GPTDrawPipeline.from_pretrained(args.model, device=args.device, precision=args.precision, compile=args.compile)
     # Gradio polls its own server through httpx; those requests are not news to the user.

@@ -237,3 +237,42 @@ def test_server_bounds_and_error_messages_are_safe(tmp_path):
     with pytest.raises(RequestError) as error:
         check(seed="<img src=x onerror=alert(1)>" * 10)
     assert "<img" not in str(error.value) and "&lt;img" in str(error.value) and len(str(error.value)) < 120
+
+
+def test_serve_command_passes_its_flags_to_the_server(command, served, tmp_path, monkeypatch, capsys):
+    import gptdraw.apps.serve
+
+    seen = {}
+    monkeypatch.setattr(gptdraw.apps.serve, "launch", lambda pipe, config, **options: seen.update(config=config))
+    args = ["serve", "--model", str(served.model_dir), "--device", "cpu", "--out", str(tmp_path / "page")]
+    assert command(args) == 0
+    assert seen["config"].out_dir == (tmp_path / "page").resolve() and seen["config"].monitoring is False
+    assert command([*args, "--monitoring"]) == 0 and seen["config"].monitoring is True
+    (tmp_path / "a-file").write_text("not a folder")
+    seen.clear()
+    assert command([*args[:-1], str(tmp_path / "a-file")]) == 2 and not seen  # refused before the model loads
+    assert "--out" in capsys.readouterr().err
+
+
+def test_the_guard_opens_monitoring_only_when_asked():
+    import asyncio
+    from gptdraw.apps.serve import PageGuard
+
+    async def gradio(scope, receive, send):  # stands in for Gradio's app: every request it sees is a 200
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    def status(monitoring: bool, path: str) -> int:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        guard = PageGuard(gradio, service=None, values=7, monitoring=monitoring)
+        scope = {"type": "http", "method": "GET", "path": path, "headers": []}
+        asyncio.run(guard(scope, None, send))
+        return sent[0]["status"]
+
+    for path in ("/monitoring", "/monitoring/summary"):
+        assert status(False, path) == 404 and status(True, path) == 200
+    assert status(False, "/") == 200 and status(False, "/gradio_api/upload_progress") == 404
