@@ -26,7 +26,8 @@ import shutil
 from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+from urllib.parse import parse_qs
 
 import torch
 from PIL import Image
@@ -304,9 +305,10 @@ class DrawingService:
 # run history, screen recordings, the vibe editor, and any route a later Gradio adds, until it is let in here.
 OPEN_ROUTES = re.compile(
     r"/(config/?|theme\.css|favicon\.ico|robots\.txt|manifest\.json|pwa_icon(/\d+)?|(assets|static|svelte)/.+)?"
-    r"|/gradio_api/(info/?|theme\.css|app_id/?|user/?|login_check/?|token/?|startup-events|heartbeat/[^/]+"
-    r"|queue/data|call/draw/[^/]+)"
+    r"|/gradio_api/(info/?|theme\.css|app_id/?|user/?|login_check/?|token/?|startup-events|heartbeat/[^/]+)"
 )
+STREAMS = re.compile(r"/gradio_api/(queue/data|call/draw/(?P<event>[^/]+))")
+"""The streams of a queued request's messages, by session (the page) or by event id (the REST call)."""
 DRAW_ROUTES = re.compile(r"/gradio_api/(queue/join|call/draw/?)")
 """The POST routes that start a drawing: their values are counted before Gradio sees them."""
 OTHER_POSTS = re.compile(r"/gradio_api/(cancel|reset/?)")
@@ -327,21 +329,27 @@ class PageGuard:
     A pure ASGI middleware, so that streamed answers (the queue's events) pass through untouched.
     """
 
-    def __init__(self, app, *, service: DrawingService, values: int, monitoring: bool):
+    def __init__(self, app, *, service: DrawingService, fn_index: int, values: int,
+                 has_stream: Callable[[str], bool], monitoring: bool):
         self.app = app
         self.service = service
+        self.fn_index = fn_index
+        """Gradio's number for the draw event: the page's only one."""
         self.values = values
+        """How many values a draw request takes."""
+        self.has_stream = has_stream
+        """Whether Gradio's queue holds messages for a session or event id (gradio_streams)."""
         self.monitoring = monitoring
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
+        path, method = scope.get("path", ""), scope.get("method")
+        if scope["type"] != "http" or (self.monitoring and MONITORING.fullmatch(path)):
             return await self.app(scope, receive, send)
-        path, method = scope["path"], scope["method"]
         if method in ("GET", "HEAD"):
-            refusal = self._refuse_get(path, dict(scope["headers"]))
+            refusal = self._refuse_get(path, scope)
         elif method == "POST" and DRAW_ROUTES.fullmatch(path):
             body = await _read_body(receive, dict(scope["headers"]))
-            refusal = self._refuse_draw(body) if isinstance(body, bytes) else body
+            refusal = self._refuse_draw(body, path) if isinstance(body, bytes) else body
             if refusal is None:
                 receive = _replay(body, receive)
         elif method == "POST" and OTHER_POSTS.fullmatch(path):
@@ -356,25 +364,34 @@ class PageGuard:
         logger.debug("refused %s %s: %d %s", method, path, status, message)
         await _answer(send, status, message)
 
-    def _refuse_get(self, path: str, headers: dict[bytes, bytes]) -> tuple[int, str] | None:
-        if OPEN_ROUTES.fullmatch(path) or (self.monitoring and MONITORING.fullmatch(path)):
+    def _refuse_get(self, path: str, scope) -> tuple[int, str] | None:
+        if OPEN_ROUTES.fullmatch(path):
             return None
+        if stream := STREAMS.fullmatch(path):
+            # Gradio answers a stream it does not know with a 200 that breaks off, and a traceback.
+            query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+            session = stream["event"] or (query.get("session_hash") or [None])[0]
+            known = session is None or self.has_stream(session)  # None: Gradio itself says what is missing
+            return None if known else (404, "no queued request of that id: join the queue first")
         match = FILE_ROUTE.fullmatch(path)
         if match is None:
             return 404, "Not Found"
         if not self.service.serves(match["path"]):
             return 404, "Not Found: this page serves only its own drawings"
-        return _refuse_range(headers.get(b"range"))
+        return _refuse_range(dict(scope["headers"]).get(b"range"))
 
-    def _refuse_draw(self, body: bytes) -> tuple[int, str] | None:
+    def _refuse_draw(self, body: bytes, path: str) -> tuple[int, str] | None:
         try:
             request = json.loads(body)
         except ValueError:
             return 422, "the request body is not JSON"
-        values = request.get("data") if isinstance(request, dict) else None
+        request = request if isinstance(request, dict) else {}
+        values = request.get("data")
         if not isinstance(values, list) or len(values) != self.values:
             got = f"{len(values)}" if isinstance(values, list) else "no list of values"
             return 422, f"a draw request takes {self.values} values ({DRAW_VALUES}), got {got}"
+        if path.endswith("/queue/join") and request.get("fn_index") != self.fn_index:
+            return 422, f"this page has one event, draw (fn_index {self.fn_index}), not {_shown(request.get('fn_index'))}"
         return None
 
 
@@ -426,6 +443,25 @@ async def _answer(send, status: int, message: str) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def gradio_streams(app) -> Callable[[str], bool]:
+    """Whether the app's queue has messages for a session or a REST call's event id, as Gradio
+    looks them up for its streams. Reads the queue's own tables; were a later Gradio to rename
+    them, every stream is let through to Gradio again."""
+
+    def has_stream(session: str) -> bool:
+        queue = app._queue
+        sessions = getattr(queue, "pending_messages_per_session", None)
+        if sessions is None:
+            return True
+        event = getattr(queue, "event_ids_to_events", {}).get(session)
+        if event is not None:
+            return event.session_hash in sessions
+        pending = getattr(queue, "pending_event_ids_session", {})
+        return session in sessions or any(session in ids and owner in sessions for owner, ids in list(pending.items()))
+
+    return has_stream
 
 
 def build_app(pipe: GPTDrawPipeline, config: ServeConfig, service: DrawingService | None = None):
@@ -527,8 +563,9 @@ def launch(
     theme = gr.themes.Default(
         font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
     )
-    draw_inputs = next(len(fn.inputs) for fn in app.fns.values() if fn.api_name == "draw")
-    guard = Middleware(PageGuard, service=service, values=draw_inputs, monitoring=config.monitoring)
+    fn_index, draw = next((index, fn) for index, fn in app.fns.items() if fn.api_name == "draw")
+    guard = Middleware(PageGuard, service=service, fn_index=fn_index, values=len(draw.inputs),
+                       has_stream=gradio_streams(app), monitoring=config.monitoring)
     app.launch(
         server_name=host,
         server_port=port,

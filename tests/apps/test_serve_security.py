@@ -266,6 +266,15 @@ def test_a_draw_request_with_the_wrong_number_of_values_is_a_4xx(page, values):
     assert reply.status_code == 422, reply.text[:200]
 
 
+def test_a_request_for_an_event_or_a_stream_the_page_does_not_have_is_a_4xx(page):
+    reply = page.post("gradio_api/queue/join", json={"data": GOOD, "fn_index": 99, "session_hash": "s"})
+    assert reply.status_code == 422 and "fn_index" in reply.text, reply.text[:200]
+    for path in ("gradio_api/queue/data?session_hash=nobody", "gradio_api/queue/data?session_hash=",
+                 "gradio_api/call/draw/no-such-event"):
+        reply = page.get(path)
+        assert reply.status_code == 404, (path, reply.status_code, reply.text[:200])
+
+
 def test_a_malformed_range_header_is_a_4xx(page):
     drawing = served_file(page)
     whole = page.get(f"gradio_api/file={drawing}").content
