@@ -219,13 +219,27 @@ def test_drawings_are_kept_in_unguessable_bounded_folders(served, tmp_path):
 
     pipe = GPTDrawPipeline.from_pretrained(served.model_dir, device="cpu")
     service = DrawingService(pipe, ServeConfig(out_dir=tmp_path, keep_drawings=2))
+    # Folders the page did not make: with --out ~, ~/drawings may hold anything.
+    theirs = [tmp_path / "drawings" / "holiday", tmp_path / "drawings" / ("x" * 24)]
+    for folder in theirs:
+        folder.mkdir(parents=True)
+        (folder / "photo.png").write_bytes(b"mine")
     for seed in range(3):
         request = check(prompt="a large blue square", seed=seed, num_images=1)
         *_, done = service.draw(request)
-    runs = sorted((tmp_path / "drawings").iterdir())
+    runs = sorted(set((tmp_path / "drawings").iterdir()) - set(theirs))
     assert len(runs) == 2  # the oldest request's folder was deleted
     assert all(len(run.name) >= 24 and "blue" not in run.name for run in runs)  # no time, counter or prompt
-    assert Path(done.files[0]).parent in runs
+    assert Path(done.files[0]).parent in runs and service.serves(done.files[0])
+    assert all((folder / "photo.png").read_bytes() == b"mine" for folder in theirs)
+    # A drawing left unfinished (its visitor gone, the generator closed) leaves nothing.
+    updates = service.draw(check(prompt="a large blue square", seed=9, num_images=1))
+    first = next(updates)
+    assert service.serves(first.picture)
+    updates.close()
+    # (It made room when it began: the folders never outnumber keep_drawings, the one being drawn included.)
+    left = set((tmp_path / "drawings").iterdir()) - set(theirs)
+    assert left == {Path(done.files[0]).parent} and not service.serves(first.picture)
 
 
 def test_server_bounds_and_error_messages_are_safe(tmp_path):
