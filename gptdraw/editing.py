@@ -24,8 +24,8 @@ from PIL import Image
 from transformers import GPT2LMHeadModel
 
 from gptdraw.images import pil_to_tensor
-from gptdraw.gpt.sampling import code_tokens, image_logits, last_step, model_rows
-from gptdraw.pipeline import DrawingStep, GPTDrawPipeline
+from gptdraw.gpt.sampling import code_tokens, image_logits, model_rows
+from gptdraw.pipeline import DrawingStep, GPTDrawPipeline, finished_drawing
 from gptdraw.runtime import evaluation_mode
 from gptdraw.sequence import SequenceLayout
 
@@ -98,7 +98,7 @@ def complete(
     steps = stream_completion(
         pipe, prompt, image, keep_rows, num_images, seed, every=pipe.layout.image_len, **settings
     )
-    return last_step(steps).images
+    return finished_drawing(steps).images
 
 
 def variations(
@@ -123,7 +123,7 @@ def variations(
     # Guidance against the blank caption is a no-op when the caption is blank.
     settings["cfg_scale"] = 1.0
     steps = pipe.stream_ids(blank, seed, every=pipe.layout.image_len, prefix_codes=prefix, **settings)
-    return last_step(steps).images
+    return finished_drawing(steps).images
 
 
 # ------------------------------------------------------------------------------ ranking
@@ -240,7 +240,7 @@ def best_of(
         raise ValueError(f"keep must be between 1 and num_candidates ({num_candidates}), got {keep}")
     caption_ids, _ = pipe.encode_prompts([prompt])
     caption_ids = caption_ids.expand(num_candidates, -1)  # (N, text_len)
-    final = last_step(pipe.stream_ids(caption_ids, seed, every=pipe.layout.image_len, **settings))
+    final = finished_drawing(pipe.stream_ids(caption_ids, seed, every=pipe.layout.image_len, **settings))
     codes = final.codes.reshape(num_candidates, *pipe.layout.grid)  # (N, h, w)
     with evaluation_mode(pipe.transformer):
         guidance = guidance_scores(pipe.transformer, pipe.layout, caption_ids, codes)

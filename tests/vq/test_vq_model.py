@@ -182,7 +182,7 @@ def test_encode_rejects_bad_images(tokenizer):
 
 
 def test_config_checks_and_presets():
-    with pytest.raises(ValueError, match="known presets: shapes-f4, shapes-f8, taming-f16-16384"):
+    with pytest.raises(ValueError, match="known presets: emoji-f4, emoji-f8, shapes-f4, shapes-f8, taming-f16-16384"):
         vq_preset("nope")
     with pytest.raises(ValueError, match="down_block_types has 1"):
         tiny_config(down_block_types=("DownEncoderBlock2D",))

