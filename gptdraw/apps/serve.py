@@ -464,6 +464,19 @@ def gradio_streams(app) -> Callable[[str], bool]:
     return has_stream
 
 
+def forget_deleted_files(components, service: DrawingService) -> None:
+    """Drops the files the page has deleted from what Gradio remembers of its outputs.
+
+    Gradio keeps every path an output named (Block.temp_files), for a cache clean-up this page
+    does not use: a few dozen more per request, for ever. Call it before a drawing, when no
+    output is being processed (the page draws one request at a time).
+    """
+    for component in components:
+        remembered = getattr(component, "temp_files", None)
+        if isinstance(remembered, set):
+            remembered.difference_update([path for path in list(remembered) if not service.serves(path)])
+
+
 def build_app(pipe: GPTDrawPipeline, config: ServeConfig, service: DrawingService | None = None):
     """The Gradio Blocks app (not launched). Points Gradio's file cache at the drawings folder.
 
@@ -487,6 +500,7 @@ def build_app(pipe: GPTDrawPipeline, config: ServeConfig, service: DrawingServic
             )
         except RequestError as error:
             raise gr.Error(str(error), title="Cannot draw this", print_exception=False) from None
+        forget_deleted_files(outputs, service)
         warned = False
         # Gradio closes this generator when the visitor leaves; closing the drawing's with it
         # stops the drawing at its next frame and removes its folder.

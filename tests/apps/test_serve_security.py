@@ -165,8 +165,11 @@ def test_uploads_are_refused_and_nothing_is_stored(page, files):
 
 # ------------------------------------------------------------------------------ 3. bounded disk
 def test_everything_the_page_writes_stays_within_keep_drawings(page):
+    remembered = []  # how many paths Gradio holds in memory for the page's outputs, after each request
     for seed in range(5):
         draw(page, [GOOD[0], seed, *GOOD[2:-1], 2])
+        remembered.append(sum(len(getattr(block, "temp_files", ())) for block in page.app.blocks.values()))
+    assert remembered[2] == remembered[3] == remembered[4], remembered  # steady once pruning begins
     written = files_under(page.out) - {str(path.relative_to(page.out)) for path in page.planted}
     written -= {".gradio", ".gradio/cached_examples", ".gradio/cached_examples/0"}  # the planted files' folders
     runs = {Path(path).parts[1] for path in written if path.startswith("drawings/")}
