@@ -125,12 +125,13 @@ def run_emoji_quickstart(out: str | Path, config: EmojiQuickstartConfig = EmojiQ
     mark = time.perf_counter()
     pipe = GPTDrawPipeline.from_pretrained(model_dir, device=device)
     inception = load_yardstick(config)
-    halves = {}
+    halves, memo = {}, {}  # the style probe is fitted once for both halves
     for half in ("tuning", "report"):
+        # Training captions are drawn once, with the report half: they say what the model learnt.
         halves[half] = evaluate_real_pictures(
             pipe, pictures, inception, out / half, images_per_prompt=config.images_per_prompt,
-            other_subjects=config.other_subjects, training_prompts=config.training_prompts, half=half,
-            seed=config.seed, progress=progress)
+            other_subjects=config.other_subjects, training_prompts=config.training_prompts if half == "report" else 0,
+            half=half, seed=config.seed, progress=progress, memo=memo)
     shutil.copyfile(out / "report" / "pairs.png", out / "samples.png")
     frames = [step.images[0] for step in pipe.stream(heldout_prompts[0], seed=config.seed)]
     save_gif(frames, out / "drawing.gif")

@@ -170,15 +170,26 @@ def heldout_half(pairs: list[tuple[Image.Image, str]], half: str) -> list[tuple[
     return [pair for pair in pairs if pair[1] in kept]
 
 
+def remembered(memo: dict | None, key, compute):
+    """compute(), or what it gave for `key` in `memo` the last time (memo None: always computed)."""
+    if memo is None:
+        return compute()
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
+
+
 def inception_figures(pipe, inception, heldout, real_heldout: list[Image.Image], reference, drawings,
-                      learnt_drawings, seed: int) -> dict:
+                      learnt_drawings, seed: int, memo: dict | None = None) -> dict:
     """FID and KID with their baselines, retrieval, and with pooled sets style accuracy (see the
     module doc). heldout / reference: (picture, caption) pairs, real_heldout the held-out pictures
     at the drawings' size; drawings / learnt_drawings: (picture, caption) of held-out and training
-    captions."""
+    captions. memo: features of the real pictures and the baselines kept from an earlier call with
+    the same model and pictures (a sampling sweep draws again, the real pictures stay)."""
     size = real_heldout[0].width
-    real_features = inception_features(inception, real_heldout + [image.resize((size, size), Image.LANCZOS)
-                                                                  for image, _ in reference])
+    halfway = (len(heldout), heldout[0][1] if heldout else None)  # which half's pictures
+    real_features = remembered(memo, ("real", halfway), lambda: inception_features(
+        inception, real_heldout + [image.resize((size, size), Image.LANCZOS) for image, _ in reference]))
     heldout_features = real_features[: len(real_heldout)]
     real_subjects = [subject_of(c) for _, c in heldout] + [subject_of(c) for _, c in reference]
     drawn_features = inception_features(inception, [image for image, _ in drawings])
@@ -189,8 +200,9 @@ def inception_figures(pipe, inception, heldout, real_heldout: list[Image.Image],
         ranks = retrieval_ranks(features, [subject_of(c) for c in captions], real_features, real_subjects)
         return retrieval_figures(ranks, captions, prefix)
 
-    baseline_features = {name: inception_features(inception, pictures)
-                         for name, pictures in baselines(pipe, real_heldout, len(drawings), seed).items()}
+    baseline_features = remembered(memo, ("baselines", halfway, len(drawings)), lambda: {
+        name: inception_features(inception, pictures)
+        for name, pictures in baselines(pipe, real_heldout, len(drawings), seed).items()})
     fid = {name: frechet_distance(heldout_features, features) for name, features in baseline_features.items()}
     kid = {name: kernel_distance(heldout_features, features, subset_size=min(100, len(features)))
            for name, features in baseline_features.items()}
@@ -225,8 +237,8 @@ def inception_figures(pipe, inception, heldout, real_heldout: list[Image.Image],
         # Pooled sets: is a drawing in the style its caption names? A probe fitted on the training
         # pictures decides, as the tokenizer reconstructs them: fitted on the real pictures it would
         # take blur for a style (a smooth 3-D render looks more like a blur than a flat drawing does).
-        probe = LinearProbe(inception_features(inception, reconstruct(pipe, [image for image, _ in reference])),
-                            reference_styles)
+        probe = remembered(memo, "style_probe", lambda: LinearProbe(
+            inception_features(inception, reconstruct(pipe, [image for image, _ in reference])), reference_styles))
         figures["style_accuracy"] = probe.accuracy(drawn_features[styled], [style_of(drawn_captions[i]) for i in styled])
         figures["style_probe_accuracy"] = probe.accuracy(baseline_features["reconstructions"],
                                                          [style_of(c) for c in heldout_captions])
@@ -235,7 +247,7 @@ def inception_figures(pipe, inception, heldout, real_heldout: list[Image.Image],
 
 def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Path, images_per_prompt: int = 2,
                            other_subjects: int = 300, training_prompts: int = 100, half: str = "all", seed: int = 0,
-                           progress: bool = True, **settings) -> dict:
+                           progress: bool = True, memo: dict | None = None, **settings) -> dict:
     """Draws DATA/heldout's captions with `pipe` and scores them (see the module doc); without an
     `inception` network only the tone accuracy is measured.
 
@@ -245,6 +257,8 @@ def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Pat
     captions the model learnt (0: none).
     half: which held-out captions are drawn (heldout_half): tune sampling settings on "tuning",
     quote figures of "report".
+    memo: a dict to pass to every call that evaluates the same model on the same DATA with the
+    same sizes (a sampling sweep): the real pictures' and the baselines' features are computed once.
     """
     from gptdraw.eval.shapes import draw_prompts
 
@@ -275,7 +289,7 @@ def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Pat
     }
     if inception is not None:
         result.update(inception_figures(pipe, inception, heldout, real_heldout, reference, drawings, learnt_drawings,
-                                        seed))
+                                        seed, memo))
     toned = [(image, prompt) for image, prompt in drawings if tone_of_caption(prompt) is not None]
     if toned:
         colours = tone_colours(training)  # the tones' colours from training pictures only
