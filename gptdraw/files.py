@@ -61,11 +61,10 @@ def existing_parent(path: Path) -> Path:
 
 @contextlib.contextmanager
 def reporting_full_disk(path: str | os.PathLike) -> Iterator[None]:
-    """Runs a write into `path` (a file or a folder); a full disk becomes DiskFullError naming it."""
+    """Runs a write into `path` (a file or a folder); a full disk becomes DiskFullError naming it.
+    Nested, the outermost name wins: it is the one the user knows (a file, not its temporary copy)."""
     try:
         yield
-    except DiskFullError:
-        raise
     except Exception as error:
         if is_full_disk(error, path):
             raise DiskFullError(path) from error
@@ -90,10 +89,9 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        write_durable(temporary, data)
-        os.replace(temporary, path)
-    except DiskFullError as error:
-        raise DiskFullError(path) from error  # the file the user knows, not its temporary name
+        with reporting_full_disk(path):
+            write_durable(temporary, data)
+            os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
 

@@ -39,13 +39,43 @@ def canonical_precision(name: str) -> str:
     return name
 
 
-def resolve_device(device: "str | torch.device | None") -> "torch.device":
-    """"auto" (or None) → the GPU when there is one, else the CPU."""
+def _device_count(device_type: str) -> int:
+    """How many devices of `device_type` this machine has (0: none, or a torch built without them)."""
+    import torch
+
+    if device_type == "cpu":
+        return 1
+    if device_type == "mps":
+        return int(torch.backends.mps.is_available())
+    backend = getattr(torch, device_type, None)  # torch.cuda, torch.xpu
+    return backend.device_count() if backend is not None and backend.is_available() else 0
+
+
+DEVICE_TYPES: tuple[str, ...] = ("cpu", "cuda", "mps", "xpu")
+"""The device types gptdraw runs on; others (meta holds no data, the rest are untried) are refused."""
+
+
+def resolve_device(device: "str | torch.device | None", *, flag: str = "--device") -> "torch.device":
+    """"auto" (or None) → the GPU when there is one, else the CPU. Any other name is checked against
+    this machine now, so that a device it lacks is one line naming `flag` (a ValueError), not a
+    traceback from deep inside the first tensor moved there."""
     import torch
 
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{flag} {device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if resolved.type not in DEVICE_TYPES:
+        raise ValueError(f"{flag} {device!r}: gptdraw runs on {', '.join(DEVICE_TYPES)} or auto, not {resolved.type}")
+    count = _device_count(resolved.type)
+    if count == 0:
+        raise ValueError(f"{flag} {device!r}: this machine (torch {torch.__version__}) has no {resolved.type} device; "
+                         "use cpu or auto")
+    if resolved.index is not None and resolved.type != "cpu" and resolved.index >= count:
+        raise ValueError(f"{flag} {device!r}: this machine has {count} {resolved.type} device(s), numbered from 0")
+    return resolved
 
 
 def native_bf16(device: "torch.device") -> bool:

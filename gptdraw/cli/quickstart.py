@@ -47,7 +47,8 @@ def chosen_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     # Heavy libraries (torch, transformers) load here, so that `--help` and argument errors stay fast.
     config = chosen_config(args)
-    args.out = args.out or ("runs/quickstart" if args.data == "shapes" else "runs/quickstart-emoji")
+    if args.out is None:  # not `or`: an empty --out is refused (by claimed_out), not swapped for the default
+        args.out = "runs/quickstart" if args.data == "shapes" else "runs/quickstart-emoji"
     resolve_device(config.device, flag="--device")  # a device this machine lacks is refused before any work
     with claimed_out(args):  # checked, and held against a second run on it until the end
         if args.data == "emoji":

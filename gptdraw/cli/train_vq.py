@@ -32,7 +32,8 @@ def add_train_vq_parser(subparsers: argparse._SubParsersAction, name: str, help:
         "reconstructions.png (originals above, reconstructions below) and train_vq.json (figures). "
         "Settings: VQTrainConfig's defaults, then --config, then the flags.",
     )
-    parser.add_argument("--out", required=True, type=Path, help="image-tokenizer directory to write")
+    # A string, not a Path: Path("") would turn an empty --out into the current folder.
+    parser.add_argument("--out", required=True, help="image-tokenizer directory to write")
     parser.add_argument("--config", help="YAML or JSON file of VQTrainConfig fields")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     data = parser.add_mutually_exclusive_group()

@@ -92,14 +92,9 @@ def _input_range(text: str) -> tuple[float, float]:
 
 
 def _device(name: str | None) -> torch.device:
-    import torch
+    from gptdraw.runtime import resolve_device
 
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as error:
-        raise UserError(f"unknown device {name!r}: {error}") from error
+    return resolve_device(name)  # a device this machine lacks is one line
 
 
 def _positive(name: str, value: int | None) -> None:

@@ -43,7 +43,7 @@ from gptdraw.data import shards as fmt
 from gptdraw.data.decode import DEFAULT_MAX_BYTES, BadInput, clean_caption, decode_parallel
 from gptdraw.data.prepare_config import PrepareConfig
 from gptdraw.data.sources import Source, SourceItem
-from gptdraw.files import replace_directory, staging_directory
+from gptdraw.files import replace_directory, reporting_full_disk, staging_directory
 from gptdraw.runtime import resolve_device, resolve_precision, torch_dtype
 
 logger = logging.getLogger(__name__)
@@ -497,7 +497,8 @@ def _write(directory: Path, builder: _ShardBuilder, *, plan: _ShardPlan, caption
         "truncated_captions": truncated,
     }
     content = fmt.ShardContent(codes=codes, caption_ids=caption_ids, keys=builder.keys, captions=builder.captions)
-    fmt.write_shard(directory, builder.index, content, record)
+    with reporting_full_disk(directory / fmt.shard_name(builder.index)):  # a full disk names the shard
+        fmt.write_shard(directory, builder.index, content, record)
 
 
 def _wait_for_shards(plan: _ShardPlan, *, poll_seconds: float, stall_seconds: float) -> None:

@@ -131,12 +131,14 @@ def save_checkpoint(
         "wandb_run_id": wandb_run_id,
     }
     try:
-        with reporting_full_disk(temporary / "model.safetensors"):
+        # A full disk is reported under the checkpoint's own name, not its staging folder's.
+        with reporting_full_disk(final / "model.safetensors"):
             save_file(state, temporary / "model.safetensors")
-        with reporting_full_disk(temporary / "optimizer.pt"):
+        with reporting_full_disk(final / "optimizer.pt"):
             torch.save(optimizer_state, temporary / "optimizer.pt")
-        # The state file is written last: its presence marks the checkpoint complete.
-        write_durable(temporary / STATE_NAME, json.dumps(trainer_state).encode("utf-8"))
+        with reporting_full_disk(final / STATE_NAME):
+            # The state file is written last: its presence marks the checkpoint complete.
+            write_durable(temporary / STATE_NAME, json.dumps(trainer_state).encode("utf-8"))
         replace_directory(temporary, final)
     except BaseException:
         # A failed write (a full disk) leaves the last complete checkpoint and frees the space it took.

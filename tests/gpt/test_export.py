@@ -100,3 +100,70 @@ def test_a_kill_at_any_rename_of_the_export_is_repaired_by_rerunning(data, clean
     run(data, out)  # the same command again
     assert model_files(out) == clean
     assert leftovers(out) == []
+
+
+def test_leftovers_of_killed_checkpoint_writes_are_cleaned_up_on_the_next_start(data, tmp_path):
+    from gptdraw.files import staging_directory
+
+    out = tmp_path / "run"
+    run(data, out, max_steps=4)
+    live = out / CHECKPOINTS / "step-00000004"
+    # What kills leave: a checkpoint half-written in its staging folder, and an old one renamed aside.
+    half = staging_directory(out / CHECKPOINTS / "step-00000006")
+    (half / "model.safetensors").write_bytes(b"half")
+    aside = staging_directory(out / CHECKPOINTS / "step-00000002.old")  # `.step-00000002.old.XXXXXXXX`
+    (aside / "step-00000002").mkdir()
+    before = {path.name: path.read_bytes() for path in live.iterdir()}
+    run(data, out, max_steps=4)  # the same command again: nothing to train
+    assert leftovers(out) == []
+    assert {path.name: path.read_bytes() for path in live.iterdir()} == before
+
+
+KILLED_IN_THE_RENAME = """
+import os, sys
+from pathlib import Path
+import gptdraw.gpt.train as training
+from gptdraw.cli import main
+
+real_replace, real_export, final = os.replace, training.TrainingRun.export, []
+
+def export(self, step):
+    final.append(step == self.config.max_steps)
+    return real_export(self, step)
+
+def replace(source, target):
+    real_replace(source, target)
+    if final[-1:] == [True] and Path(target).name == "transformer":  # the old transformer/ is now aside
+        os._exit(137)  # as a SIGKILL: no clean-up, no finally
+
+training.TrainingRun.export, os.replace = export, replace
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.integration
+def test_a_real_kill_between_the_renames_is_repaired_by_the_same_command(shapes_data, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import HANG_SECONDS
+    from gptdraw.cli import main
+    from gptdraw.pipeline import GPTDrawPipeline
+
+    (tmp_path / "tiny.json").write_text(json.dumps({"model": {"n_layer": 1, "n_head": 2, "n_embd": 16}}))
+    flags = ["--config", str(tmp_path / "tiny.json"), "--max-steps", "2", "--micro-batch-size", "4", "--warmup-steps",
+             "1", "--precision", "fp32", "--eval-every", "0", "--sample-every", "0", "--checkpoint-every", "2"]
+    train_argv = ["train", "--data", str(shapes_data.data_dir), *flags]
+    assert main([*train_argv, "--out", str(tmp_path / "clean")]) == 0
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_THE_RENAME, *train_argv, "--out", str(out)], env=env,
+                            capture_output=True, text=True, timeout=HANG_SECONDS)
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    assert not (out / "transformer").exists()  # killed between the renames: no transformer/ at that instant
+    rerun = subprocess.run([sys.executable, "-m", "gptdraw.cli", *train_argv, "--out", str(out)], env=env,
+                           capture_output=True, text=True, timeout=HANG_SECONDS)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert model_files(out) == model_files(tmp_path / "clean")
+    assert leftovers(out) == []
+    assert len(GPTDrawPipeline.from_pretrained(out)(["a red circle"], seed=0)) == 1
