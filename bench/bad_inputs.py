@@ -1,5 +1,5 @@
-"""A corpus of malformed inputs run through gptdraw's entry points: how many tracebacks, hangs and
-lost examples do they cause?
+"""A corpus of malformed inputs run through gptdraw's entry points: how many tracebacks, hangs,
+losses and leaks do they cause?
 
 Every case feeds one damaged input to one entry point in this process, under a time limit:
   images     mutated PNG/JPEG/GIF files (cut, flipped bytes, junk, lying headers, odd modes) in a
@@ -8,30 +8,41 @@ Every case feeds one damaged input to one entry point in this process, under a t
   tars       webdataset tars cut short, flipped, with junk members or members claiming gigabytes
   parquet    parquet rows with broken images, odd captions and paths out of the folder; damaged parquet files
   hf         Hugging Face save_to_disk datasets with the same rows, and with damaged arrow files
-  flax       mutated flax_model.msgpack files through `vq convert`'s reader
-  ckpt       mutated PyTorch checkpoints through the restricted loader
+  converters mutated flax_model.msgpack files and PyTorch checkpoints through the restricted readers
   shards     prepared shards with flipped bytes, read for training
-  resume     training checkpoints cut short or with flipped bytes, resumed by `train`
-  configs    image-tokenizer config.json files with absurd, wrong-typed or cut values
-  prompts    odd prompts (empty, huge, control characters, other scripts) drawn by a pipeline
+  resume     training checkpoints cut short or flipped, resumed by `train`; absurd image-tokenizer configs
+  prompts    odd prompts (empty, huge, control characters, other scripts) and settings drawn by a pipeline
+and, in bench/bad_inputs_runs.py and bench/bad_inputs_page.py, whole runs of the `gptdraw` command:
+  model dirs every tampering of tests/test_model_dir_untrusted.py (devices, FIFOs, links out, lying
+             headers, absurd fields, NaN weights) through from_pretrained, `generate` and `serve`
+  values     odd --device, --out, training and drawing values and --config files (/dev/zero, a FIFO)
+  kills      a run killed at each rename of its final export, then run again
+  two runs   a run on a folder another run holds; a lock left by a killed run
+  full disk  `train` and `data prepare` on a small tmpfs filled up, then run again with space
+  page       a served tiny model asked for files outside its drawings, uploads, malformed requests
 An outcome is fine when the entry point returns or raises the clear errors gptdraw uses for bad
-input (ValueError and its kinds, FileNotFoundError); anything else is a traceback. A case still
-running at its limit is a hang. A good example missing from a prepared dataset is lost.
+input (ValueError and its kinds, FileNotFoundError), and a command exits 1 or 2 with one error
+line. Anything else is a traceback (an HTTP 5xx too). A case still running at its limit is a
+hang. A good example missing, or a model that does not load after the run is repeated, is lost;
+a file served or stored that should not be is a leak; a bad value taken without a word is accepted.
 
-    python bench/bad_inputs.py              # the whole corpus: a few hundred inputs, about a minute
-    python bench/bad_inputs.py --per-kind 5 # a quick pass (the test runs this)
+    python bench/bad_inputs.py          # the whole corpus: about 1,000 inputs, 3 minutes on one core
+    python bench/bad_inputs.py --quick  # a few cases of each family, 30 s (the test runs this)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import io
 import json
 import os
+import resource
 import signal
 import tarfile
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
@@ -56,14 +67,152 @@ from gptdraw.vq.model import ImageTokenizer
 CLEAR_ERRORS = (ValueError, FileNotFoundError)
 """What gptdraw raises for bad input (BadInput, ChecksumError and the CLI's UserError are kinds of these)."""
 CASE_SECONDS = 20
+MEMORY_LIMIT = 8 * 2**30
+"""Address space the whole corpus may take: a reader that runs away (as /dev/zero once made them)
+meets a MemoryError here, counted as a traceback, before it takes a machine shared with others."""
+COUNTS = ("tracebacks", "hangs", "lost", "leaks", "accepted")
+"""What can go wrong in a case: a traceback printed (or an HTTP 5xx, or one in the server's log),
+a hang (still running at its limit), a good example or run lost, a file served or stored that
+should not be (a leak), a bad value accepted where it must be refused."""
 
 
-class Hang(Exception):
-    """A case ran past its time limit."""
+class Hang(BaseException):
+    """A case ran past its time limit (a BaseException: no `except Exception` in gptdraw swallows it)."""
 
 
 def _alarm(_signum, _frame):
     raise Hang()
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int):
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+
+
+def peak_memory_mib() -> float:
+    """This process's peak resident memory since the last reset_peak_memory (Linux's VmHWM)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return round(int(status.split("VmHWM:")[1].split()[0]) / 1024, 1)
+    except (OSError, IndexError, ValueError):
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def reset_peak_memory() -> None:
+    """Starts the peak over from the memory held now, so that each family has its own (Linux ≥ 4.0)."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+@dataclasses.dataclass
+class Tally:
+    """One family's counts."""
+
+    tried: int = 0
+    tracebacks: int = 0
+    hangs: int = 0
+    lost: int = 0
+    leaks: int = 0
+    accepted: int = 0
+    seconds: float = 0.0
+    peak_memory_mib: float = 0.0
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.replace("\r", "\n").splitlines() if line.strip()]
+    return lines[-1].strip()[:300] if lines else ""
+
+
+class Corpus:
+    """Runs cases and keeps the tally, per family of cases."""
+
+    def __init__(self):
+        self.families: dict[str, Tally] = {}
+        self.cases: dict[str, list[str]] = {count: [] for count in COUNTS}
+        """Each failed case as "family: case: what it printed last", by count."""
+        self.notes: list[str] = []
+        self.family_name = "other"
+
+    @contextlib.contextmanager
+    def family(self, name: str):
+        """Counts the cases run in the block under `name`, with their time and peak memory."""
+        self.family_name = name
+        tally = self.families.setdefault(name, Tally())
+        reset_peak_memory()
+        started = time.perf_counter()
+        try:
+            yield tally
+        finally:
+            tally.seconds += round(time.perf_counter() - started, 1)
+            tally.peak_memory_mib = max(tally.peak_memory_mib, peak_memory_mib())
+
+    @property
+    def tally(self) -> Tally:
+        return self.families.setdefault(self.family_name, Tally())
+
+    def total(self, count: str) -> int:
+        return sum(getattr(tally, count) for tally in self.families.values())
+
+    def count(self, kind: str, case: str, detail: str = "", number: int = 1) -> None:
+        """Counts `number` failures of kind `kind` (one of COUNTS) in `case`."""
+        setattr(self.tally, kind, getattr(self.tally, kind) + number)
+        self.cases[kind].append(f"{self.family_name}: {case}" + (f": {detail}" if detail else ""))
+
+    def run(self, name: str, function, inputs: int = 1, *, refused: bool = False):
+        """Runs one case; returns its result, or None when it raised (counted as it should be).
+        refused: the input must be refused, so returning is counted as accepted."""
+        self.tally.tried += inputs
+        try:
+            with time_limit(CASE_SECONDS):
+                result = function()
+        except Hang:
+            self.count("hangs", name)
+            return None
+        except CLEAR_ERRORS:
+            return None
+        except Exception:  # anything else is a traceback a user would see
+            self.count("tracebacks", name, last_line(traceback.format_exc(limit=3)))
+            return None
+        if refused:
+            self.count("accepted", name, "returned without an error")
+        return result
+
+    def command(self, name: str, argv: list[str], *, refused: bool | None = True,
+                seconds: int = CASE_SECONDS) -> int | None:
+        """Runs `gptdraw ARGV` in this process as a user would (gptdraw.cli.main). A failure must
+        be an exit status of 1 or 2 with one `error:` line and no traceback. refused: True, the
+        input must be refused (exit 0 counts as accepted); False, the command must succeed (a
+        failure loses the run); None, either is fine. Returns the exit status, None when it raised
+        or hung."""
+        from gptdraw.cli import main as gptdraw_main
+
+        self.tally.tried += 1
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(printed), time_limit(seconds):
+                status = gptdraw_main(argv)
+        except SystemExit as exit:  # argparse's refusal of a flag: usage and one error line
+            status = exit.code
+        except Hang:
+            self.count("hangs", name)
+            return None
+        except Exception:
+            self.count("tracebacks", name, last_line(traceback.format_exc(limit=3)))
+            return None
+        text = printed.getvalue()
+        errors = [line for line in text.replace("\r", "\n").splitlines() if "error:" in line]
+        if "Traceback" in text or (status and len(errors) != 1):
+            self.count("tracebacks", name, last_line(text))
+        elif refused is True and status == 0:
+            self.count("accepted", name, "exit status 0")
+        elif refused is False and status != 0:
+            self.count("lost", name, f"exit status {status}: {last_line(text)}")
+        return status
 
 
 def prepare_leniently(source, out: Path, vq, captions):
@@ -109,43 +258,15 @@ def odd_images(rng: np.random.Generator, count: int) -> list[bytes]:
     return odd + mutations(encoded(pixels, "PNG"), rng, count) + mutations(encoded(pixels, "JPEG"), rng, count)[: count] + [base[:3]]
 
 
-class Corpus:
-    """Runs cases and keeps the tally."""
-
-    def __init__(self):
-        self.tried = 0
-        self.tracebacks: list[str] = []
-        self.hangs: list[str] = []
-        self.lost = 0
-        self.lost_cases: list[str] = []
-
-    def run(self, name: str, function, inputs: int = 1):
-        """Runs one case; returns its result, or None when it raised (counted as it should be)."""
-        self.tried += inputs
-        signal.signal(signal.SIGALRM, _alarm)
-        signal.alarm(CASE_SECONDS)
-        try:
-            return function()
-        except Hang:
-            self.hangs.append(name)
-        except CLEAR_ERRORS:
-            pass
-        except Exception:  # anything else is a traceback a user would see
-            self.tracebacks.append(f"{name}: {traceback.format_exc(limit=3).strip().splitlines()[-1]}")
-        finally:
-            signal.alarm(0)
-        return None
-
-
 def count_lost(corpus: Corpus, result, out: Path, name: str, wanted: list[str], by: str) -> None:
     """Counts the good examples (named by their key or their caption, `by`) missing from the dataset
     that prepare wrote to `out` (all of them when it raised)."""
     kept = result.examples if result is not None else 0
     dataset = ShardDataset(out) if kept else None
     found = {getattr(dataset, by)(i) for i in range(kept)}
-    missing = [item for item in wanted if item not in found]
-    corpus.lost += len(missing)
-    corpus.lost_cases += [f"{name}: {item}" for item in missing]
+    for item in wanted:
+        if item not in found:
+            corpus.count("lost", name, item)
 
 
 def parts(work: Path):
@@ -207,8 +328,7 @@ def manifest_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int)
             result = corpus.run(f"prepare: manifest {name}", lambda: prepare_leniently(
                 open_source(str(path)), work / f"out-{name}", vq, captions))
             if result is None or result.examples < 1:
-                corpus.lost += 1  # ok.png is named, well formed, in every variant
-                corpus.lost_cases.append(f"manifest {name}")
+                corpus.count("lost", f"manifest {name}", "ok.png")  # named, well formed, in every variant
 
 
 def tar_cases(corpus: Corpus, work: Path, vq, captions, rng, per_kind: int) -> None:
@@ -384,45 +504,102 @@ def prompt_cases(corpus: Corpus, pipe: GPTDrawPipeline, rng, per_kind: int) -> N
         corpus.run(f"prompt #{index}", lambda: pipe([prompt], seed=0, temperature=1.0))
     for settings in ({"temperature": -1}, {"top_k": -5}, {"top_p": 0}, {"top_p": 2}, {"cfg_scale": float("nan")},
                      {"temperature": float("inf")}, {"top_k": 10**9}):
-        corpus.run(f"settings {settings}", lambda: pipe(["a red circle"], seed=0, **settings))
+        corpus.run(f"settings {settings}", lambda: pipe(["a red circle"], seed=0, **settings), refused=True)
+
+
+FAMILIES = ("images", "manifests", "tars", "parquet", "hf", "converters", "shards", "resume", "prompts",
+            "model dirs", "values", "kills", "two runs", "full disk", "page")
+
+
+def run_families(corpus: Corpus, work: Path, rng, per_kind: int, quick: bool) -> None:
+    """Every family of cases in turn, each counted under its name."""
+    from bad_inputs_page import page_cases  # bench/bad_inputs_page.py
+    from bad_inputs_runs import (cli_value_cases, export_kill_cases, full_disk_cases, make_runs,  # bench/
+                                 model_dir_cases, two_run_cases)
+
+    vq, captions, pipe = parts(work)
+    families = {
+        "images": lambda: image_cases(corpus, work, vq, captions, rng, per_kind),
+        "manifests": lambda: manifest_cases(corpus, work, vq, captions, rng, max(1, per_kind // 10)),
+        "tars": lambda: tar_cases(corpus, work, vq, captions, rng, per_kind),
+        "parquet": lambda: parquet_cases(corpus, work, vq, captions, rng, per_kind),
+        "hf": lambda: huggingface_cases(corpus, work, vq, captions, rng, per_kind),
+        "converters": lambda: converter_cases(corpus, work, vq, rng, per_kind),
+        "shards": lambda: shard_cases(corpus, work, vq, captions, rng, per_kind),
+        "resume": lambda: checkpoint_and_config_cases(corpus, work, vq, captions, rng, max(3, per_kind // 4)),
+        "prompts": lambda: prompt_cases(corpus, pipe, rng, per_kind),
+    }
+    for name, run in families.items():
+        with corpus.family(name):
+            run()
+    runs = make_runs(work, vq, captions)
+    for name, run in {"model dirs": model_dir_cases, "values": cli_value_cases, "kills": export_kill_cases,
+                      "two runs": two_run_cases, "full disk": full_disk_cases, "page": page_cases}.items():
+        with corpus.family(name):
+            run(corpus, runs, quick)
+
+
+@contextlib.contextmanager
+def memory_limit(limit: int):
+    """Caps this process's address space for the block (restored after: the tests run it in theirs)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    capped = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (capped, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def print_table(corpus: Corpus) -> None:
+    columns = ("tried", *COUNTS, "seconds", "peak_memory_mib")
+    print(f"{'family':<12}" + "".join(f"{column.replace('_memory_mib', ' MiB'):>11}" for column in columns))
+    for name, tally in corpus.families.items():
+        print(f"{name:<12}" + "".join(f"{getattr(tally, column):>11}" for column in columns))
+    print(f"{'all':<12}{corpus.total('tried'):>11}" + "".join(f"{corpus.total(count):>11}" for count in COUNTS)
+          + f"{round(sum(t.seconds for t in corpus.families.values()), 1):>11}"
+          + f"{max(t.peak_memory_mib for t in corpus.families.values()):>11}")
+    for kind in COUNTS:
+        for line in corpus.cases[kind][:30]:
+            print(f"  {kind}: {line}")
+    for note in corpus.notes:
+        print(f"  note: {note}")
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-kind", type=int, default=40, help="mutations of each kind of input")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few cases of each family (3 mutations of each kind; the test runs this)")
     parser.add_argument("--seed", type=int, default=0)
     add_out_option(parser, "bad_inputs")
     args = parser.parse_args(argv)
+    per_kind = 3 if args.quick else args.per_kind
     torch.set_num_threads(1)
     rng = np.random.default_rng(args.seed)
     corpus = Corpus()
     measured_on = machine(torch.device("cpu"))
-    with tempfile.TemporaryDirectory() as directory:
-        work = Path(directory)
-        vq, captions, pipe = parts(work)
-        image_cases(corpus, work, vq, captions, rng, args.per_kind)
-        manifest_cases(corpus, work, vq, captions, rng, max(1, args.per_kind // 10))
-        tar_cases(corpus, work, vq, captions, rng, args.per_kind)
-        parquet_cases(corpus, work, vq, captions, rng, args.per_kind)
-        huggingface_cases(corpus, work, vq, captions, rng, args.per_kind)
-        converter_cases(corpus, work, vq, rng, args.per_kind)
-        shard_cases(corpus, work, vq, captions, rng, args.per_kind)
-        checkpoint_and_config_cases(corpus, work, vq, captions, rng, max(3, args.per_kind // 4))
-        prompt_cases(corpus, pipe, rng, args.per_kind)
+    with tempfile.TemporaryDirectory() as directory, memory_limit(MEMORY_LIMIT):
+        run_families(corpus, Path(directory), rng, per_kind, args.quick)
     result = {
         "machine": measured_on,
-        "bad_inputs_tried": corpus.tried,
-        "tracebacks": len(corpus.tracebacks),
-        "hangs": len(corpus.hangs),
-        "good_examples_lost": corpus.lost,
-        "traceback_cases": corpus.tracebacks,
-        "hang_cases": corpus.hangs,
-        "lost_cases": corpus.lost_cases,
+        "quick": args.quick,
+        "bad_inputs_tried": corpus.total("tried"),
+        "tracebacks": corpus.total("tracebacks"),
+        "hangs": corpus.total("hangs"),
+        "good_examples_lost": corpus.total("lost"),
+        "leaks": corpus.total("leaks"),
+        "accepted": corpus.total("accepted"),
+        "peak_memory_mib": max(tally.peak_memory_mib for tally in corpus.families.values()),
+        "families": {name: dataclasses.asdict(tally) for name, tally in corpus.families.items()},
+        "traceback_cases": corpus.cases["tracebacks"],
+        "hang_cases": corpus.cases["hangs"],
+        "lost_cases": corpus.cases["lost"],
+        "leak_cases": corpus.cases["leaks"],
+        "accepted_cases": corpus.cases["accepted"],
+        "notes": corpus.notes,
     }
-    print(f"bad inputs tried {corpus.tried}, tracebacks {len(corpus.tracebacks)}, hangs {len(corpus.hangs)}, "
-          f"good examples lost {corpus.lost}")
-    for line in corpus.tracebacks[:20] + corpus.hangs[:20] + corpus.lost_cases[:20]:
-        print("  " + line)
+    print_table(corpus)
     write_result(result, args.out)
     return result
 
