@@ -21,6 +21,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from gptdraw.files import write_text_atomic
 from gptdraw.untrusted_files import TOKENIZER_LIMIT, read_bytes, read_text, whole
 
 PAD_TOKEN = "<|pad|>"
@@ -147,11 +148,13 @@ class CaptionTokenizer:
 
     # ----------------------------------------------------------------- save / load
     def save_pretrained(self, directory: str | os.PathLike) -> None:
+        # Each file is written whole or not at all, the config last: a folder with a config holds a
+        # whole tokenizer, so a run that was killed or ran out of disk here trains it again.
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save(str(directory / TOKENIZER_NAME))
+        write_text_atomic(directory / TOKENIZER_NAME, self.tokenizer.to_str())
         config = {"format": "gptdraw-caption-tokenizer", "version": 1, **self.identity()}
-        (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        write_text_atomic(directory / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, within: Sequence[Path] | None = None) -> "CaptionTokenizer":

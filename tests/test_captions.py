@@ -62,3 +62,29 @@ def test_text_that_is_not_valid_unicode_is_encoded_not_refused(caption_tokenizer
     # A lone surrogate (what a broken web form can send) would make the BPE library raise TypeError.
     encoded = caption_tokenizer.encode_batch(["a red \ud800 circle", "a red ? circle"])
     assert (encoded.ids[0] == encoded.ids[1]).all()
+
+
+def test_a_save_cut_short_by_a_full_disk_leaves_no_config_so_a_rerun_trains_again(caption_tokenizer, tmp_path,
+                                                                                 monkeypatch):
+    """bench/bad_inputs.py found it: a full disk left an empty caption_tokenizer.json, and the rerun
+    of `data prepare` refused its own folder instead of training the tokenizer again."""
+    import errno
+
+    from gptdraw import captions, files
+    from gptdraw.data.prepare import caption_tokenizer_for
+    from gptdraw.data.sources import ShapesSource
+
+    real_write = files.write_durable
+
+    def full_disk(path, data):
+        if str(path).split("/")[-1].startswith(f".{captions.CONFIG_NAME}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    monkeypatch.setattr(files, "write_durable", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        caption_tokenizer.save_pretrained(tmp_path / "data" / "text_tokenizer")
+    assert not (tmp_path / "data" / "text_tokenizer" / captions.CONFIG_NAME).exists()
+    monkeypatch.setattr(files, "write_durable", real_write)  # space freed
+    again = caption_tokenizer_for(ShapesSource(32, 32, seed=0), tmp_path / "data")
+    assert (tmp_path / "data" / "text_tokenizer" / captions.CONFIG_NAME).is_file() and again.vocab_size > 0
