@@ -45,28 +45,43 @@ def describe_holder(note: bytes) -> str:
         return "a run that has just started"
 
 
-@contextlib.contextmanager
-def run_lock(folder: str | os.PathLike, *, command: str, flag: str = "--out", beside: bool = False) -> Iterator[None]:
-    """Holds `folder`'s lock for the block; refuses at once (FolderInUseError, one line naming the
-    holder) when another live process holds it."""
-    path = lock_path(folder, beside=beside)
-    # No O_TRUNC: a refused run must not wipe the holder's note before reading it.
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
+def take(path: Path, flag: str, folder) -> int:
+    """An open descriptor of `path` holding its lock; FolderInUseError when a live process holds it."""
+    while True:
+        # No O_TRUNC: a refused run must not wipe the holder's note before reading it.
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = describe_holder(os.pread(descriptor, 4096, 0))
+            os.close(descriptor)
             raise FolderInUseError(f"{flag} {folder} is in use by another run ({holder}); wait for it to end "
                                    f"or choose another {flag}") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
+                return descriptor
+        except FileNotFoundError:
+            pass
+        # A holder that was finishing removed the file between our open and our lock: lock the new one.
+        os.close(descriptor)
+
+
+@contextlib.contextmanager
+def run_lock(folder: str | os.PathLike, *, command: str, flag: str = "--out", beside: bool = False) -> Iterator[None]:
+    """Holds `folder`'s lock for the block; refuses at once (FolderInUseError, one line naming the
+    holder) when another live process holds it. The lock file is removed at the end; one left by a
+    killed run is taken over."""
+    path = lock_path(folder, beside=beside)
+    descriptor = take(path, flag, folder)
+    try:
         # Whatever note is there was left by a run that died (the kernel released its lock): replace it.
         note = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, json.dumps(note).encode("utf-8"), 0)
-        try:
-            yield
-        finally:
-            os.ftruncate(descriptor, 0)  # the folder is free; the file stays (unlinking it would race a newcomer)
+        yield
     finally:
+        # Removed while still locked, so that a newcomer who opened it meanwhile sees it is gone (take).
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
         os.close(descriptor)  # releases the lock

@@ -66,7 +66,7 @@ def test_prepare_vq_train_and_quickstart_are_refused_too(tmp_path, capsys, comma
         holder.stdin.close()
         holder.wait(timeout=HANG_SECONDS)
     assert f"is in use by another run (pid {holder.pid} on " in capsys.readouterr().err
-    assert sorted(path.name for path in out.iterdir()) == ([] if beside else [".gptdraw.lock"])
+    assert list(out.iterdir()) == []  # nothing written, and the holder removed its lock file when it ended
 
 
 def test_the_lock_of_a_killed_run_is_taken_over_silently(shapes_data, tmp_path, capsys):
@@ -78,7 +78,7 @@ def test_the_lock_of_a_killed_run_is_taken_over_silently(shapes_data, tmp_path, 
     assert b"held-by-the-test" in lock_path(out).read_bytes()  # the dead run's note is still there
     assert main(["train", "--data", str(shapes_data.data_dir), "--out", str(out), *TRAIN_FLAGS]) == 0
     assert "in use" not in capsys.readouterr().err
-    assert lock_path(out).read_bytes() == b""  # released at the end
+    assert not lock_path(out).exists()  # released, and removed, at the end
     assert (out / "checkpoints" / "step-00000002").is_dir()
 
 
@@ -89,3 +89,21 @@ def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
                 pass
     with run_lock(tmp_path, command="third"):  # free again once the first is done
         pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_that_opened_the_lock_file_as_its_holder_removed_it_takes_a_fresh_one(tmp_path, monkeypatch):
+    import gptdraw.run_lock as run_lock_module
+
+    real_flock, outer = run_lock_module.fcntl.flock, []
+
+    def flock(descriptor, operation):
+        # The first holder finishes (and removes the file) between this run's open and its lock.
+        if not outer:
+            outer.append(True)
+            os.unlink(lock_path(tmp_path))
+        return real_flock(descriptor, operation)
+
+    monkeypatch.setattr(run_lock_module.fcntl, "flock", flock)
+    with run_lock(tmp_path, command="newcomer"):
+        assert b"newcomer" in lock_path(tmp_path).read_bytes()  # it holds the file that is there now

@@ -225,7 +225,7 @@ def test_a_really_full_disk_is_one_line_and_the_run_resumes(shapes_data, clean_r
     monkeypatch.undo()
     filler[0].unlink()  # space freed
     assert_resumed_like_a_clean_run(shapes_data, clean_run, out)
-    assert [path.name for path in out.iterdir() if path.name.startswith(".")] == [".gptdraw.lock"]  # nothing leaked
+    assert [path.name for path in out.iterdir() if path.name.startswith(".")] == []  # nothing leaked
 
 
 def test_prepare_on_a_really_full_disk_is_one_line_and_resumes(shapes_data, small_disk, tmp_path, capsys, monkeypatch):
