@@ -195,7 +195,7 @@ class GPTDrawPipeline:
             precision = dtype
         precision = "auto" if precision is None else precision  # None meant "auto" before the rename
         directory = resolve_model(directory, revision)
-        device = resolve_device(device)
+        device = resolve_device(device, flag="device")  # the Python argument, not the CLI flag
         chosen = resolve_precision(precision, device, purpose="drawing", bf16_on_cpu=False)
         decode_in_bf16 = precision == "auto" and device.type == "cpu" and native_bf16(device)
         parts = load_model_directory(directory, device, torch_dtype(chosen))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from gptdraw.cli.drawing_options import add_drawing_options, sampling_overrides
 from gptdraw.files import output_directory, write_bytes_atomic, write_text_atomic
+from gptdraw.runtime import resolve_device
 
 SLUG_LIMIT = 60
 """Characters of a prompt kept in its file names (a name stays far below the usual 255-byte limit)."""
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     check_whole(batch_size, "--batch-size")
     max_images = MAX_IMAGES if args.max_images is None else args.max_images
     check_image_count(len(args.prompts) * args.num_images, max_images, flag="--max-images")
+    resolve_device(args.device, flag="--device")  # a device this machine lacks: refused before --out is made
     out = output_directory(args.out, flag="--out")
     pipe = GPTDrawPipeline.from_pretrained(args.model, device=args.device, revision=args.revision)
     settings = pipe.settings(**sampling_overrides(args))

@@ -151,3 +151,13 @@ def test_sidecars_are_valid_json_and_nan_settings_draw_nothing(model_dir, tmp_pa
     sidecar = strict_json(out / "a-red-circle-0.json")
     assert sidecar["temperature"] == 0 and sidecar["cfg_scale"] == 1.5 and sidecar["top_k"] == 10
     assert (out / "a-red-circle-0.gif").exists()
+
+
+def test_a_device_this_machine_lacks_is_refused_before_out_is_made(tmp_path, capsys):
+    """bench/bad_inputs.py saw an empty --out left by a refused --device."""
+    from gptdraw.cli import main
+
+    assert main(["generate", "x", "--model", "tests/fixtures/model-v1", "--device", "bogus",
+                 "--out", str(tmp_path / "drawn")]) == 2
+    assert "--device 'bogus' is not a device" in capsys.readouterr().err
+    assert not (tmp_path / "drawn").exists()
