@@ -157,7 +157,10 @@ def test_a_device_this_machine_lacks_is_refused_before_out_is_made(tmp_path, cap
     """bench/bad_inputs.py saw an empty --out left by a refused --device."""
     from gptdraw.cli import main
 
-    assert main(["generate", "x", "--model", "tests/fixtures/model-v1", "--device", "bogus",
+    from pathlib import Path
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "model-v1"
+    assert main(["generate", "x", "--model", str(fixture), "--device", "bogus",
                  "--out", str(tmp_path / "drawn")]) == 2
     assert "--device 'bogus' is not a device" in capsys.readouterr().err
     assert not (tmp_path / "drawn").exists()
