@@ -89,11 +89,13 @@ class EmojiQuickstartConfig:
     """Share of the skin-toned pictures whose (subject, tone) pair is held out (in every set)."""
     heldout_style_fraction: float = 0.2
     """Share of the subjects whose picture in one set is held out (the set in turn)."""
-    image_size: int = 64
+    image_size: int = 32
     """Side of the pictures, in pixels."""
-    vq_preset: str = "emoji-f8"
-    """Image tokenizer architecture (gptdraw.vq.config presets): emoji-f8 gives 8×8 codes at 64 px."""
-    vq_steps: int = 800
+    vq_preset: str = "emoji-f4"
+    """Image tokenizer architecture (gptdraw.vq.config presets): emoji-f4 gives 8×8 codes at 32 px. Its
+    reconstructions show their subject far more often than emoji-f8's 8×8 at 64 px (bench/vq_real.py:
+    66% / 93% retrieval top 1 / top 5 against 36% / 69%), for the same GPT sequence and half the time."""
+    vq_steps: int = 600
     """Image tokenizer optimiser steps."""
     vq_lr: float = 2e-3
     """Image tokenizer peak learning rate."""
