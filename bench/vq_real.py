@@ -30,9 +30,9 @@ from PIL import Image
 
 from common import add_out_option, machine, parse_variant, write_result  # bench/common.py
 from gptdraw.eval.inception import (
-    frechet_distance, inception_features, interval, load_inception, retrieval_ranks, self_retrieval_ranks,
+    frechet_distance, inception_features, load_inception, retrieval_ranks, self_retrieval_ranks,
 )
-from gptdraw.eval.real import subject_of
+from gptdraw.eval.real import retrieval_figures, subject_of
 from gptdraw.images import make_grid, tensor_to_pil, uint8_to_tensor
 from gptdraw.vq.metrics import psnr, ssim
 from gptdraw.vq.train import VQTrainConfig, train_vq
@@ -55,17 +55,6 @@ def at_size(pictures: list[Image.Image], size: int) -> np.ndarray:
     return np.stack([np.asarray(p if p.width == size else p.resize((size, size), Image.LANCZOS)) for p in pictures])
 
 
-def retrieval_figures(ranks: np.ndarray, subjects: list[str], prefix: str) -> dict:
-    """Top-1 and top-5 shares of `ranks`, each with its 95% interval over subjects."""
-    figures = {}
-    for top in (1, 5):
-        hits = ranks <= top
-        low, high = interval(hits, subjects)
-        figures[f"{prefix}top{top}"] = round(float(hits.mean()), 4)
-        figures[f"{prefix}top{top}_interval"] = [round(low, 4), round(high, 4)]
-    return figures
-
-
 REAL_FEATURES: dict[int, np.ndarray] = {}
 """Inception features of the real pictures at each size measured, computed once per run (they
 cost more than a small tokenizer's training on a CPU)."""
@@ -83,11 +72,11 @@ def subject_retrieval(inception, reconstructions: list[Image.Image], heldout: np
     labels = heldout_subjects + train_subjects
     ranks = retrieval_ranks(inception_features(inception, reconstructions, progress=False), heldout_subjects, real,
                             labels)
-    figures = retrieval_figures(ranks, heldout_subjects, "retrieval_")
+    figures = retrieval_figures(ranks, heldout_subjects, "retrieval")
     own = self_retrieval_ranks(real, labels)[: len(heldout_subjects)]  # held-out pictures come first
     placed = own > 0  # a subject with one picture has nothing to be compared with
     figures.update(retrieval_figures(own[placed], [s for s, keep in zip(heldout_subjects, placed) if keep],
-                                     "real_retrieval_"))
+                                     "real_retrieval"))
     figures["subjects"] = len(set(labels))
     return figures
 
