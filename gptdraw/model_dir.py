@@ -203,8 +203,10 @@ def load_model_directory(directory: str | os.PathLike, device, dtype) -> ModelDi
 
 def save_model_directory(directory: str | os.PathLike, *, transformer, text_tokenizer, image_tokenizer, layout,
                          sampling) -> None:
-    """Writes a model directory. Each part is written whole before it replaces the old one, and
-    gptdraw.json comes last."""
+    """Writes a model directory, whole or absent at every instant: every part is written whole
+    beside the old ones first; then gptdraw.json goes (from here a loader finds no model, rather
+    than old parts beside new ones), the parts are swapped in, and gptdraw.json comes back last.
+    A run killed in between leaves no gptdraw.json, which `gptdraw train` repairs on its rerun."""
     from gptdraw.gpt.lora import base_model, has_lora, save_adapter
     from gptdraw.gpt.model import save_transformer
 
@@ -218,11 +220,14 @@ def save_model_directory(directory: str | os.PathLike, *, transformer, text_toke
     if has_lora(transformer):  # the frozen base in transformer/, the adapter beside it
         writers["transformer"] = lambda folder: save_transformer(base_model(transformer), folder)
         writers[ADAPTER_DIR] = lambda folder: save_adapter(transformer, folder)
-    elif (directory / ADAPTER_DIR).exists():  # an adapter merged into the weights since
-        shutil.rmtree(directory / ADAPTER_DIR)
+    staged = {}
     for part, write in writers.items():
-        staging = staging_directory(directory / part)
-        write(staging)
+        staged[part] = staging_directory(directory / part)
+        write(staged[part])
+    (directory / MODEL_CONFIG_NAME).unlink(missing_ok=True)
+    if ADAPTER_DIR not in writers and (directory / ADAPTER_DIR).exists():  # an adapter merged into the weights since
+        shutil.rmtree(directory / ADAPTER_DIR)
+    for part, staging in staged.items():
         replace_directory(staging, directory / part)
     config = {
         "format": FORMAT_NAME,

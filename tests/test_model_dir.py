@@ -36,3 +36,31 @@ def test_saving_again_keeps_the_format_and_the_drawings(tmp_path):
     steps = list(again.stream(expected["prompts"], num_images_per_prompt=expected["num_images_per_prompt"],
                               seed=expected["seed"], every=again.layout.image_len))
     assert steps[-1].codes.tolist() == expected["codes"]
+
+
+def test_a_model_directory_being_saved_over_is_whole_or_absent_at_every_rename(tmp_path, monkeypatch):
+    """At each rename of a save over an old model, a loader finds either the old model whole (no
+    part replaced yet) or no model at all (no gptdraw.json): never old parts beside new ones."""
+    import os
+
+    from gptdraw import files
+
+    pipe = GPTDrawPipeline.from_pretrained(FIXTURE / "model", device="cpu", precision="fp32")
+    target = tmp_path / "model"
+    pipe.save_pretrained(target)
+    old_parts = {part: (target / part).stat().st_ino for part in PARTS}
+    seen = []
+    real_replace = os.replace
+
+    def checking_replace(source, destination):
+        if is_model_directory(target):
+            seen.append("whole")
+            assert {part: (target / part).stat().st_ino for part in PARTS} == old_parts
+        else:
+            seen.append("absent")
+        real_replace(source, destination)
+
+    monkeypatch.setattr(files.os, "replace", checking_replace)
+    pipe.save_pretrained(target)
+    assert "absent" in seen and seen.index("absent") < len(seen)
+    assert is_model_directory(target) and {part: (target / part).stat().st_ino for part in PARTS} != old_parts
