@@ -32,7 +32,7 @@ from common import add_out_option, machine, parse_variant, write_result  # bench
 from gptdraw.eval.inception import (
     frechet_distance, inception_features, load_inception, retrieval_ranks, self_retrieval_ranks,
 )
-from gptdraw.eval.real import retrieval_figures, subject_of
+from gptdraw.eval.real import remembered, retrieval_figures, subject_of
 from gptdraw.images import make_grid, tensor_to_pil, uint8_to_tensor
 from gptdraw.vq.metrics import psnr, ssim
 from gptdraw.vq.train import VQTrainConfig, train_vq
@@ -55,20 +55,13 @@ def at_size(pictures: list[Image.Image], size: int) -> np.ndarray:
     return np.stack([np.asarray(p if p.width == size else p.resize((size, size), Image.LANCZOS)) for p in pictures])
 
 
-REAL_FEATURES: dict[int, np.ndarray] = {}
-"""Inception features of the real pictures at each size measured, computed once per run (they
-cost more than a small tokenizer's training on a CPU)."""
-
-
 def subject_retrieval(inception, reconstructions: list[Image.Image], heldout: np.ndarray, heldout_subjects: list[str],
-                      train: np.ndarray, train_subjects: list[str]) -> dict:
+                      train: np.ndarray, train_subjects: list[str], memo: dict) -> dict:
     """The reconstructions' subject retrieval among the real pictures, and the real held-out
-    pictures' own (leave-one-out), at the same size."""
-    size = heldout.shape[1]
-    if size not in REAL_FEATURES:
-        REAL_FEATURES[size] = inception_features(
-            inception, [Image.fromarray(image) for image in np.concatenate([heldout, train])], progress=False)
-    real = REAL_FEATURES[size]
+    pictures' own (leave-one-out), at the same size. memo keeps the real pictures' features by
+    size for the whole run (they cost more than a small tokenizer's training on a CPU)."""
+    real = remembered(memo, heldout.shape[1], lambda: inception_features(
+        inception, [Image.fromarray(image) for image in np.concatenate([heldout, train])], progress=False))
     labels = heldout_subjects + train_subjects
     ranks = retrieval_ranks(inception_features(inception, reconstructions, progress=False), heldout_subjects, real,
                             labels)
@@ -102,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     inception = load_inception(args.inception) if args.inception else None
     result = {"machine": machine(torch.device("cpu")), "data": str(data), "training_pictures": len(train_pictures),
               "heldout_pictures": len(heldout_pictures), "image_size": native_size, "runs": []}
+    real_features_by_size: dict[int, np.ndarray] = {}
     rows_of_pictures = [[picture.resize((128, 128), Image.LANCZOS) for picture in heldout_pictures[:8]]]
     for name, changes in [parse_variant(text, VQTrainConfig()) for text in args.variant] or [("plain", {})]:
         config = VQTrainConfig(**{"preset": args.preset, "image_size": native_size, "steps": args.steps,
@@ -126,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         pictures = tensor_to_pil(reconstructions)
         if inception is not None:
-            row.update(subject_retrieval(inception, pictures, heldout, heldout_subjects, train_images, train_subjects))
-            real_features = REAL_FEATURES[config.image_size][: len(heldout)]
+            row.update(subject_retrieval(inception, pictures, heldout, heldout_subjects, train_images, train_subjects,
+                                         real_features_by_size))
+            real_features = real_features_by_size[config.image_size][: len(heldout)]
             row["rfid"] = round(frechet_distance(real_features, inception_features(inception, pictures, progress=False)), 3)
         result["runs"].append(row)
         rows_of_pictures.append([picture.resize((128, 128), Image.NEAREST) for picture in pictures[:8]])

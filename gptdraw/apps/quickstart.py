@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from gptdraw.apps.animate import save_gif
-from gptdraw.apps.quickstart_config import QuickstartConfig
+from gptdraw.apps.quickstart_config import EmojiQuickstartConfig, QuickstartConfig
 from gptdraw.data import shapes
 from gptdraw.data.prepare import caption_tokenizer_for, prepare
 from gptdraw.data.prepare_config import PrepareConfig
@@ -52,8 +52,10 @@ def train_image_tokenizer(source: ShapesSource, vq_dir: Path, config: Quickstart
     logger.info("VQGAN: PSNR %.1f dB, codebook usage %.0f%%", vq_result.psnr, 100 * vq_result.codebook_usage)
 
 
-def gpt_train_config(config: QuickstartConfig, *, sample_prompts: tuple[str, ...]) -> TrainConfig:
-    """Stage 4's recipe: the tiny preset with the quickstart's sizes, optimiser and schedule."""
+def gpt_train_config(config: "QuickstartConfig | EmojiQuickstartConfig", *,
+                     sample_prompts: tuple[str, ...]) -> TrainConfig:
+    """Stage 4's recipe: the tiny preset with the quickstart's sizes, optimiser and schedule (the
+    shapes and the emoji quickstart name their GPT fields alike)."""
     return train_preset(
         "tiny", max_steps=config.gpt_steps, seed=config.seed, micro_batch_size=config.gpt_batch,
         model=ModelConfig(n_layer=config.gpt_layers, n_head=config.gpt_heads, n_embd=config.gpt_width),

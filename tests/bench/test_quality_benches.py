@@ -79,6 +79,22 @@ def test_vq_real_bench_judges_recipes_on_real_pictures(tmp_path):
     assert out.with_suffix(".png").is_file()
 
 
+def test_vq_real_bench_judges_tokenizers_by_subject_retrieval_at_any_size(tmp_path):
+    from conftest import write_tiny_inception
+
+    emoji_pictures(tmp_path, 32)
+    out = tmp_path / "vq.json"
+    run_bench("vq_real", "--data", tmp_path / "emoji", "--steps", "2", "--batch-size", "4", "--variant", "native:",
+              "--variant", "small:preset=shapes-f4,image_size=16", "--inception",
+              write_tiny_inception(tmp_path / "inception.pt"), "--out", out)
+    native, small = json.loads(out.read_text())["runs"]
+    assert native["grid"] == [4, 4] and small["grid"] == [4, 4]  # f8 at 32 px, f4 at 16 px
+    for row in (native, small):
+        low, high = row["retrieval_top1_interval"]
+        assert 0 <= low <= row["retrieval_top1"] <= high <= 1 and row["retrieval_top5"] >= row["retrieval_top1"]
+        assert 0 <= row["real_retrieval_top1"] <= row["real_retrieval_top5"] <= 1 and row["rfid"] >= 0
+
+
 def test_real_sampling_bench_tunes_on_one_half_and_reports_on_the_other(tmp_path):
     from conftest import tiny_emoji_model, write_tiny_inception
 
