@@ -76,6 +76,19 @@ def train_image_tokenizer(pictures: Path, vq_dir: Path, config: EmojiQuickstartC
     logger.info("VQGAN: PSNR %.1f dB, codebook usage %.0f%%", result.psnr, 100 * result.codebook_usage)
 
 
+def prepare_shards(pictures: Path, data_dir: Path, vq_dir: Path, image_tokenizer: ImageTokenizer,
+                   config: EmojiQuickstartConfig, *, device, progress: bool):
+    """Stage 3: a caption BPE trained on the training captions, and the training pictures encoded
+    into shards (a random 5% kept apart in data_dir/eval for the eval loss); returns the tokenizer."""
+    source = FolderSource(pictures / "train")
+    text_settings = PrepareConfig(text_tokenizer="train", text_len=config.text_len, vocab_size=config.text_vocab_size,
+                                  eval_fraction=0.05, min_image_size=16, workers=0)
+    caption_tokenizer = caption_tokenizer_for(source, data_dir, text_settings)
+    prepare(source, data_dir, text_settings, image_tokenizer=image_tokenizer, caption_tokenizer=caption_tokenizer,
+            device=device, image_tokenizer_path=str(vq_dir), progress=progress)
+    return caption_tokenizer
+
+
 def load_yardstick(config: EmojiQuickstartConfig):
     """The FID Inception network the figures are measured with, or None (then only tones are)."""
     path = config.inception or installed_inception()
@@ -106,12 +119,9 @@ def run_emoji_quickstart(out: str | Path, config: EmojiQuickstartConfig = EmojiQ
     timings["vqgan"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    source, data_dir = FolderSource(pictures / "train"), out / "data"
-    text_settings = PrepareConfig(text_tokenizer="train", text_len=config.text_len, vocab_size=config.text_vocab_size,
-                                  eval_fraction=0.05, min_image_size=16, workers=0)
-    caption_tokenizer = caption_tokenizer_for(source, data_dir, text_settings)
-    prepare(source, data_dir, text_settings, image_tokenizer=image_tokenizer, caption_tokenizer=caption_tokenizer,
-            device=device, image_tokenizer_path=str(vq_dir), progress=progress)
+    data_dir = out / "data"
+    caption_tokenizer = prepare_shards(pictures, data_dir, vq_dir, image_tokenizer, config, device=device,
+                                       progress=progress)
     timings["prepare"] = time.perf_counter() - mark
 
     mark = time.perf_counter()

@@ -52,6 +52,12 @@ class QuickstartConfig:
     for images, or the whole joint vocabulary for both (the recipe before per-modality)."""
     text_loss_weight: float = 1.0
     """Weight of the caption tokens' loss beside the image codes' (1: the same)."""
+    gpt_tie_head: bool = True
+    """The GPT's output head is its token embedding (see ModelConfig.tie_head); false: a head of its own."""
+    gpt_embedding_lr_ratio: float = 1.0
+    """The GPT embeddings' learning rate as a multiple of gpt_lr (see TrainConfig.embedding_lr_ratio)."""
+    caption_dropout: float = 0.1
+    """Share of training sequences whose caption is blanked, so that guidance (cfg_scale) works."""
     text_len: int = 20
     """Caption tokens per sequence (the longest shapes caption takes 17)."""
     text_vocab_size: int = 512
@@ -121,6 +127,12 @@ class EmojiQuickstartConfig:
     """The GPT's softmax per position (see TrainConfig.loss_vocabulary)."""
     text_loss_weight: float = 1.0
     """Weight of the caption tokens' loss beside the image codes'."""
+    gpt_tie_head: bool = True
+    """The GPT's output head is its token embedding (see ModelConfig.tie_head); false: a head of its own."""
+    gpt_embedding_lr_ratio: float = 1.0
+    """The GPT embeddings' learning rate as a multiple of gpt_lr (see TrainConfig.embedding_lr_ratio)."""
+    caption_dropout: float = 0.1
+    """Share of training sequences whose caption is blanked, so that guidance (cfg_scale) works."""
     images_per_prompt: int = 4
     """Drawings per held-out caption."""
     training_prompts: int = 48

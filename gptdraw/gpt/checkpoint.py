@@ -47,8 +47,9 @@ def recover_checkpoints(out_dir: Path) -> None:
         recover_leftovers(root / name)
 
 
-def gather_model_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The GPT's whole weights on the CPU, keyed as GPT2LMHeadModel keys them (less the tied head).
+def gather_model_weights(model: torch.nn.Module, tied_head: bool = True) -> dict[str, torch.Tensor]:
+    """The GPT's whole weights on the CPU, keyed as GPT2LMHeadModel keys them (less the head when
+    `tied_head`: it is the token embedding).
 
     model: the prepared TrainingForward (plain, DDP or FSDP). Under FSDP the shards are
     gathered, so every process must call this; only the main process gets the weights
@@ -58,8 +59,9 @@ def gather_model_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     # TrainingForward holds the GPT as `.gpt`; wrappers (DDP, FSDP, compile) add nothing to these
-    # names. The LM head is left out: it is tied to the token embedding.
-    return {name.removeprefix("gpt."): tensor for name, tensor in state.items() if name != "gpt.lm_head.weight"}
+    # names. A tied LM head is left out: it is the token embedding.
+    return {name.removeprefix("gpt."): tensor for name, tensor in state.items()
+            if not (tied_head and name == "gpt.lm_head.weight")}
 
 
 def gather_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
@@ -105,8 +107,8 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
 def load_gpt_weights(gpt, weights: dict[str, torch.Tensor]) -> None:
     """Copies whole weights into an unsharded GPT; refuses weights that do not fit it."""
     missing, unexpected = gpt.load_state_dict(weights, strict=False)
-    # The tied head is not stored; anything else missing is a broken checkpoint.
-    missing = [k for k in missing if k != "lm_head.weight"]
+    # A tied head is not stored; anything else missing is a broken checkpoint.
+    missing = [k for k in missing if not (gpt.config.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
         raise ValueError(f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
 

@@ -45,9 +45,14 @@ class ModelConfig:
     """Hidden width; must divide by n_head."""
     dropout: float = 0.0
     """Residual, embedding and attention dropout (the reference uses none)."""
+    tie_head: bool = True
+    """The output head is the token embedding (GPT-2's way); False gives the head weights of its own,
+    so an image code's output row need not be its input row (LlamaGen, minDALL-E and DALLE-pytorch untie)."""
 
     def __post_init__(self):
         check_numbers(self, whole=("n_layer", "n_head", "n_embd"), real=("dropout",))
+        if not isinstance(self.tie_head, bool):
+            raise ValueError(f"tie_head must be true or false, got {self.tie_head!r}")
         for name in ("n_layer", "n_head", "n_embd"):
             if not 1 <= getattr(self, name) <= MODEL_LIMITS[name]:
                 raise ValueError(f"{name} must be in [1, {MODEL_LIMITS[name]}], got {getattr(self, name)}")
@@ -88,6 +93,9 @@ class TrainConfig:
     """Micro-batches accumulated into one optimiser step."""
     lr: float = 1e-3
     """Peak learning rate."""
+    embedding_lr_ratio: float = 1.0
+    """The token and position embeddings' learning rate as a multiple of lr (modded-nanogpt gives its
+    embeddings a far higher one than its matrices); 1: the same as everything else."""
     warmup_steps: int = 100
     """Linear warm-up from 0 to lr over this many steps."""
     schedule: Literal["constant", "cosine", "linear"] = "constant"
@@ -159,7 +167,7 @@ class TrainConfig:
         check_numbers(self, whole=("max_steps", "micro_batch_size", "grad_accum", "warmup_steps", "lora_rank", "seed",
                                    "eval_every", "eval_batches", "sample_every", "log_every", "checkpoint_every",
                                    "keep_checkpoints", "loss_chunk"),
-                      real=("lr", "min_lr_ratio", "weight_decay", "grad_clip", "lora_alpha", "caption_dropout",
+                      real=("lr", "embedding_lr_ratio", "min_lr_ratio", "weight_decay", "grad_clip", "lora_alpha", "caption_dropout",
                             "text_loss_weight", "image_loss_weight"))
         if not all(isinstance(b, (int, float)) and math.isfinite(b) and 0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
@@ -176,6 +184,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.warmup_steps < 0:
             raise ValueError("lr must be positive and warmup_steps non-negative")
+        if self.embedding_lr_ratio <= 0:
+            raise ValueError(f"embedding_lr_ratio must be positive, got {self.embedding_lr_ratio}")
         if self.lora_rank < 0 or self.lora_alpha <= 0:
             raise ValueError("lora_rank must be non-negative and lora_alpha positive")
         if not 0.0 <= self.caption_dropout < 1.0:

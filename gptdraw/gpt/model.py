@@ -38,7 +38,7 @@ def gpt2_config(model: ModelConfig, layout: SequenceLayout) -> GPT2Config:
         bos_token_id=None,
         eos_token_id=None,
         pad_token_id=layout.pad_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=model.tie_head,
         # The same tanh approximation as GPT-2's "gelu_new", as one kernel rather than a Python
         # formula of several that autocast runs in fp32.
         activation_function="gelu_pytorch_tanh",

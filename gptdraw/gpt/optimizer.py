@@ -1,7 +1,7 @@
 """The optimisers a run can train with: AdamW (the reference), Adafactor, or Muon with AdamW.
 
 Muon orthogonalises each update of a weight matrix; it applies to the matrices inside the
-transformer blocks only. Embeddings, the tied head, biases and norms stay with AdamW, as in the
+transformer blocks only. Embeddings, the head, biases and norms stay with AdamW, as in the
 modded-nanogpt speedrun that made Muon known. `BatchedMuon` takes torch.optim.Muon's steps (the
 same formulas, defaults and state), but orthogonalises all matrices of one shape together, in a
 few batched matmuls rather than a loop of small ones per matrix.
@@ -138,13 +138,27 @@ def _is_block_matrix(name: str, param: torch.Tensor) -> bool:
     return param.ndim == 2 and ".h." in f".{name}"
 
 
+def _is_embedding(name: str) -> bool:
+    """The token or position embedding (GPT-2 names them transformer.wte and transformer.wpe)."""
+    return name.removeprefix("gpt.").removeprefix("transformer.").split(".")[0] in ("wte", "wpe")
+
+
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """The optimiser `config.optimizer` names, with weight decay on matrices only.
 
+    With `config.embedding_lr_ratio` ≠ 1 the embeddings are a group of their own whose "lr_ratio"
+    the schedule multiplies their learning rate by (the group, and so the ratio, is in every
+    checkpoint); at 1 the groups are those of earlier releases, whose checkpoints still resume.
     AdamW is fused where the device supports it.
     """
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     fused = next(model.parameters()).device.type == "cuda"
+    embeddings = []
+    if config.embedding_lr_ratio != 1.0:
+        embeddings = [p for name, p in named if _is_embedding(name)]
+        named = [(name, p) for name, p in named if not _is_embedding(name)]
+    embedding_groups = [{"params": embeddings, "weight_decay": config.weight_decay, "lr_ratio": config.embedding_lr_ratio,
+                         "lr": config.lr * config.embedding_lr_ratio}] if embeddings else []
     matrices = [p for _, p in named if p.ndim >= 2]
     vectors = [p for _, p in named if p.ndim < 2]
     if config.optimizer == "muon":
@@ -154,12 +168,14 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
         other = [p for name, p in named if p.ndim >= 2 and not _is_block_matrix(name, p)]
         return MuonAdamW(
             [{"params": block, "weight_decay": config.weight_decay}],
-            [{"params": other, "weight_decay": config.weight_decay}, {"params": vectors, "weight_decay": 0.0}],
+            [{"params": other, "weight_decay": config.weight_decay}, {"params": vectors, "weight_decay": 0.0},
+             *embedding_groups],
             lr=config.lr, betas=config.betas, fused=fused,
         )
     groups = [
         {"params": matrices, "weight_decay": config.weight_decay},
         {"params": vectors, "weight_decay": 0.0},
+        *embedding_groups,
     ]
     if config.optimizer == "adafactor":
         return torch.optim.Adafactor(groups, lr=config.lr)

@@ -411,8 +411,9 @@ class TrainingRun:
     def take_step(self, step: int) -> None:
         """Optimiser step `step` (0-based). Nothing in it waits for the device: its losses stay there
         (`self.losses`) until a log or checkpoint step reads them."""
+        lr = learning_rate(step, self.config)
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(step, self.config)
+            group["lr"] = lr * group.get("lr_ratio", 1.0)
         micro_batches, counts = to_device(self.batches.get(step), self.accelerator)
         self.losses, self.grad_norm = train_step(self.forward, self.optimizer, micro_batches, counts, self.config,
                                                  self.accelerator)
@@ -451,7 +452,7 @@ class TrainingRun:
             self.log.record(record)
         weights = None
         if checkpoint_now or (sample_now and self.sharded):
-            weights = gather_model_weights(self.forward)  # under FSDP every process takes part
+            weights = gather_model_weights(self.forward, self.export_gpt.config.tie_word_embeddings)  # under FSDP every process takes part
             if self.sharded and self.main:
                 load_gpt_weights(self.export_gpt, weights)
         if sample_now and self.main:

@@ -1,12 +1,14 @@
 """`gptdraw quickstart --data emoji` shrunk to seconds: real Twemoji pictures and a second set laid
 out as its npm package is, every stage run, every figure written, and a rerun that only draws again."""
 
+import contextlib
+import io
 import json
 
 import pytest
 from PIL import Image
 
-from conftest import another_style, copy_twemoji, write_tiny_inception
+from conftest import another_style, copy_twemoji, load_bench, write_tiny_inception
 from gptdraw.cli import main
 
 pytestmark = pytest.mark.integration  # slow, end to end: `-m "not integration"` skips it
@@ -17,7 +19,10 @@ pytest.importorskip("emoji")
 PICKED = ("1f44b", "1f466", "1f467", "1f34e", "1f1ef-1f1f5")
 
 
-def test_emoji_quickstart_end_to_end_and_resume(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    """A finished tiny emoji quickstart: its folder, its arguments and what it printed."""
+    tmp_path = tmp_path_factory.mktemp("emoji")
     twemoji = copy_twemoji(tmp_path / "twemoji", PICKED)
     packages = tmp_path / "packages"  # Fluent 3D as `npm pack` unpacks it: no registry in the tests
     another_style(twemoji, packages / "lobehub-fluent-emoji-3d" / "package" / "assets")
@@ -28,8 +33,14 @@ def test_emoji_quickstart_end_to_end_and_resume(tmp_path, capsys):
             "--gpt-steps", "3", "--gpt-batch", "4", "--gpt-layers", "1", "--gpt-heads", "2", "--gpt-width", "32",
             "--images-per-prompt", "2", "--training-prompts", "2", "--other-subjects", "2",
             "--inception", str(write_tiny_inception(tmp_path / "inception.pt"))]
-    assert main(args) == 0
-    printed = capsys.readouterr().out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(args) == 0
+    return out, args, printed.getvalue()
+
+
+def test_emoji_quickstart_end_to_end_and_resume(quickstart_run):
+    out, args, printed = quickstart_run
     assert "subject retrieval top 1" in printed and "draw anything" in printed
     figures = json.loads((out / "eval.json").read_text())  # strict JSON: json.loads refuses NaN
     report, tuning = figures["report"], figures["tuning"]
@@ -54,6 +65,32 @@ def test_emoji_quickstart_end_to_end_and_resume(tmp_path, capsys):
                                                         out / "pictures" / "emoji.json")}
     assert main(args) == 0
     assert {path: path.stat().st_mtime_ns for path in kept} == kept
+
+
+def test_the_lever_bench_trains_each_variant_on_the_runs_pictures_and_reads_finished_ones_back(quickstart_run, tmp_path):
+    out, args, _ = quickstart_run
+    levers = load_bench("real_levers")
+    inception = args[args.index("--inception") + 1]
+    bench = ["--base", str(out), "--steps", "2", "--training-prompts", "2", "--inception", inception,
+             "--work", str(tmp_path / "work"), "--out", str(tmp_path / "levers.json"),
+             "--variant", "base:", "--variant", "untied16:gpt_tie_head=false,text_len=16"]
+    assert levers.main(bench) == 0
+    runs = json.loads((tmp_path / "levers.json").read_text())["runs"]
+    assert set(runs) == {"base", "untied16"} and runs["untied16"]["changes"] == {"gpt_tie_head": False, "text_len": 16}
+    for run in runs.values():
+        assert run["half"] == "tuning" and "retrieval_top5" in run and "training_retrieval_top1" in run
+    base = json.loads((tmp_path / "work" / "base" / "model" / "transformer" / "config.json").read_text())
+    untied = json.loads((tmp_path / "work" / "untied16" / "model" / "transformer" / "config.json").read_text())
+    assert base["tie_word_embeddings"] is True and untied["tie_word_embeddings"] is False
+    # text_len 16 needs shards of its own; the base recipe trains on the run's.
+    assert json.loads((out / "data" / "manifest.json").read_text())["text_len"] != 16
+    assert [json.loads(path.read_text())["text_len"] for path in (tmp_path / "work" / "_shared").glob("*/manifest.json")] == [16]
+    weights = tmp_path / "work" / "base" / "model" / "transformer" / "model.safetensors"
+    written = weights.stat().st_mtime_ns
+    assert levers.main(bench) == 0  # finished variants are read back, not trained again
+    assert weights.stat().st_mtime_ns == written
+    with pytest.raises(SystemExit, match="image_size would need other pictures"):
+        levers.main([*bench[:-4], "--variant", "smaller:image_size=16"])
 
 
 def test_a_flag_of_the_other_data_is_refused_in_one_line(tmp_path, capsys):

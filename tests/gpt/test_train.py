@@ -47,10 +47,14 @@ def test_training_lowers_loss_and_writes_a_model(dataset, caption_tokenizer, tmp
     assert len(pipe(["a red circle"], seed=0)) == 1
 
 
-@pytest.mark.parametrize("optimizer, lora_rank", [("adamw", 0), ("muon", 0), ("adamw", 4)])
-def test_stopped_and_resumed_equals_uninterrupted(dataset, caption_tokenizer, tmp_path, optimizer, lora_rank):
+@pytest.mark.parametrize("optimizer, lora_rank, levers", [
+    ("adamw", 0, {}), ("muon", 0, {}), ("adamw", 4, {}),
+    # A head of its own and a faster embedding group are in the checkpoint too.
+    ("muon", 0, {"model": ModelConfig(n_layer=2, n_head=2, n_embd=32, tie_head=False), "embedding_lr_ratio": 5.0}),
+])
+def test_stopped_and_resumed_equals_uninterrupted(dataset, caption_tokenizer, tmp_path, optimizer, lora_rank, levers):
     train_data, _, vq = dataset
-    config = tiny_config(caption_dropout=0.3, optimizer=optimizer, lora_rank=lora_rank)
+    config = tiny_config(caption_dropout=0.3, optimizer=optimizer, lora_rank=lora_rank, **levers)
     train(config, train_data, tmp_path / "straight", caption_tokenizer, vq, progress=False)
     train(config, train_data, tmp_path / "resumed", caption_tokenizer, vq, progress=False, stop_after=5)
     # stop_after=5 leaves a checkpoint at step 5 (the last step of the invocation).
@@ -64,6 +68,39 @@ def test_stopped_and_resumed_equals_uninterrupted(dataset, caption_tokenizer, tm
     assert set(straight) == set(resumed)
     for step in straight:
         assert resumed[step] == straight[step], f"step {step}: {resumed[step]} != {straight[step]}"
+
+
+def test_an_untied_head_is_trained_saved_and_loaded_apart_from_the_embedding(dataset, caption_tokenizer, tmp_path):
+    train_data, _, vq = dataset
+    config = tiny_config(model=ModelConfig(n_layer=2, n_head=2, n_embd=32, tie_head=False), max_steps=4)
+    train(config, train_data, tmp_path / "run", caption_tokenizer, vq, progress=False)
+    gpt = GPTDrawPipeline.from_pretrained(tmp_path / "run").transformer
+    head, embedding = gpt.lm_head.weight, gpt.transformer.wte.weight
+    assert head is not embedding and not gpt.config.tie_word_embeddings
+    # Both started from independent random draws and were trained: they differ everywhere.
+    assert not torch.allclose(head, embedding)
+
+
+def test_the_embeddings_learn_at_their_own_rate(dataset, caption_tokenizer, tmp_path):
+    from gptdraw.gpt.model import build_model
+    from gptdraw.gpt.optimizer import make_optimizer
+    from gptdraw.sequence import SequenceLayout
+
+    train_data, _, vq = dataset
+    layout = SequenceLayout.from_tokenizers(caption_tokenizer, vq, train_data.grid)
+    config = tiny_config(embedding_lr_ratio=10.0)
+    gpt = build_model(config.model, layout)
+    optimizer = make_optimizer(gpt, config)
+    ratios = {id(p): group.get("lr_ratio", 1.0) for group in optimizer.param_groups for p in group["params"]}
+    assert ratios[id(gpt.transformer.wte.weight)] == ratios[id(gpt.transformer.wpe.weight)] == 10.0
+    assert ratios[id(gpt.transformer.h[0].attn.c_attn.weight)] == 1.0
+    assert len(ratios) == len(list(gpt.parameters()))  # every parameter in exactly one group
+    # At ratio 1 the groups are the old ones, so earlier checkpoints still fit.
+    assert len(make_optimizer(gpt, tiny_config()).param_groups) == 2
+    train(config, train_data, tmp_path / "run", caption_tokenizer, vq, progress=False)
+    saved = torch.load(list_checkpoints(tmp_path / "run")[-1] / "optimizer.pt", weights_only=True)["param_groups"]
+    last = learning_rate(config.max_steps - 1, config)
+    assert sorted(group["lr"] for group in saved) == pytest.approx([last, last, 10 * last])
 
 
 def test_grad_accumulation_equals_one_big_batch(dataset, caption_tokenizer, tmp_path):
