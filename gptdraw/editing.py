@@ -24,6 +24,7 @@ from PIL import Image
 from transformers import GPT2LMHeadModel
 
 from gptdraw.images import pil_to_tensor
+from gptdraw.gpt.model import attention_mask
 from gptdraw.gpt.sampling import code_tokens, image_logits, model_rows
 from gptdraw.pipeline import DrawingStep, GPTDrawPipeline, finished_drawing
 from gptdraw.runtime import evaluation_mode
@@ -147,7 +148,8 @@ def guidance_scores(
     ids = torch.cat([model_rows(caption_ids, layout, True), code_tokens(codes, layout, True)], dim=1)  # (2B, T)
     # Position text_len-1+t predicts code t: the last caption token predicts the first code.
     embeds = gpt.get_input_embeddings()(ids[:, :-1])  # (2B, T-1, C); embeddings: see sampling.last_hidden
-    hidden = gpt.transformer(inputs_embeds=embeds).last_hidden_state[:, layout.text_len - 1 :]  # (2B, h*w, C)
+    mask = attention_mask(gpt, layout, embeds.shape[1], device=device)
+    hidden = gpt.transformer(inputs_embeds=embeds, attention_mask=mask).last_hidden_state[:, layout.text_len - 1 :]  # (2B, h*w, C)
     targets = torch.cat([codes, codes])  # (2B, h*w)
     totals = []
     for start in range(0, 2 * batch, SCORE_ROWS_PER_CHUNK):

@@ -15,6 +15,8 @@ from gptdraw.editing import (
     stream_completion,
     variations,
 )
+from gptdraw.gpt.config import ModelConfig
+from gptdraw.gpt.model import attention_mask, build_model
 from gptdraw.pipeline import GPTDrawPipeline
 from gptdraw.gpt.sampling import SamplingConfig
 
@@ -72,7 +74,10 @@ def test_variations_keep_the_top_quarter(pipe, picture, layout):
     assert [i.tobytes() for i in unguided] == [i.tobytes() for i in blank_steps[-1].images]
 
 
-def test_guidance_scores_match_a_plain_computation(pipe, gpt, layout):
+@pytest.mark.parametrize("attention", ["causal", "prefix"])
+def test_guidance_scores_match_a_plain_computation(pipe, gpt, layout, attention):
+    if attention == "prefix":
+        gpt = build_model(ModelConfig(n_layer=2, n_head=2, n_embd=32, caption_attention="prefix"), layout).eval()
     ids, _ = pipe.encode_prompts(["a red circle", "a purple square in the bottom right"])
     codes = torch.randint(0, layout.codebook_size, (2, layout.image_len), generator=torch.Generator().manual_seed(3))
     scores = guidance_scores(gpt, layout, ids, codes)
@@ -80,7 +85,9 @@ def test_guidance_scores_match_a_plain_computation(pipe, gpt, layout):
     def log_likelihood(caption, image_codes):
         # One row at a time, the plain forward, logits of the codebook only.
         with torch.no_grad():
-            logits = gpt(input_ids=layout.pack(caption, image_codes)).logits[0, layout.text_len - 1 : -1]  # (h*w, V)
+            sequence = layout.pack(caption, image_codes)
+            mask = attention_mask(gpt, layout, sequence.shape[1])
+            logits = gpt(input_ids=sequence, attention_mask=mask).logits[0, layout.text_len - 1 : -1]  # (h*w, V)
         image = logits[:, layout.image_offset : layout.image_offset + layout.codebook_size]
         return image.log_softmax(dim=-1).gather(-1, image_codes[0, :, None]).sum().item()
 

@@ -59,7 +59,7 @@ def gpt_train_config(config: "QuickstartConfig | EmojiQuickstartConfig", *,
     return train_preset(
         "tiny", max_steps=config.gpt_steps, seed=config.seed, micro_batch_size=config.gpt_batch,
         model=ModelConfig(n_layer=config.gpt_layers, n_head=config.gpt_heads, n_embd=config.gpt_width,
-                          tie_head=config.gpt_tie_head),
+                          tie_head=config.gpt_tie_head, caption_attention=config.gpt_caption_attention),
         optimizer=config.gpt_optimizer, lr=config.gpt_lr, embedding_lr_ratio=config.gpt_embedding_lr_ratio,
         text_loss_weight=config.text_loss_weight, caption_dropout=config.caption_dropout,
         loss_vocabulary=config.gpt_loss_vocabulary, warmup_steps=min(100, config.gpt_steps // 10),

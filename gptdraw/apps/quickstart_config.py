@@ -56,6 +56,8 @@ class QuickstartConfig:
     """The GPT's output head is its token embedding (see ModelConfig.tie_head); false: a head of its own."""
     gpt_embedding_lr_ratio: float = 1.0
     """The GPT embeddings' learning rate as a multiple of gpt_lr (see TrainConfig.embedding_lr_ratio)."""
+    gpt_caption_attention: Literal["causal", "prefix"] = "causal"
+    """How the GPT's caption tokens attend (see ModelConfig.caption_attention); prefix needs text_loss_weight 0."""
     caption_dropout: float = 0.1
     """Share of training sequences whose caption is blanked, so that guidance (cfg_scale) works."""
     text_len: int = 20
@@ -131,6 +133,8 @@ class EmojiQuickstartConfig:
     """The GPT's output head is its token embedding (see ModelConfig.tie_head); false: a head of its own."""
     gpt_embedding_lr_ratio: float = 1.0
     """The GPT embeddings' learning rate as a multiple of gpt_lr (see TrainConfig.embedding_lr_ratio)."""
+    gpt_caption_attention: Literal["causal", "prefix"] = "causal"
+    """How the GPT's caption tokens attend (see ModelConfig.caption_attention); prefix needs text_loss_weight 0."""
     caption_dropout: float = 0.1
     """Share of training sequences whose caption is blanked, so that guidance (cfg_scale) works."""
     images_per_prompt: int = 4

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from gptdraw.data.emoji import CREDITS, SKIN_TONES, split_tone
 from gptdraw.eval.inception import (
@@ -247,7 +248,7 @@ def inception_figures(pipe, inception, heldout, real_heldout: list[Image.Image],
 
 def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Path, images_per_prompt: int = 2,
                            other_subjects: int = 300, training_prompts: int = 100, half: str = "all", seed: int = 0,
-                           progress: bool = True, memo: dict | None = None, **settings) -> dict:
+                           progress: bool = True, memo: dict | None = None, candidates: int = 1, **settings) -> dict:
     """Draws DATA/heldout's captions with `pipe` and scores them (see the module doc); without an
     `inception` network only the tone accuracy is measured.
 
@@ -259,7 +260,11 @@ def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Pat
     quote figures of "report".
     memo: a dict to pass to every call that evaluates the same model on the same DATA with the
     same sizes (a sampling sweep): the real pictures' and the baselines' features are computed once.
+    candidates: drawings made for each one kept: with more than 1, each caption's drawings are the
+    best images_per_prompt of images_per_prompt × candidates by how much more likely the model finds
+    them under the caption than under the blank one (`gptdraw best-of`; DALL·E and Parti rerank).
     """
+    from gptdraw.editing import best_of
     from gptdraw.eval.shapes import draw_prompts
 
     data, out_dir = Path(data), Path(out_dir)
@@ -277,14 +282,20 @@ def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Pat
     prompts = list(dict.fromkeys(caption for _, caption in heldout))
     learnt = list(dict.fromkeys(caption for _, caption in others))
     learnt = spread(learnt, training_prompts) if inception is not None else []
-    drawn = draw_prompts(pipe, prompts + learnt, images_per_prompt, seed, progress=progress, **settings)
+    if candidates > 1:
+        drawn = {prompt: best_of(pipe, prompt, images_per_prompt * candidates, images_per_prompt, seed + number,
+                                 **settings).images
+                 for number, prompt in enumerate(tqdm(prompts + learnt, desc="best-of", unit="caption",
+                                                      disable=not progress))}
+    else:
+        drawn = draw_prompts(pipe, prompts + learnt, images_per_prompt, seed, progress=progress, **settings)
     drawings = [(image, prompt) for prompt in prompts for image in drawn[prompt]]
     learnt_drawings = [(image, prompt) for prompt in learnt for image in drawn[prompt]]
 
     real_heldout = [image.resize((size, size), Image.LANCZOS) for image, _ in heldout]
     result = {
         "half": half, "heldout_captions": len(prompts), "drawings": len(drawings), "real_heldout": len(real_heldout),
-        "image_size": size, "settings": pipe.settings(**settings).to_dict(),
+        "image_size": size, "settings": pipe.settings(**settings).to_dict(), "candidates": candidates,
         "variety": variety({prompt: drawn[prompt] for prompt in prompts}),
     }
     if inception is not None:

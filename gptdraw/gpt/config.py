@@ -48,11 +48,18 @@ class ModelConfig:
     tie_head: bool = True
     """The output head is the token embedding (GPT-2's way); False gives the head weights of its own,
     so an image code's output row need not be its input row (LlamaGen, minDALL-E and DALLE-pytorch untie)."""
+    caption_attention: Literal["causal", "prefix"] = "causal"
+    """causal: each caption token sees the ones before it (GPT-2's way); prefix: every caption token sees
+    the whole caption (a prefix LM, the cheap stand-in for dalle-mini's and Parti's text encoders). A
+    prefix caption has no next-word loss to learn (each position sees the next word): train it with
+    text_loss_weight 0."""
 
     def __post_init__(self):
         check_numbers(self, whole=("n_layer", "n_head", "n_embd"), real=("dropout",))
         if not isinstance(self.tie_head, bool):
             raise ValueError(f"tie_head must be true or false, got {self.tie_head!r}")
+        if self.caption_attention not in ("causal", "prefix"):
+            raise ValueError(f"caption_attention must be causal or prefix, got {self.caption_attention!r}")
         for name in ("n_layer", "n_head", "n_embd"):
             if not 1 <= getattr(self, name) <= MODEL_LIMITS[name]:
                 raise ValueError(f"{name} must be in [1, {MODEL_LIMITS[name]}], got {getattr(self, name)}")

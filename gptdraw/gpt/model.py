@@ -42,7 +42,41 @@ def gpt2_config(model: ModelConfig, layout: SequenceLayout) -> GPT2Config:
         # The same tanh approximation as GPT-2's "gelu_new", as one kernel rather than a Python
         # formula of several that autocast runs in fp32.
         activation_function="gelu_pytorch_tanh",
+        gptdraw_caption_attention=model.caption_attention,
     )
+
+
+CAPTION_ATTENTIONS = ("causal", "prefix")
+"""How a GPT's caption positions attend (ModelConfig.caption_attention), kept in its config.json."""
+
+
+def caption_attention(gpt: GPT2LMHeadModel) -> str:
+    """"causal" or "prefix": how this GPT's caption positions attend (a GPT saved before the choice
+    existed is causal)."""
+    return getattr(gpt.config, "gptdraw_caption_attention", "causal")
+
+
+def attention_mask(gpt: GPT2LMHeadModel, layout: SequenceLayout, queries: int, keys: int | None = None,
+                   device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """The attention mask for running a sequence's first `queries` positions against `keys` key
+    slots (default `queries`; a static cache has seq_len of them): None for a causal GPT, which
+    transformers masks itself (and then may use its fastest causal kernels); for a prefix GPT a
+    (1, 1, queries, keys) mask, broadcast over the rows, in which a caption position attends to the
+    whole caption and every other position causally. Later positions decoded one at a time need
+    none: causal attention already shows them the whole caption.
+    """
+    if caption_attention(gpt) == "causal":
+        return None
+    keys = queries if keys is None else keys
+    query = torch.arange(queries, device=device)[:, None]  # (queries, 1)
+    key = torch.arange(keys, device=device)[None]  # (1, keys)
+    allowed = (key <= query) | ((query < layout.text_len) & (key < layout.text_len))  # (queries, keys)
+    implementation = gpt.config._attn_implementation
+    if implementation == "eager":  # eager attention adds its mask to the scores
+        return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
+    if implementation != "sdpa":
+        raise ValueError(f"a prefix caption mask needs sdpa or eager attention, not {implementation!r}")
+    return allowed[None, None]  # (1, 1, queries, keys)
 
 
 def build_model(model: ModelConfig, layout: SequenceLayout, seed: int = 0) -> GPT2LMHeadModel:
@@ -192,7 +226,8 @@ def summed_losses(gpt: GPT2LMHeadModel, ids: torch.Tensor, layout: SequenceLayou
     if vocabulary not in LOSS_VOCABULARIES:
         raise ValueError(f"unknown loss vocabulary {vocabulary!r}; choose one of {', '.join(LOSS_VOCABULARIES)}")
     text_targets, image_targets = split_targets(ids, layout)
-    hidden = gpt.transformer(input_ids=ids[:, :-1]).last_hidden_state  # (B, T-1, C)
+    mask = attention_mask(gpt, layout, ids.shape[1] - 1, device=ids.device)
+    hidden = gpt.transformer(input_ids=ids[:, :-1], attention_mask=mask).last_hidden_state  # (B, T-1, C)
     weight = gpt.lm_head.weight  # (V, C)
     text_weight, image_weight = weight, weight
     if vocabulary == "per-modality":
@@ -298,6 +333,10 @@ def _gpt2_fields(data: dict) -> dict:
         fields[name] = data.get(name, default)
         if not isinstance(fields[name], bool):
             raise ValueError(f"{name} must be true or false, got {fields[name]!r}")
+    fields["gptdraw_caption_attention"] = data.get("gptdraw_caption_attention", "causal")
+    if fields["gptdraw_caption_attention"] not in CAPTION_ATTENTIONS:
+        raise ValueError(f"gptdraw_caption_attention must be one of {', '.join(CAPTION_ATTENTIONS)}, "
+                         f"got {fields['gptdraw_caption_attention']!r}")
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):  # shape nothing; GPT-2's own are past a small vocabulary
         value = data.get(name)
         fields[name] = None if value is None else whole(value, name, 0, 2**31 - 1)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from transformers import GPT2LMHeadModel, GPT2Model, StaticCache
 
 from gptdraw.gpt.config import SamplingConfig, SamplingSettings  # noqa: F401  (torch-free, for the CLI; the old name kept)
+from gptdraw.gpt.model import attention_mask
 from gptdraw.sequence import SequenceLayout
 
 
@@ -195,15 +196,18 @@ def image_logits(gpt: GPT2LMHeadModel, layout: SequenceLayout, hidden: torch.Ten
     return F.linear(hidden, head.weight[rows], bias).float()
 
 
-def last_hidden(gpt: GPT2LMHeadModel, tokens: torch.Tensor, cache: StaticCache | None = None) -> torch.Tensor:
-    """(R, n) tokens → (R, C) the transformer's output at the last position.
+def last_hidden(gpt: GPT2LMHeadModel, tokens: torch.Tensor, cache: StaticCache | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(R, n) tokens → (R, C) the transformer's output at the last position. `mask`: the attention
+    mask of a sequence's first tokens (gptdraw.gpt.model.attention_mask), None for later ones.
 
     The tokens go in as embeddings: transformers then skips its check for padding in
     input_ids, which would wait for the GPU at every step (and warn about the caption pads,
     which the model was trained to read).
     """
     embeds = gpt.get_input_embeddings()(tokens)  # (R, n, C)
-    out = gpt.transformer(inputs_embeds=embeds, use_cache=cache is not None, **{CACHE_ARGUMENT: cache})
+    out = gpt.transformer(inputs_embeds=embeds, attention_mask=mask, use_cache=cache is not None,
+                          **{CACHE_ARGUMENT: cache})
     return out.last_hidden_state[:, -1]
 
 
@@ -390,7 +394,8 @@ class CodeDrawer:
         rows = model_rows(caption_ids, layout, settings.guided)
         while codes.shape[1] < layout.image_len:
             ids = torch.cat([rows, code_tokens(codes, layout, settings.guided)], dim=1)
-            chosen = next_codes(self.gpt, layout, last_hidden(self.gpt, ids), uniform(), tensors)  # (B,)
+            mask = attention_mask(self.gpt, layout, ids.shape[1], device=device)
+            chosen = next_codes(self.gpt, layout, last_hidden(self.gpt, ids, mask=mask), uniform(), tensors)  # (B,)
             codes = torch.cat([codes, chosen[:, None]], dim=1)
             yield codes
 
@@ -417,7 +422,8 @@ class CodeDrawer:
 
         # Prefill: the captions and any prefix codes in one uncompiled pass of varying length.
         prompt = torch.cat([model_rows(caption_ids, layout, guided), code_tokens(codes_in, layout, guided)], dim=1)
-        chosen, tokens = self._decode_step(cache, prompt, uniform(), tensors)
+        mask = attention_mask(self.gpt, layout, prompt.shape[1], layout.seq_len, device)  # the cache's seq_len slots
+        chosen, tokens = self._decode_step(cache, prompt, uniform(), tensors, mask)
         codes = torch.cat([codes, chosen[:batch, None]], dim=1)
         yield codes
         # Decode: one token per row per step, always the same shapes.
@@ -445,10 +451,12 @@ class CodeDrawer:
         return cache
 
     def _decode_step(
-        self, cache: StaticCache, tokens: torch.Tensor, uniform: torch.Tensor, tensors: SamplingTensors
+        self, cache: StaticCache, tokens: torch.Tensor, uniform: torch.Tensor, tensors: SamplingTensors,
+        mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Runs (R, n) new tokens through the cached model; returns (B,) codes and their (R, 1) tokens."""
-        hidden = last_hidden(self.gpt, tokens, cache)  # (R, C)
+        """Runs (R, n) new tokens through the cached model; returns (B,) codes and their (R, 1) tokens.
+        `mask`: the prefill's attention mask (attention_mask), None for a decode step."""
+        hidden = last_hidden(self.gpt, tokens, cache, mask)  # (R, C)
         chosen = next_codes(self.gpt, self.layout, hidden, uniform, tensors)  # (B,)
         guided = tokens.shape[0] == 2 * uniform.shape[0]
         return chosen, code_tokens(chosen[:, None], self.layout, guided)

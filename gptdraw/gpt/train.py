@@ -54,7 +54,8 @@ from gptdraw.gpt.checkpoint import (
 )
 from gptdraw.gpt.config import TrainConfig
 from gptdraw.gpt.lora import add_lora
-from gptdraw.gpt.model import TrainingForward, build_model, caption_target_count, check_model_fits_layout, weighted_loss
+from gptdraw.gpt.model import (TrainingForward, build_model, caption_attention, caption_target_count,
+                               check_model_fits_layout, weighted_loss)
 from gptdraw.gpt.optimizer import make_optimizer
 from gptdraw.gpt.run_log import RunLog, import_wandb
 from gptdraw.gpt.sampling import CodeDrawer, DrawerConfig, SamplingConfig, sample_codes
@@ -355,6 +356,9 @@ class TrainingRun:
 
         gpt = init_model if init_model is not None else build_model(config.model, layout, seed=config.seed)
         check_model_fits_layout(gpt, layout, "train")
+        if caption_attention(gpt) == "prefix" and config.text_loss_weight:
+            raise ValueError("a GPT whose captions attend as a prefix sees each next word: it has no caption loss "
+                             f"to learn; train it with text_loss_weight 0 (got {config.text_loss_weight})")
         if config.lora_rank:
             torch.manual_seed(config.seed)  # the adapters' A matrices start random: the same on a resume
             gpt = add_lora(gpt, config.lora_rank, config.lora_alpha)

@@ -3,7 +3,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from gptdraw.gpt.config import ModelConfig
-from gptdraw.gpt.model import adapt_pretrained_gpt2, build_model, check_model_fits_layout, sequence_loss
+from gptdraw.gpt.model import adapt_pretrained_gpt2, attention_mask, build_model, check_model_fits_layout, sequence_loss
 from gptdraw.sequence import SequenceLayout
 
 
@@ -137,3 +137,43 @@ def test_linear_cross_entropy_with_a_frozen_head_gives_the_same_hidden_gradient_
     frozen = weight.detach()  # as under LoRA: the tied head is frozen
     LinearCrossEntropy.apply(hidden, frozen, targets, 8).backward()
     assert torch.equal(hidden.grad, trained_head) and frozen.grad is None
+
+
+@pytest.fixture(scope="module")
+def prefix_gpt(layout):
+    return build_model(ModelConfig(n_layer=2, n_head=2, n_embd=32, caption_attention="prefix"), layout, seed=0).eval()
+
+
+def test_a_prefix_caption_attends_to_the_whole_caption_and_the_image_causally(prefix_gpt, gpt, layout):
+    ids = random_ids(layout, batch=2)
+    later_word = ids.clone()
+    later_word[:, layout.text_len - 2] = (later_word[:, layout.text_len - 2] + 1) % layout.text_vocab_size
+    later_code = ids.clone()
+    later_code[:, -1] = layout.image_offset + (later_code[:, -1] - layout.image_offset + 1) % layout.codebook_size
+
+    def hidden(model, sequence):
+        with torch.no_grad():
+            mask = attention_mask(model, layout, sequence.shape[1])
+            return model.transformer(input_ids=sequence, attention_mask=mask).last_hidden_state
+
+    # Under the prefix mask the first caption position sees a later word; causally it does not.
+    assert not torch.allclose(hidden(prefix_gpt, ids)[:, 0], hidden(prefix_gpt, later_word)[:, 0])
+    assert torch.allclose(hidden(gpt, ids)[:, 0], hidden(gpt, later_word)[:, 0])
+    # Every position before the last code is blind to it under both.
+    assert torch.allclose(hidden(prefix_gpt, ids)[:, :-1], hidden(prefix_gpt, later_code)[:, :-1])
+    assert attention_mask(gpt, layout, 5) is None  # a causal GPT leaves the mask to transformers
+
+
+def test_the_caption_attention_is_saved_with_the_gpt_and_a_foreign_one_refused(prefix_gpt, tmp_path):
+    import json
+
+    from gptdraw.gpt.model import caption_attention, load_transformer, save_transformer
+
+    save_transformer(prefix_gpt, tmp_path / "gpt")
+    loaded = load_transformer(tmp_path / "gpt")
+    assert caption_attention(loaded) == "prefix"
+    assert torch.equal(loaded.transformer.wte.weight, prefix_gpt.transformer.wte.weight)
+    config = json.loads((tmp_path / "gpt" / "config.json").read_text())
+    (tmp_path / "gpt" / "config.json").write_text(json.dumps({**config, "gptdraw_caption_attention": "sideways"}))
+    with pytest.raises(ValueError, match="gptdraw_caption_attention must be one of causal, prefix"):
+        load_transformer(tmp_path / "gpt")

@@ -1,6 +1,9 @@
 import pytest
 import torch
 
+from gptdraw.gpt.config import ModelConfig
+from gptdraw.gpt.model import build_model
+
 from gptdraw.gpt.sampling import (
     CodeDrawer,
     DrawerConfig,
@@ -156,8 +159,12 @@ SETTINGS = [
 
 
 @pytest.mark.parametrize("settings", SETTINGS)
-def test_static_cache_equals_reference_loop(gpt, layout, settings):
-    # The fast loop (static KV cache, batched CFG, codebook-only logits) draws the reference's codes.
+@pytest.mark.parametrize("attention", ["causal", "prefix"])
+def test_static_cache_equals_reference_loop(gpt, layout, settings, attention):
+    # The fast loop (static KV cache, batched CFG, codebook-only logits) draws the reference's codes,
+    # with a prefix-mask prefill as well.
+    if attention == "prefix":
+        gpt = build_model(ModelConfig(n_layer=2, n_head=2, n_embd=32, caption_attention="prefix"), layout).eval()
     ids = captions(layout)
     prefix = torch.randint(0, layout.codebook_size, (3, 5), generator=torch.Generator().manual_seed(1))
     for start in (None, prefix):

@@ -49,8 +49,9 @@ def test_training_lowers_loss_and_writes_a_model(dataset, caption_tokenizer, tmp
 
 @pytest.mark.parametrize("optimizer, lora_rank, levers", [
     ("adamw", 0, {}), ("muon", 0, {}), ("adamw", 4, {}),
-    # A head of its own and a faster embedding group are in the checkpoint too.
-    ("muon", 0, {"model": ModelConfig(n_layer=2, n_head=2, n_embd=32, tie_head=False), "embedding_lr_ratio": 5.0}),
+    # A head of its own, a faster embedding group and a prefix caption are in the checkpoint too.
+    ("muon", 0, {"model": ModelConfig(n_layer=2, n_head=2, n_embd=32, tie_head=False, caption_attention="prefix"),
+                 "embedding_lr_ratio": 5.0, "text_loss_weight": 0.0}),
 ])
 def test_stopped_and_resumed_equals_uninterrupted(dataset, caption_tokenizer, tmp_path, optimizer, lora_rank, levers):
     train_data, _, vq = dataset
@@ -79,6 +80,14 @@ def test_an_untied_head_is_trained_saved_and_loaded_apart_from_the_embedding(dat
     assert head is not embedding and not gpt.config.tie_word_embeddings
     # Both started from independent random draws and were trained: they differ everywhere.
     assert not torch.allclose(head, embedding)
+
+
+def test_a_prefix_caption_with_a_caption_loss_is_refused(dataset, caption_tokenizer, tmp_path):
+    train_data, _, vq = dataset
+    config = tiny_config(model=ModelConfig(n_layer=2, n_head=2, n_embd=32, caption_attention="prefix"))
+    with pytest.raises(ValueError, match="train it with text_loss_weight 0"):
+        train(config, train_data, tmp_path / "run", caption_tokenizer, vq, progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_the_embeddings_learn_at_their_own_rate(dataset, caption_tokenizer, tmp_path):
