@@ -40,9 +40,14 @@ def register(subparsers) -> None:
     parser.add_argument("--model", help=f"model preset instead of the training preset's ({', '.join(sorted(MODEL_PRESETS))})")
     parser.add_argument("--cfg-scale", type=float, default=1.0, help="default guidance scale stored with the model")
     add_config_flags(parser, TrainConfig, skip=("model",))
+    add_config_flags(parser, ModelConfig, skip=MODEL_SIZES, title="ModelConfig fields beside the model preset's sizes")
     parser.add_argument("--sample-prompt", action="append", dest="sample_prompt", help="a fixed prompt for the sample "
                         "grids (repeatable; adds to --sample-prompts)")
     parser.set_defaults(func=run)
+
+
+MODEL_SIZES = ("n_layer", "n_head", "n_embd", "dropout")
+"""ModelConfig fields that come from --model (a preset) or --config only; the others are flags too."""
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -60,6 +65,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     if args.model:
         config = replace(config, model=model_preset(args.model))
     given = given_fields(args, TrainConfig, skip=("model",))
+    model_given = given_fields(args, ModelConfig, skip=MODEL_SIZES)
+    if model_given:
+        given["model"] = replace(config.model, **model_given)
     if args.sample_prompt:
         given["sample_prompts"] = tuple(given.get("sample_prompts", ())) + tuple(args.sample_prompt)
     return replace(config, **given)
@@ -75,7 +83,7 @@ def train_into_out(args: argparse.Namespace, config: TrainConfig) -> int:
     from gptdraw.captions import CaptionTokenizer
     from gptdraw.data.shards import ShardDataset
     from gptdraw.gpt.finetune import load_for_finetuning
-    from gptdraw.gpt.model import adapt_pretrained_gpt2
+    from gptdraw.gpt.model import adapt_pretrained_gpt2, caption_attention
     from gptdraw.gpt.sampling import SamplingConfig
     from gptdraw.gpt.train import train
     from gptdraw.model_dir import is_model_directory
@@ -94,8 +102,10 @@ def train_into_out(args: argparse.Namespace, config: TrainConfig) -> int:
             init_model = load_for_finetuning(args.init_from, caption_tokenizer, image_tokenizer, layout,
                                              dropout=config.model.dropout)
             # The run trains the model's architecture, whatever the preset says.
-            config = replace(config, model=ModelConfig(n_layer=init_model.config.n_layer, n_head=init_model.config.n_head,
-                                                       n_embd=init_model.config.n_embd, dropout=config.model.dropout))
+            config = replace(config, model=ModelConfig(
+                n_layer=init_model.config.n_layer, n_head=init_model.config.n_head, n_embd=init_model.config.n_embd,
+                dropout=config.model.dropout, tie_head=init_model.config.tie_word_embeddings,
+                caption_attention=caption_attention(init_model)))
         else:
             init_model = adapt_pretrained_gpt2(args.init_from, layout, dropout=config.model.dropout)
     result = train(

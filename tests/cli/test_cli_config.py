@@ -69,6 +69,16 @@ def test_every_training_field_is_a_flag():
     assert config.model == train_preset("tiny").model
 
 
+def test_the_model_fields_beside_its_sizes_are_flags_over_the_preset_and_the_config_file(tmp_path):
+    config = parse([*BASE, "--model", "gpt-draw", "--no-tie-head", "--caption-attention", "prefix"])
+    assert config.model == dataclasses.replace(MODEL_PRESETS["gpt-draw"], tie_head=False, caption_attention="prefix")
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"model": {"n_layer": 2, "n_head": 2, "n_embd": 32, "caption_attention": "prefix"}}))
+    config = parse([*BASE, "--config", str(path), "--no-tie-head"])
+    assert (config.model.n_layer, config.model.caption_attention, config.model.tie_head) == (2, "prefix", False)
+    assert parse([*BASE, "--config", str(path)]).model.tie_head is True
+
+
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
 def test_every_training_field_from_a_config_file(tmp_path, suffix):
     values = {**changed_values(), "model": "gpt-draw"}
