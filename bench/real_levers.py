@@ -78,8 +78,10 @@ def shards_for(config: EmojiQuickstartConfig, base: Path, defaults: EmojiQuickst
 
 
 def run_variant(name: str, config: EmojiQuickstartConfig, base: Path, defaults: EmojiQuickstartConfig, work: Path,
-                inception, training_prompts: int) -> dict:
-    """Trains and evaluates one variant in WORK/NAME (or reads back a finished one)."""
+                inception, training_prompts: int, memo: dict) -> dict:
+    """Trains and evaluates one variant in WORK/NAME (or reads back a finished one). `memo`: shared by
+    the variants of a sweep, which all draw with BASE's image tokenizer and are judged against
+    BASE's pictures, so the real pictures' and the baselines' features are computed once."""
     run = work / name
     scores_path = run / "tuning" / "evaluation.json"
     if scores_path.is_file():
@@ -96,7 +98,7 @@ def run_variant(name: str, config: EmojiQuickstartConfig, base: Path, defaults: 
     pipe = GPTDrawPipeline.from_pretrained(run / "model", device=device)
     scores = evaluate_real_pictures(pipe, base / "pictures", inception, run / "tuning", config.images_per_prompt,
                                     other_subjects=config.other_subjects, training_prompts=training_prompts,
-                                    half="tuning", seed=config.seed, progress=False)
+                                    half="tuning", seed=config.seed, progress=False, memo=memo)
     scores.update(train_loss=result.train_loss, eval_loss=result.eval_loss, train_seconds=trained,
                   seconds=time.perf_counter() - started)
     scores_path.write_text(json.dumps(scores, indent=2) + "\n")  # last: a finished variant
@@ -137,9 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                              "image tokenizer than BASE's; make another BASE for it")
     result = {"machine": machine(torch.device("cpu")), "args": vars(args), "runs": {}}
     print(f"{'variant':<14}" + "".join(f"{LABELS[name]:>18}" for name in FIGURES) + "   minutes")
+    memo = {}
     for name, values in variants:
         config = dataclasses.replace(defaults, **values)
-        scores = run_variant(name, config, base, defaults, work, inception, args.training_prompts)
+        scores = run_variant(name, config, base, defaults, work, inception, args.training_prompts, memo)
         result["runs"][name] = {"changes": values, **scores}
         intervals = [scores.get(f"{figure}_interval") for figure in FIGURES]
         print(f"{name:<14}" + "".join(
