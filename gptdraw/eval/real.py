@@ -186,7 +186,7 @@ def inception_figures(pipe, inception, heldout, real_heldout: list[Image.Image],
     module doc). heldout / reference: (picture, caption) pairs, real_heldout the held-out pictures
     at the drawings' size; drawings / learnt_drawings: (picture, caption) of held-out and training
     captions. memo: features of the real pictures and the baselines kept from an earlier call with
-    the same model and pictures (a sampling sweep draws again, the real pictures stay)."""
+    the same image tokenizer and pictures (a sampling sweep draws again, the real pictures stay)."""
     size = real_heldout[0].width
     halfway = (len(heldout), heldout[0][1] if heldout else None)  # which half's pictures
     real_features = remembered(memo, ("real", halfway), lambda: inception_features(
@@ -258,8 +258,9 @@ def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Pat
     captions the model learnt (0: none).
     half: which held-out captions are drawn (heldout_half): tune sampling settings on "tuning",
     quote figures of "report".
-    memo: a dict to pass to every call that evaluates the same model on the same DATA with the
-    same sizes (a sampling sweep): the real pictures' and the baselines' features are computed once.
+    memo: a dict to pass to every call that evaluates a model with the same image tokenizer on the
+    same DATA with the same sizes (a sampling sweep, or GPTs trained on the same codes): the real
+    pictures' and the baselines' features are computed once.
     candidates: drawings made for each one kept: with more than 1, each caption's drawings are the
     best images_per_prompt of images_per_prompt × candidates by how much more likely the model finds
     them under the caption than under the blank one (`gptdraw best-of`; DALL·E and Parti rerank).
