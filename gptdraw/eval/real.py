@@ -189,9 +189,11 @@ def inception_figures(pipe, inception, heldout, real_heldout: list[Image.Image],
     the same image tokenizer and pictures (a sampling sweep draws again, the real pictures stay)."""
     size = real_heldout[0].width
     halfway = (len(heldout), heldout[0][1] if heldout else None)  # which half's pictures
-    real_features = remembered(memo, ("real", halfway), lambda: inception_features(
-        inception, real_heldout + [image.resize((size, size), Image.LANCZOS) for image, _ in reference]))
-    heldout_features = real_features[: len(real_heldout)]
+    # The reference pictures are the same for both halves (all held-out subjects' and others'): kept apart.
+    heldout_features = remembered(memo, ("heldout", halfway), lambda: inception_features(inception, real_heldout))
+    reference_features = remembered(memo, ("reference", len(reference), size), lambda: inception_features(
+        inception, [image.resize((size, size), Image.LANCZOS) for image, _ in reference]))
+    real_features = np.concatenate([heldout_features, reference_features])  # (held-out + reference, D)
     real_subjects = [subject_of(c) for _, c in heldout] + [subject_of(c) for _, c in reference]
     drawn_features = inception_features(inception, [image for image, _ in drawings])
     drawn_captions = [caption for _, caption in drawings]

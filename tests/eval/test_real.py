@@ -124,3 +124,36 @@ def test_too_few_held_out_pictures_to_halve_is_a_one_line_error(emoji_data, tmp_
     assert not (tmp_path / "e" / "evaluation.json").exists()
     assert main(["evaluate", "--model", str(model), "--data", str(data), "--out", str(tmp_path / "t"),
                  "--half", "tuning", "--images-per-prompt", "1"]) == 0
+
+
+def test_a_shared_memo_measures_the_real_pictures_once_for_both_halves(emoji_data, tmp_path):
+    import torch
+
+    from gptdraw.eval.inception import load_inception
+    from gptdraw.eval.real import evaluate_real_pictures
+    from gptdraw.pipeline import GPTDrawPipeline
+
+    class Counting(torch.nn.Module):
+        """The network, counting the pictures it is shown."""
+
+        def __init__(self, network):
+            super().__init__()
+            self.network, self.seen = network, 0
+
+        def forward(self, batch):
+            self.seen += batch.shape[0]
+            return self.network(batch)
+
+    pipe = GPTDrawPipeline.from_pretrained(tiny_emoji_model(emoji_data, tmp_path / "model"))
+    network = Counting(load_inception(write_tiny_inception(tmp_path / "inception.pt")))
+    memo, seen, kept = {}, [], []
+    for number, half in enumerate(("tuning", "report")):
+        before = network.seen
+        figures = evaluate_real_pictures(pipe, emoji_data, network, tmp_path / str(number), images_per_prompt=1,
+                                         training_prompts=0, half=half, memo=memo)
+        seen.append(network.seen - before)
+        key = ("reference", figures["reference_pictures"], figures["image_size"])
+        kept.append(memo[key])
+    # The reference pictures were measured by the first half and reused by the second, not measured again.
+    assert kept[0] is kept[1] and len(kept[0]) == figures["reference_pictures"]
+    assert seen[1] < seen[0] - figures["reference_pictures"] + figures["real_heldout"] + 1
