@@ -85,13 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     chosen = {key: best[key] for key in ("temperature", "top_k", "cfg_scale", "candidates")}
     result["chosen"] = chosen
     result["report"] = {}
-    for name, settings in (("model_settings", {}), ("chosen", chosen)):
+    write_result(result, args.out)  # the tuning table is kept if the report is interrupted
+    model_settings = {**pipe.settings().to_dict(), "candidates": 1}
+    same = all(model_settings.get(key) == value for key, value in chosen.items())
+    # When the choice is the model's own settings, the report half is drawn once for both.
+    for name, settings in (("model_settings", {}),) + (() if same else (("chosen", chosen),)):
         scores = evaluate_real_pictures(pipe, args.data, inception, work / f"report-{name}", args.images_per_prompt,
                                         half="report", training_prompts=args.training_prompts, memo=memo, **settings)
         result["report"][name] = scores
         print(f"report  {name}: {scores['settings']} → " + "  ".join(
             f"{figure} {share(scores.get(figure))}" for figure in FIGURES + ("training_retrieval_top1", "variety")),
             flush=True)
+    if same:
+        result["report"]["chosen"] = result["report"]["model_settings"]
     write_result(result, args.out)
     return 0
 
