@@ -102,7 +102,8 @@ class TrainConfig:
     """Peak learning rate."""
     embedding_lr_ratio: float = 1.0
     """The token and position embeddings' learning rate as a multiple of lr (modded-nanogpt gives its
-    embeddings a far higher one than its matrices); 1: the same as everything else."""
+    embeddings a far higher one than its matrices); 1: the same as everything else. A tied head is the
+    token embedding, so it learns at this rate too (untie it with ModelConfig.tie_head to keep it at lr)."""
     warmup_steps: int = 100
     """Linear warm-up from 0 to lr over this many steps."""
     schedule: Literal["constant", "cosine", "linear"] = "constant"
