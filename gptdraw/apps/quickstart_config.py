@@ -52,6 +52,8 @@ class QuickstartConfig:
     for images, or the whole joint vocabulary for both (the recipe before per-modality)."""
     text_loss_weight: float = 1.0
     """Weight of the caption tokens' loss beside the image codes' (1: the same)."""
+    gpt_dropout: float = 0.0
+    """The GPT's residual, embedding and attention dropout (see ModelConfig.dropout)."""
     gpt_tie_head: bool = True
     """The GPT's output head is its token embedding (see ModelConfig.tie_head); false: a head of its own."""
     gpt_embedding_lr_ratio: float = 1.0
@@ -129,6 +131,8 @@ class EmojiQuickstartConfig:
     """The GPT's softmax per position (see TrainConfig.loss_vocabulary)."""
     text_loss_weight: float = 1.0
     """Weight of the caption tokens' loss beside the image codes'."""
+    gpt_dropout: float = 0.0
+    """The GPT's residual, embedding and attention dropout (see ModelConfig.dropout)."""
     gpt_tie_head: bool = True
     """The GPT's output head is its token embedding (see ModelConfig.tie_head); false: a head of its own."""
     gpt_embedding_lr_ratio: float = 1.0
