@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import threading
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -115,10 +117,11 @@ def load_gpt_weights(gpt, weights: dict[str, torch.Tensor]) -> None:
 
 def save_checkpoint(
     out_dir: Path, step: int, weights: dict[str, torch.Tensor], optimizer_state: dict, config: TrainConfig,
-    layout: SequenceLayout, history: dict, wandb_run_id: str | None = None,
+    layout: SequenceLayout, history: dict, wandb_run_id: str | None = None, rng_state: torch.Tensor | None = None,
 ) -> Path:
     """Writes a checkpoint (whole weights and optimiser state, from gather_model_weights and
-    gather_optimizer_state) to a temporary directory and renames it into place."""
+    gather_optimizer_state) to a temporary directory and renames it into place. rng_state: torch's
+    RNG state at the checkpoint's step (default: now; a background write passes the one it took)."""
     root = out_dir / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
@@ -128,7 +131,7 @@ def save_checkpoint(
         "step": step,
         "config": config.to_dict(),
         "layout": layout.to_dict(),
-        "torch_rng": torch.get_rng_state().tolist(),
+        "torch_rng": (torch.get_rng_state() if rng_state is None else rng_state).tolist(),
         "history": history,
         "wandb_run_id": wandb_run_id,
     }
@@ -152,6 +155,43 @@ def save_checkpoint(
 def prune_checkpoints(out_dir: Path, keep: int) -> None:
     for old in list_checkpoints(out_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def host_copy(state):
+    """A copy of a (nested) state whose tensors share no memory with the live ones: what a background
+    write may read while training updates the weights and the optimiser state in place."""
+    from torch.utils._pytree import tree_map
+
+    return tree_map(lambda value: value.detach().to("cpu", copy=True) if isinstance(value, torch.Tensor) else value,
+                    state)
+
+
+class BackgroundWriter:
+    """Runs one write at a time in a thread. `start` waits for the previous write first, and
+    `wait` raises the error a write ended with (a full disk, say) in the training thread."""
+
+    def __init__(self):
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def start(self, write: Callable[[], None]) -> None:
+        self.wait()
+        self.thread = threading.Thread(target=self._run, args=(write,), name="gptdraw-checkpoint")
+        self.thread.start()
+
+    def _run(self, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except BaseException as error:  # handed to the training thread by wait()
+            self.error = error
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
 
 
 def load_checkpoint(path: Path, gpt, layout: SequenceLayout) -> tuple[dict, dict]:

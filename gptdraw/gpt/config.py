@@ -162,6 +162,14 @@ class TrainConfig:
     """Steps between logged metrics."""
     checkpoint_every: int = 200
     """Steps between checkpoints (the last step is always saved)."""
+    checkpoint_minutes: float = 0.0
+    """Also checkpoint at the first log step once this many minutes have passed since the last
+    checkpoint (decided on the main process, the same step on every process): a kill loses at most
+    about this much work however fast the steps are. 0: by checkpoint_every alone."""
+    async_checkpoint: bool = False
+    """Write checkpoints in a background thread while training goes on: the step's weights and
+    optimiser state are first copied to host memory (that much more of it), one write runs at a time,
+    and the run waits for the last before it returns."""
     keep_checkpoints: int = 2
     """Checkpoints kept on disk; older ones are pruned."""
     wandb: bool = False
@@ -175,7 +183,7 @@ class TrainConfig:
         check_numbers(self, whole=("max_steps", "micro_batch_size", "grad_accum", "warmup_steps", "lora_rank", "seed",
                                    "eval_every", "eval_batches", "sample_every", "log_every", "checkpoint_every",
                                    "keep_checkpoints", "loss_chunk"),
-                      real=("lr", "embedding_lr_ratio", "min_lr_ratio", "weight_decay", "grad_clip", "lora_alpha", "caption_dropout",
+                      real=("lr", "embedding_lr_ratio", "checkpoint_minutes", "min_lr_ratio", "weight_decay", "grad_clip", "lora_alpha", "caption_dropout",
                             "text_loss_weight", "image_loss_weight"))
         if not all(isinstance(b, (int, float)) and math.isfinite(b) and 0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
@@ -192,6 +200,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0 or self.warmup_steps < 0:
             raise ValueError("lr must be positive and warmup_steps non-negative")
+        if self.checkpoint_minutes < 0:
+            raise ValueError(f"checkpoint_minutes must be ≥ 0 (0: by steps only), got {self.checkpoint_minutes}")
         if self.embedding_lr_ratio <= 0:
             raise ValueError(f"embedding_lr_ratio must be positive, got {self.embedding_lr_ratio}")
         if self.lora_rank < 0 or self.lora_alpha <= 0:
@@ -213,6 +223,10 @@ class TrainConfig:
         return cls(**data)
 
 
+GPU_CHECKPOINTS = {"checkpoint_minutes": 20.0, "async_checkpoint": True}
+"""The GPU presets' checkpoints: at least every 20 minutes however fast the steps go, written while
+training goes on (a gpt-draw checkpoint is ~2 GB: seconds of disk time a step need not wait for)."""
+
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     # Minutes on two CPU cores (the quickstart).
     "tiny": TrainConfig(
@@ -225,17 +239,17 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
     "gpt-draw": TrainConfig(
         model=MODEL_PRESETS["gpt-draw"], max_steps=2690, micro_batch_size=16, grad_accum=64,
         lr=1e-3, warmup_steps=500, schedule="constant", weight_decay=0.01,
-        eval_every=100, sample_every=250, checkpoint_every=250,
+        eval_every=100, sample_every=250, checkpoint_every=250, **GPU_CHECKPOINTS,
     ),
     "gpt-draw-medium": TrainConfig(
         model=MODEL_PRESETS["gpt-draw-medium"], max_steps=2690, micro_batch_size=16, grad_accum=64,
         lr=3e-4, warmup_steps=500, schedule="cosine", eval_every=100, sample_every=250,
-        checkpoint_every=250,
+        checkpoint_every=250, **GPU_CHECKPOINTS,
     ),
     "gpt-draw-large": TrainConfig(
         model=MODEL_PRESETS["gpt-draw-large"], max_steps=2690, micro_batch_size=8, grad_accum=128,
         lr=2e-4, warmup_steps=500, schedule="cosine", eval_every=100, sample_every=250,
-        checkpoint_every=250, gradient_checkpointing=True,
+        checkpoint_every=250, gradient_checkpointing=True, **GPU_CHECKPOINTS,
     ),
 }
 

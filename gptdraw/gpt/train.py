@@ -49,8 +49,8 @@ from gptdraw import schedule
 from gptdraw.captions import CaptionTokenizer
 from gptdraw.data.loader import EpochBatches
 from gptdraw.gpt.checkpoint import (
-    CHECKPOINTS, gather_model_weights, gather_optimizer_state, list_checkpoints, load_checkpoint, load_gpt_weights,
-    load_optimizer_state, prune_checkpoints, recover_checkpoints, save_checkpoint,
+    CHECKPOINTS, BackgroundWriter, gather_model_weights, gather_optimizer_state, host_copy, list_checkpoints,
+    load_checkpoint, load_gpt_weights, load_optimizer_state, prune_checkpoints, recover_checkpoints, save_checkpoint,
 )
 from gptdraw.gpt.config import TrainConfig
 from gptdraw.gpt.lora import add_lora
@@ -400,7 +400,8 @@ class TrainingRun:
             self.log = RunLog(self.out_dir, self.resumed.step, config, world, self.resumed.wandb_run_id)
         self.wandb_run_id = self.log.wandb_run_id if self.log is not None else self.resumed.wandb_run_id
         self.tokens_per_step = config.micro_batch_size * config.grad_accum * world * (layout.seq_len - 1)
-        self.started = self.last_log_time = time.perf_counter()
+        self.writer = BackgroundWriter()  # async_checkpoint's writes
+        self.started = self.last_log_time = self.last_checkpoint_time = time.perf_counter()
         self.last_log_step = self.resumed.step
         self.losses, self.grad_norm, self.eval_loss = None, None, None
 
@@ -442,6 +443,8 @@ class TrainingRun:
         checkpoint_now = done % config.checkpoint_every == 0 or done == end_step
         if log_now or checkpoint_now or sample_now:
             losses = self.read_losses(done)  # the only host sync of a step, and only on these steps
+        if log_now and config.checkpoint_minutes and not checkpoint_now:
+            checkpoint_now = self.checkpoint_is_due()  # at a log step: a sync there already
         if log_now:
             now = time.perf_counter()
             record = {"step": done, "loss": losses[0], "text_loss": losses[1], "image_loss": losses[2],
@@ -476,15 +479,37 @@ class TrainingRun:
         self.log.image("samples", grid, step)
 
     def checkpoint(self, done: int, weights: dict) -> None:
-        """Writes checkpoint `done` and the model directory (gathered from every process)."""
+        """Writes checkpoint `done` (in the background with async_checkpoint) and the model
+        directory, gathered from every process."""
         optimizer_state = gather_optimizer_state(self.forward, self.optimizer.optimizer)
         if self.main:
-            save_checkpoint(self.out_dir, done, weights, optimizer_state, self.config, self.layout,
-                            self.resumed.history, self.wandb_run_id)
-            prune_checkpoints(self.out_dir, self.config.keep_checkpoints)
+            contents = [self.out_dir, done, weights, optimizer_state, self.config, self.layout,
+                        copy.deepcopy(self.resumed.history), self.wandb_run_id, torch.get_rng_state()]
+            if self.config.async_checkpoint:  # training goes on updating the live tensors in place
+                contents[2:4] = host_copy(weights), host_copy(optimizer_state)
+
+            def write() -> None:
+                save_checkpoint(*contents)
+                prune_checkpoints(self.out_dir, self.config.keep_checkpoints)
+
+            if self.config.async_checkpoint:
+                self.writer.start(write)
+            else:
+                write()
             self.export(done)
             self.log.plot()
+        self.last_checkpoint_time = time.perf_counter()
         self.accelerator.wait_for_everyone()
+
+    def checkpoint_is_due(self) -> bool:
+        """Whether checkpoint_minutes have passed since the last checkpoint, as the main process's
+        clock says (every process gets its answer: they must all take part in the checkpoint)."""
+        due = time.perf_counter() - self.last_checkpoint_time >= self.config.checkpoint_minutes * 60
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast
+
+            due = bool(broadcast(torch.tensor([int(due)], device=self.accelerator.device), from_process=0).item())
+        return due
 
     def result(self, end_step: int) -> TrainResult:
         seconds = time.perf_counter() - self.started
@@ -558,8 +583,11 @@ def train(
     finally:
         bar.close()
         run.batches.close()
-        if run.log is not None:
-            run.log.close(finished)
+        try:
+            run.writer.wait()  # a checkpoint still being written is finished (or its error raised) first
+        finally:
+            if run.log is not None:
+                run.log.close(finished)
     return run.result(end_step)
 
 

@@ -112,6 +112,52 @@ def test_the_embeddings_learn_at_their_own_rate(dataset, caption_tokenizer, tmp_
     assert sorted(group["lr"] for group in saved) == pytest.approx([last, last, 10 * last])
 
 
+def test_checkpoints_written_in_the_background_are_those_written_in_the_foreground(dataset, caption_tokenizer, tmp_path,
+                                                                                    monkeypatch):
+    import threading
+
+    from safetensors.torch import load_file
+
+    import gptdraw.gpt.train as training
+
+    train_data, _, vq = dataset
+    config = tiny_config(caption_dropout=0.3, keep_checkpoints=10)
+    train(config, train_data, tmp_path / "foreground", caption_tokenizer, vq, progress=False)
+    writers, save = [], training.save_checkpoint
+
+    def recorded(*args, **kwargs):
+        writers.append(threading.current_thread().name)
+        return save(*args, **kwargs)
+
+    monkeypatch.setattr(training, "save_checkpoint", recorded)
+    train(replace(config, async_checkpoint=True), train_data, tmp_path / "background", caption_tokenizer, vq,
+          progress=False)
+    foreground, background = list_checkpoints(tmp_path / "foreground"), list_checkpoints(tmp_path / "background")
+    assert [path.name for path in background] == [path.name for path in foreground] == [
+        "step-00000004", "step-00000008", "step-00000012"]
+    for ours, theirs in zip(background, foreground):
+        # The weights, the optimiser state and the RNG of the checkpoint's own step, though training
+        # went on while they were written.
+        assert (ours / "model.safetensors").read_bytes() == (theirs / "model.safetensors").read_bytes()
+        state = json.loads((ours / "trainer_state.json").read_text())
+        assert state["torch_rng"] == json.loads((theirs / "trainer_state.json").read_text())["torch_rng"]
+        moments = [torch.load(path / "optimizer.pt", weights_only=True)["state"][0]["exp_avg"] for path in (ours, theirs)]
+        assert torch.equal(*moments)
+    assert writers == ["gptdraw-checkpoint"] * 3  # each written by the background thread
+    assert not torch.equal(load_file(background[0] / "model.safetensors")["transformer.wte.weight"],
+                           load_file(background[-1] / "model.safetensors")["transformer.wte.weight"])
+
+
+def test_a_run_checkpoints_when_its_minutes_have_passed_at_a_log_step(dataset, caption_tokenizer, tmp_path):
+    train_data, _, vq = dataset
+    # checkpoint_every past the run: only the time (a minute's billionth, always passed) and the last step.
+    config = tiny_config(checkpoint_every=1000, log_every=3, keep_checkpoints=10, checkpoint_minutes=1e-9)
+    train(config, train_data, tmp_path / "timed", caption_tokenizer, vq, progress=False)
+    assert [path.name for path in list_checkpoints(tmp_path / "timed")] == [f"step-{step:08d}" for step in (3, 6, 9, 12)]
+    train(replace(config, checkpoint_minutes=0.0), train_data, tmp_path / "stepped", caption_tokenizer, vq, progress=False)
+    assert [path.name for path in list_checkpoints(tmp_path / "stepped")] == ["step-00000012"]
+
+
 def test_grad_accumulation_equals_one_big_batch(dataset, caption_tokenizer, tmp_path):
     train_data, _, vq = dataset
     # Same examples per step: 2 × 8 accumulated vs 1 × 16 (the same permutation, cut alike);

@@ -52,10 +52,15 @@ def test_two_process_ddp_equals_one_process(data_dir, tmp_path, optimizer):
     # GPUs, --multi_gpu with ACCELERATE_USE_CPU=1 is Accelerate's multi-CPU (DDP over gloo) mode.
     launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29533")
-    run_train(data_dir, tmp_path / "two", "--micro-batch-size", "8", "--optimizer", optimizer, launcher=launcher,
-              extra_env={"ACCELERATE_USE_CPU": "1"})
+    # The Muon run also checkpoints by time (a minute's billionth: at every log step), in the
+    # background: both processes take part in each checkpoint the main one's clock calls for.
+    timed = ("--checkpoint-minutes", "1e-9", "--async-checkpoint") if optimizer == "muon" else ()
+    run_train(data_dir, tmp_path / "two", "--micro-batch-size", "8", "--optimizer", optimizer, *timed,
+              launcher=launcher, extra_env={"ACCELERATE_USE_CPU": "1"})
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(1, 7))
+    kept = sorted(path.name for path in (tmp_path / "two" / "checkpoints").iterdir())
+    assert kept == (["step-00000005", "step-00000006"] if timed else ["step-00000003", "step-00000006"])
     first = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["tokens_seen"] == 16 * 75  # both processes counted: 2 × 8 sequences of 75 targets
     # Stated tolerance: float32 sums reduced in another order across processes; Muon orthogonalises
