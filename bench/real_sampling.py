@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         scores = evaluate_real_pictures(pipe, args.data, inception, work / f"report-{name}", args.images_per_prompt,
                                         half="report", training_prompts=args.training_prompts, memo=memo, **settings)
         result["report"][name] = scores
-        print(f"report  {name}: {scores['settings']} → " + "  ".join(
+        print(f"report  {name}: {scores['settings']}, best-of {scores['candidates']} → " + "  ".join(
             f"{figure} {share(scores.get(figure))}" for figure in FIGURES + ("training_retrieval_top1", "variety")),
             flush=True)
     if same:
