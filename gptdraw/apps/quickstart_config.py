@@ -113,8 +113,9 @@ class EmojiQuickstartConfig:
     """Caption tokens per sequence."""
     text_vocab_size: int = 2048
     """Caption BPE vocabulary."""
-    gpt_steps: int = 1000
-    """GPT optimiser steps."""
+    gpt_steps: int = 400
+    """GPT optimiser steps: 400 × 48 is about 22 passes over the training pictures. With dropout that
+    draws held-out captions best; without it, more steps only memorise (bench/real_levers.py)."""
     gpt_batch: int = 48
     """Sequences per GPT step."""
     gpt_layers: int = 4
@@ -131,8 +132,9 @@ class EmojiQuickstartConfig:
     """The GPT's softmax per position (see TrainConfig.loss_vocabulary)."""
     text_loss_weight: float = 1.0
     """Weight of the caption tokens' loss beside the image codes'."""
-    gpt_dropout: float = 0.0
-    """The GPT's residual, embedding and attention dropout (see ModelConfig.dropout)."""
+    gpt_dropout: float = 0.1
+    """The GPT's residual, embedding and attention dropout (see ModelConfig.dropout): at 0.1 held-out
+    captions retrieve their subject 64% of the time (top 5) against 23% without (bench/real_levers.py)."""
     gpt_tie_head: bool = True
     """The GPT's output head is its token embedding (see ModelConfig.tie_head); false: a head of its own."""
     gpt_embedding_lr_ratio: float = 1.0
