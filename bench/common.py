@@ -8,6 +8,7 @@ with other work, the load average before and after says how much a figure can be
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -67,6 +68,13 @@ def parse_variant(text: str, defaults) -> tuple[str, dict]:
             kind = int if value.lstrip("-").isdigit() else str
         values[field] = value.lower() in ("1", "true", "yes") if kind is bool else kind(value)
     return name, values
+
+
+def stage_key(config, fields: tuple[str, ...]) -> str:
+    """A short name for the values of `fields` of a dataclass config: runs whose stage (a tokenizer,
+    shards) was built from the same values share it under this name."""
+    values = json.dumps({name: getattr(config, name) for name in fields}, sort_keys=True)
+    return hashlib.sha256(values.encode()).hexdigest()[:12]
 
 
 def add_out_option(parser: argparse.ArgumentParser, name: str) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import shutil
 import sys
@@ -30,7 +29,7 @@ import itertools
 
 import torch
 
-from common import add_out_option, machine, parse_variant, write_result  # bench/common.py
+from common import add_out_option, machine, parse_variant, stage_key, write_result  # bench/common.py
 from gptdraw.apps.quickstart import QuickstartConfig, run_quickstart
 from gptdraw.data import shapes
 from gptdraw.eval.shapes import evaluate_shapes
@@ -40,11 +39,6 @@ from gptdraw.pipeline import GPTDrawPipeline
 VQ_FIELDS = ("image_size", "vq_preset", "train_examples", "eval_examples", "vq_images", "vq_steps", "vq_lr",
              "vq_autoencoder_warmup", "seed", "two_object_prob")
 DATA_FIELDS = VQ_FIELDS + ("text_len", "text_vocab_size")
-
-
-def stage_key(config: QuickstartConfig, fields: tuple[str, ...]) -> str:
-    values = json.dumps({name: getattr(config, name) for name in fields}, sort_keys=True)
-    return hashlib.sha256(values.encode()).hexdigest()[:12]
 
 
 def run_one(name: str, config: QuickstartConfig, work: Path) -> dict:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import sys
 import time
@@ -28,11 +27,12 @@ from pathlib import Path
 
 import torch
 
-from common import add_out_option, machine, parse_variant, write_result  # bench/common.py
+from common import add_out_option, machine, parse_variant, stage_key, write_result  # bench/common.py
 from gptdraw.apps.emoji_quickstart import load_yardstick, prepare_shards
 from gptdraw.apps.quickstart import gpt_train_config
 from gptdraw.apps.quickstart_config import EmojiQuickstartConfig
 from gptdraw.captions import CaptionTokenizer
+from gptdraw.cli.evaluate import share
 from gptdraw.data.shards import ShardDataset
 from gptdraw.eval.real import evaluate_real_pictures
 from gptdraw.gpt.config import SamplingConfig
@@ -71,8 +71,7 @@ def shards_for(config: EmojiQuickstartConfig, base: Path, defaults: EmojiQuickst
     """BASE/data when the variant tokenizes captions as BASE did, else shards prepared for it once."""
     if all(getattr(config, name) == getattr(defaults, name) for name in DATA_FIELDS):
         return base / "data"
-    key = hashlib.sha256(json.dumps({name: getattr(config, name) for name in DATA_FIELDS}).encode()).hexdigest()[:12]
-    data_dir = work / "_shared" / f"data-{key}"
+    data_dir = work / "_shared" / f"data-{stage_key(config, DATA_FIELDS)}"
     prepare_shards(base / "pictures", data_dir, base / "vq", image_tokenizer, config, device=device, progress=False)
     return data_dir
 
@@ -105,8 +104,9 @@ def run_variant(name: str, config: EmojiQuickstartConfig, base: Path, defaults: 
     return scores
 
 
-def share(value) -> str:
-    return "  n/a" if value is None else f"{value:5.0%}"
+def column(value) -> str:
+    """A share (gptdraw evaluate's way of writing one) right-aligned in five characters."""
+    return f"{share(value):>5}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         result["runs"][name] = {"changes": values, **scores}
         intervals = [scores.get(f"{figure}_interval") for figure in FIGURES]
         print(f"{name:<14}" + "".join(
-            f"{share(scores.get(figure))} {'' if not bounds else f'[{bounds[0]:.0%},{bounds[1]:.0%}]':>12}"
+            f"{column(scores.get(figure))} {'' if not bounds else f'[{bounds[0]:.0%},{bounds[1]:.0%}]':>12}"
             for figure, bounds in zip(FIGURES, intervals)) + f"   {scores.get('seconds', 0) / 60:6.1f}", flush=True)
         write_result(result, args.out)  # after every variant: a partial sweep is kept
     return 0

@@ -25,16 +25,13 @@ from pathlib import Path
 import torch
 
 from common import add_out_option, machine, write_result  # bench/common.py
+from gptdraw.cli.evaluate import share
 from gptdraw.eval.inception import load_inception
 from gptdraw.eval.real import evaluate_real_pictures
 from gptdraw.pipeline import GPTDrawPipeline
 
 
 FIGURES = ("retrieval_top1", "retrieval_top5", "tone_accuracy", "style_accuracy")
-
-
-def share(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0%}"
 
 
 def caption_score(scores: dict) -> float:
