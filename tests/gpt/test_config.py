@@ -33,6 +33,10 @@ def test_sampling_refuses_nan_infinity_and_non_integers(field, value, message):
     ("eval_every", -1, "eval_every must be ≥ 0"),
     ("max_steps", 2.0, "max_steps must be a whole number"),
     ("betas", (0.9, math.nan), "betas must be two numbers"),
+    ("embedding_lr_ratio", 0.0, "embedding_lr_ratio must be positive"),
+    ("embedding_lr_ratio", math.nan, "embedding_lr_ratio must be a finite number"),
+    ("checkpoint_minutes", -1.0, "checkpoint_minutes must be ≥ 0"),
+    ("checkpoint_minutes", math.inf, "checkpoint_minutes must be a finite number"),
 ])
 def test_training_refuses_values_that_would_crash_or_mislead_later(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -57,6 +61,15 @@ def test_model_config_refuses_empty_or_undefined_shapes(changes):
 ])
 def test_model_config_refuses_shapes_too_big_to_build(changes, message):
     """A million layers from a --config file took minutes and gigabytes before failing."""
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**{"n_layer": 2, "n_head": 2, "n_embd": 32, **changes})
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(tie_head="no"), "tie_head must be true or false"),
+    (dict(caption_attention="sideways"), "caption_attention must be causal or prefix"),
+])
+def test_model_config_refuses_a_head_or_caption_attention_it_does_not_know(changes, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(**{"n_layer": 2, "n_head": 2, "n_embd": 32, **changes})
 
