@@ -70,18 +70,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def print_emoji_summary(summary: dict, out: str) -> None:
+    from gptdraw.cli.evaluate import share
+
     report = summary["report"]
 
-    def share(name: str) -> str:
-        value = report.get(name)
-        return "n/a" if value is None else f"{value:.0%}"
+    def figure(name: str, figures: dict = report) -> str:
+        return share(figures.get(name))
 
     print(
         f"report half, {report['heldout_captions']} held-out captions: subject retrieval top 1 "
-        f"{share('retrieval_top1')} / top 5 {share('retrieval_top5')} (the tokenizer's reconstructions "
-        f"{share('reconstructions_retrieval_top1')} / {share('reconstructions_retrieval_top5')}), named tone "
-        f"{share('tone_accuracy')}, named style {share('style_accuracy')}, variety {share('variety')}; "
-        f"training captions {share('training_retrieval_top1')} top 1\n"
+        f"{figure('retrieval_top1')} / top 5 {figure('retrieval_top5')} (the tokenizer's reconstructions "
+        f"{figure('reconstructions_retrieval_top1')} / {figure('reconstructions_retrieval_top5')}), named tone "
+        f"{figure('tone_accuracy')} (the reader on the real pictures {figure('real_tone_accuracy')}), named style {figure('style_accuracy')}, variety {figure('variety')}; "
+        f"training captions {figure('training_retrieval_top1')} top 1\n"
+        + "".join(f"  held-out (subject, {kind}) captions: retrieval top 5 {figure('retrieval_top5', part)}, "
+                  f"named tone {figure('tone_accuracy', part)}, named style {figure('style_accuracy', part)}\n"
+                  for kind, part in report.get("by_kind", {}).items()) +
         f"samples: {out}/samples.png, figures: {out}/eval.json, animation: {out}/drawing.gif, "
         f"model: {out}/model ({summary['seconds']['total']:.0f} s)\n"
         f'draw anything: gptdraw generate "red apple, noto" --model {out}/model'

