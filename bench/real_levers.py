@@ -46,11 +46,20 @@ SHARED_FIELDS = ("sets", "packages", "twemoji_folder", "subjects", "heldout_frac
 """Fields BASE's pictures and image tokenizer were made with: a variant may not change them."""
 DATA_FIELDS = ("text_len", "text_vocab_size")
 """Fields the shards depend on beyond those: a variant that changes one gets shards of its own."""
-FIGURES = ("retrieval_top1", "retrieval_top5", "training_retrieval_top1", "training_retrieval_top5",
-           "tone_accuracy", "style_accuracy", "variety")
-LABELS = {"retrieval_top1": "held-out top 1", "retrieval_top5": "held-out top 5", "training_retrieval_top1":
-          "trained top 1", "training_retrieval_top5": "trained top 5", "tone_accuracy": "tone",
-          "style_accuracy": "style", "variety": "variety"}
+FIGURES = ("retrieval_top1", "retrieval_top5", "by_kind.tone.retrieval_top5", "by_kind.style.retrieval_top5",
+           "training_retrieval_top1", "training_retrieval_top5", "tone_accuracy", "style_accuracy", "variety")
+"""The figures printed; a dotted name is a figure of one kind of held-out caption (evaluation.json's by_kind)."""
+LABELS = {"retrieval_top1": "held-out top 1", "retrieval_top5": "held-out top 5",
+          "by_kind.tone.retrieval_top5": "tone pairs top 5", "by_kind.style.retrieval_top5": "style pairs top 5",
+          "training_retrieval_top1": "trained top 1", "training_retrieval_top5": "trained top 5",
+          "tone_accuracy": "tone", "style_accuracy": "style", "variety": "variety"}
+
+
+def figure_of(scores: dict, name: str):
+    """scores[name], following a dotted name into nested figures (None where there is none)."""
+    for key in name.split("."):
+        scores = scores.get(key) if isinstance(scores, dict) else None
+    return scores
 
 
 def base_config(base: Path) -> EmojiQuickstartConfig:
@@ -144,9 +153,9 @@ def main(argv: list[str] | None = None) -> int:
         config = dataclasses.replace(defaults, **values)
         scores = run_variant(name, config, base, defaults, work, inception, args.training_prompts, memo)
         result["runs"][name] = {"changes": values, **scores}
-        intervals = [scores.get(f"{figure}_interval") for figure in FIGURES]
+        intervals = [figure_of(scores, f"{figure}_interval") for figure in FIGURES]
         print(f"{name:<14}" + "".join(
-            f"{column(scores.get(figure))} {'' if not bounds else f'[{bounds[0]:.0%},{bounds[1]:.0%}]':>12}"
+            f"{column(figure_of(scores, figure))} {'' if not bounds else f'[{bounds[0]:.0%},{bounds[1]:.0%}]':>12}"
             for figure, bounds in zip(FIGURES, intervals)) + f"   {scores.get('seconds', 0) / 60:6.1f}", flush=True)
         write_result(result, args.out)  # after every variant: a partial sweep is kept
     return 0

@@ -34,10 +34,12 @@ def gpt2_config(model: ModelConfig, layout: SequenceLayout) -> GPT2Config:
         resid_pdrop=model.dropout,
         embd_pdrop=model.dropout,
         attn_pdrop=model.dropout,
-        # GPT-2's own BOS/EOS ids are meaningless in the joint vocabulary.
+        # GPT-2's own BOS/EOS ids are meaningless in the joint vocabulary. The caption's pads are
+        # part of the learnt sequence, attended on purpose (layout.pad_id is their id): given a pad
+        # id, transformers would only warn that they are not masked.
         bos_token_id=None,
         eos_token_id=None,
-        pad_token_id=layout.pad_id,
+        pad_token_id=None,
         tie_word_embeddings=model.tie_head,
         # The same tanh approximation as GPT-2's "gelu_new", as one kernel rather than a Python
         # formula of several that autocast runs in fp32.
@@ -419,6 +421,5 @@ def adapt_pretrained_gpt2(name_or_dir: str | Path, layout: SequenceLayout, dropo
         gpt.transformer.wpe = grown
         gpt.config.n_positions = layout.seq_len
     set_dropout(gpt, dropout)  # GPT-2 trains with dropout 0.1; the reference recipe uses none
-    gpt.config.bos_token_id = gpt.config.eos_token_id = None
-    gpt.config.pad_token_id = layout.pad_id
+    gpt.config.bos_token_id = gpt.config.eos_token_id = gpt.config.pad_token_id = None  # as gpt2_config's
     return gpt

@@ -22,7 +22,7 @@ DRY_RUN = [sys.executable, str(ROOT / "bench" / "gpu.py"), "--dry-run", "--budge
            "--cap-scale", "10"]
 
 
-def test_gpu_suite_dry_run_runs_every_part(tmp_path):
+def test_gpu_suite_dry_run_runs_every_part_and_reruns_one(tmp_path):
     done = subprocess.run([*DRY_RUN, "--out", str(tmp_path)], capture_output=True, text=True,
                           timeout=2 * HANG_SECONDS, cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -51,17 +51,11 @@ def test_gpu_suite_dry_run_runs_every_part(tmp_path):
     table = (tmp_path / "gpu.md").read_text()
     assert "| train, eager: tokens/s |" in table and "| stop and resume | pass |" in table
 
-
-def test_gpu_suite_reruns_a_part_and_keeps_the_others(tmp_path):
-    gpu = [*DRY_RUN, "--out", str(tmp_path)]
-    first = subprocess.run([*gpu, "--parts", "ceilings", "encode"], capture_output=True, text=True,
+    # A part run again (after a failure on the GPU, say) is measured again; the others' records are kept.
+    again = subprocess.run([*DRY_RUN, "--out", str(tmp_path), "--parts", "ceilings"], capture_output=True, text=True,
                            timeout=2 * HANG_SECONDS, cwd=ROOT)
-    assert first.returncode == 0, first.stdout[-2000:]
-    before = json.loads((tmp_path / "gpu.json").read_text())["parts"]
-    again = subprocess.run([*gpu, "--parts", "ceilings"], capture_output=True, text=True, timeout=2 * HANG_SECONDS,
-                           cwd=ROOT)
     assert again.returncode == 0, again.stdout[-2000:]
     after = json.loads((tmp_path / "gpu.json").read_text())["parts"]
-    assert list(after) == ["ceilings", "encode"]
-    assert after["encode"] == before["encode"]  # kept, not rerun
-    assert after["ceilings"]["result"] != before["ceilings"]["result"]  # measured again
+    assert list(after) == list(parts)
+    assert all(after[name] == parts[name] for name in parts if name != "ceilings")  # kept, not rerun
+    assert after["ceilings"]["result"] != parts["ceilings"]["result"]  # measured again
