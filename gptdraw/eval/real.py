@@ -245,8 +245,9 @@ def inception_figures(pipe, inception, heldout, real_heldout: list[Image.Image],
     """FID and KID with their baselines, retrieval, and with pooled sets style accuracy (see the
     module doc). heldout / reference: (picture, caption) pairs, real_heldout the held-out pictures
     at the drawings' size, reconstructions the same through the image tokenizer; drawings /
-    learnt_drawings: (picture, caption) of held-out and training captions. memo: features of the real pictures and the baselines kept from an earlier call with
-    the same image tokenizer and pictures (a sampling sweep draws again, the real pictures stay).
+    learnt_drawings: (picture, caption) of held-out and training captions. memo: features of the
+    real pictures and the baselines kept from an earlier call with the same image tokenizer and
+    pictures (a sampling sweep draws again, the real pictures stay).
     kinds: each held-out caption's kind (heldout_kinds): retrieval and style are also given for
     each kind apart, under "by_kind"."""
     kinds = kinds or {}
