@@ -20,6 +20,8 @@ SIZE_LIMITS = {
 }
 """The largest value of each size field a VQConfig accepts: far above any published VQGAN."""
 
+CODE_NORMS = ("none", "l2")
+
 
 @dataclass
 class VQConfig:
@@ -49,6 +51,8 @@ class VQConfig:
     """Self-attention in the middle blocks of encoder and decoder."""
     input_range: tuple[float, float] = (-1.0, 1.0)
     """Pixel range the network expects; taming uses [-1, 1]."""
+    code_norm: str = "none"
+    """"none" (taming), or "l2": encoder outputs and codes are unit vectors, matched by cosine (ViT-VQGAN, LlamaGen)."""
     source: str = ""
     """Provenance, e.g. "trained by gptdraw train-vq" or a checkpoint path."""
 
@@ -84,6 +88,8 @@ class VQConfig:
         for name in ("layers_per_block", "latent_channels", "vq_embed_dim", "num_vq_embeddings"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.code_norm not in CODE_NORMS:
+            raise ValueError(f"code_norm must be one of {CODE_NORMS}, got {self.code_norm!r}")
         if self.norm_type not in ("group", "spatial"):
             raise ValueError(f"norm_type must be 'group' or 'spatial', got {self.norm_type!r}")
         if self.norm_type == "spatial":
@@ -265,6 +271,10 @@ class VQTrainConfig:
     """VQ architecture preset (gptdraw.vq.model.vq_preset)."""
     image_size: int | None = None
     """Training resolution; None: the preset's image_size."""
+    vq_embed_dim: int | None = None
+    """Dimension of each codebook vector; None: the preset's."""
+    code_norm: Literal["none", "l2"] | None = None
+    """"l2": unit-length codes matched by cosine; "none": plain codes; None: the preset's."""
     steps: int = 800
     """Optimiser steps."""
     batch_size: int = 32
@@ -363,5 +373,10 @@ class VQTrainConfig:
         if self.precision == "fp16":
             raise ValueError("precision fp16 is not supported for image-tokenizer training (no loss scaler); "
                              "use bf16 or fp32")
-        if self.image_size is not None:
-            vq_preset(self.preset, image_size=self.image_size)  # raises if the size does not fit the preset
+        self.architecture()  # raises if the overrides do not fit the preset
+
+    def architecture(self) -> VQConfig:
+        """The preset's VQConfig with this config's image_size, vq_embed_dim and code_norm where they are set."""
+        overrides = {name: getattr(self, name) for name in ("image_size", "vq_embed_dim", "code_norm")
+                     if getattr(self, name) is not None}
+        return vq_preset(self.preset, **overrides)

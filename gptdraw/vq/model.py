@@ -45,7 +45,7 @@ class VQOutput:
     codes: torch.Tensor  # (B, h, w) int64 nearest codebook entries
     commitment_loss: torch.Tensor  # mean squared distance encoder output → its code (encoder side)
     codebook_loss: torch.Tensor  # mean squared distance code → encoder output (codebook side)
-    latents: torch.Tensor = field(repr=False)  # (B, vq_embed_dim, h, w) encoder output before quantisation
+    latents: torch.Tensor = field(repr=False)  # (B, vq_embed_dim, h, w) encoder output before quantisation (unit vectors with l2 codes)
 
 
 def load_state_dict_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str, assign: bool = False) -> None:
@@ -114,13 +114,32 @@ class ImageTokenizer(torch.nn.Module):
 
     # ---- quantisation --------------------------------------------------------------------------
 
+    def latents(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The encoder's outputs for pixels in the network's range: (B, 3, H, W) → (B, C, h, w),
+        unit vectors along C when the codes are l2-normalised."""
+        latents = self.model.encode(pixels).latents
+        return F.normalize(latents, dim=1) if self.config.code_norm == "l2" else latents
+
+    def code_vectors(self, codes: torch.Tensor) -> torch.Tensor:
+        """The vectors the decoder sees for codes: (B, h, w) int64 → (B, C, h, w)."""
+        vectors = self.model.quantize.embedding(codes)  # (B, h, w, C)
+        if self.config.code_norm == "l2":
+            # The codebook's rows are stored as they learn (running means shrink them); the
+            # decoder always sees them at unit length, as the encoder's outputs are.
+            vectors = F.normalize(vectors, dim=-1)
+        return vectors.permute(0, 3, 1, 2).contiguous()
+
     def nearest_codes(self, latents: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest codebook vector for each position: (B, C, h, w) → (B, h, w) int64."""
+        """Index of the nearest codebook vector for each position: (B, C, h, w) → (B, h, w) int64.
+
+        With l2-normalised codes the nearest is by cosine: the codebook's rows are normalised first."""
         batch, channels, height, width = latents.shape
         # Distances in float32 even under autocast: bf16 would tie or swap near codes.
         with torch.autocast(device_type=latents.device.type, enabled=False):
             flat = latents.permute(0, 2, 3, 1).reshape(-1, channels).float()  # (B*h*w, C)
             codebook = self.codebook.float()  # (K, C)
+            if self.config.code_norm == "l2":
+                codebook = F.normalize(codebook, dim=1)
             codebook_sq = codebook.pow(2).sum(dim=1)  # (K,)
             rows = max(1, _DISTANCE_CHUNK_ELEMENTS // codebook.shape[0])
             # |z - e|² = |z|² - 2 z·e + |e|²; |z|² is the same for every code, so it is dropped.
@@ -144,8 +163,7 @@ class ImageTokenizer(torch.nn.Module):
         self._check_images(images)
         parameter = self.codebook
         pixels = self._to_network_range(images.to(device=parameter.device, dtype=parameter.dtype))
-        latents = self.model.encode(pixels).latents  # (B, vq_embed_dim, h, w)
-        return self.nearest_codes(latents)
+        return self.nearest_codes(self.latents(pixels))
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -160,11 +178,8 @@ class ImageTokenizer(torch.nn.Module):
             raise ValueError(
                 f"codes must be in [0, {self.codebook_size}) for this codebook, got values in [{low}, {high}]"
             )
-        batch, height, width = codes.shape
         codes = codes.to(device=self.codebook.device, dtype=torch.long)
-        shape = (batch, height, width, self.config.vq_embed_dim)
-        # force_not_quantize + lookup_from_codebook: VQModel looks the codes up in its codebook.
-        pixels = self.model.decode(codes.reshape(-1), force_not_quantize=True, shape=shape).sample
+        pixels = self._decode_quantized(self.code_vectors(codes))
         return self._from_network_range(pixels).clamp_(0.0, 1.0)
 
     def forward(self, images: torch.Tensor, quantize: bool = True) -> VQOutput:
@@ -176,10 +191,10 @@ class ImageTokenizer(torch.nn.Module):
         autoencoder, for warming up) and both VQ losses are zero.
         """
         pixels = self._to_network_range(images)
-        latents = self.model.encode(pixels).latents  # (B, C, h, w)
+        latents = self.latents(pixels)  # (B, C, h, w)
         codes = self.nearest_codes(latents.detach())
         if quantize:
-            quantized = self.model.quantize.embedding(codes).permute(0, 3, 1, 2)  # (B, C, h, w)
+            quantized = self.code_vectors(codes)  # (B, C, h, w)
             latents_f32, quantized_f32 = latents.float(), quantized.float()
             commitment_loss = F.mse_loss(latents_f32, quantized_f32.detach())
             codebook_loss = F.mse_loss(quantized_f32, latents_f32.detach())

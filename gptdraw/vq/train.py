@@ -57,7 +57,7 @@ from gptdraw.vq.metrics import codebook_stats, psnr_of_mse
 from gptdraw.vq.config import VQTrainConfig  # noqa: F401  (re-exported: the config lives in a torch-free module)
 from gptdraw.vq.discriminator import PatchDiscriminator, adaptive_weight, generator_loss, hinge_discriminator_loss
 from gptdraw.vq.perceptual import LPIPS
-from gptdraw.vq.model import CONFIG_FILE, ImageTokenizer, read_config, vq_preset
+from gptdraw.vq.model import CONFIG_FILE, ImageTokenizer, read_config
 
 # A batch source: (batch_size, rng) → uint8 (B, H, W, 3) or float (B, 3, H, W) in [0, 1].
 BatchSource = Callable[[int, np.random.Generator], "np.ndarray | torch.Tensor"]
@@ -324,7 +324,7 @@ def psnr(reconstruction: torch.Tensor, target: torch.Tensor) -> float:
 
 def _new_tokenizer(config: VQTrainConfig) -> ImageTokenizer:
     """A fresh tokenizer of the config's preset, noting in its config how it was made."""
-    vq_config = vq_preset(config.preset, **({"image_size": config.image_size} if config.image_size else {}))
+    vq_config = config.architecture()
     vq_config.source = f"trained by gptdraw train-vq (preset {config.preset}, {config.steps} steps, seed {config.seed})"
     tokenizer = ImageTokenizer(vq_config)
     if config.zero_init_residuals:
@@ -460,7 +460,7 @@ class VQTrainingRun:
         with self.autocast:
             while total < wanted:
                 pixels = tokenizer._to_network_range(self.next_batch().to(self.device))
-                vectors.append(flat_latents(tokenizer.model.encode(pixels).latents).cpu())  # (B*h*w, C)
+                vectors.append(flat_latents(tokenizer.latents(pixels)).cpu())  # (B*h*w, C)
                 total += vectors[-1].shape[0]
         centroids = kmeans(torch.cat(vectors)[:wanted], tokenizer.codebook_size,
                            iterations=self.config.kmeans_iterations, generator=self.generator)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from gptdraw.images import make_grid, pil_to_tensor, tensor_to_pil
@@ -60,6 +61,27 @@ def test_nearest_codes_match_brute_force(tokenizer):
     latents = torch.randn(2, 4, 3, 5)
     distances = torch.cdist(latents.permute(0, 2, 3, 1).reshape(-1, 4), tokenizer.codebook)  # (30, K)
     assert torch.equal(tokenizer.nearest_codes(latents).reshape(-1), distances.argmin(dim=1))
+
+
+def test_l2_codes_are_matched_by_cosine_and_decoded_at_unit_length(images):
+    torch.manual_seed(0)
+    tokenizer = ImageTokenizer(tiny_config(code_norm="l2")).eval()
+    latents = torch.randn(2, 4, 3, 5)
+    cosine = F.normalize(latents.permute(0, 2, 3, 1).reshape(-1, 4), dim=1) @ F.normalize(tokenizer.codebook, dim=1).t()
+    assert torch.equal(tokenizer.nearest_codes(latents).reshape(-1), cosine.argmax(dim=1))
+    # A plain tokenizer with the same weights matches by distance, which a row's length changes.
+    plain = ImageTokenizer(tiny_config()).eval()
+    plain.load_state_dict(tokenizer.state_dict())
+    assert not torch.equal(plain.nearest_codes(latents), tokenizer.nearest_codes(latents))
+    codes, decoded = tokenizer.encode(images), tokenizer.decode(tokenizer.encode(images))
+    with torch.no_grad():
+        tokenizer.codebook.mul_(torch.rand(tokenizer.codebook_size, 1) * 3 + 0.1)  # every row a new length
+    # Only the rows' directions count, on both sides.
+    assert torch.equal(tokenizer.encode(images), codes)
+    assert torch.allclose(tokenizer.decode(codes), decoded, atol=1e-5)
+    assert torch.allclose(tokenizer(images).latents.norm(dim=1), torch.ones(3, 8, 8), atol=1e-5)
+    with pytest.raises(ValueError, match="code_norm must be one of \\('none', 'l2'\\), got 'l1'"):
+        tiny_config(code_norm="l1")
 
 
 def test_encode_decode_under_bf16_autocast_and_channels_last(tokenizer, images):

@@ -61,6 +61,18 @@ def test_training_lowers_the_reconstruction_loss(images):
     assert not result.tokenizer.training
 
 
+def test_l2_codes_train_and_load_with_their_norm(images, tmp_path):
+    config = VQTrainConfig(preset="shapes-f4", steps=30, batch_size=8, lr=3e-3, warmup_steps=5, eval_images=16,
+                           restart_every=10, log_every=1, seed=0, vq_embed_dim=4, code_norm="l2")
+    assert config.architecture().vq_embed_dim == 4 and config.architecture().code_norm == "l2"
+    result = train_vq(config, images, out_dir=tmp_path / "vq", progress=False)
+    loaded = ImageTokenizer.from_pretrained(tmp_path / "vq")
+    assert loaded.config.code_norm == "l2" and loaded.codebook.shape[1] == 4
+    assert result.psnr > 12 and result.codebook_usage > 0.2
+    pictures = torch.from_numpy(images[-4:]).permute(0, 3, 1, 2) / 255
+    assert torch.equal(loaded.encode(pictures), result.tokenizer.encode(pictures))
+
+
 def test_training_from_a_batch_source(images):
     calls = []
 
