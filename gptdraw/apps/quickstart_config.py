@@ -122,8 +122,10 @@ class EmojiQuickstartConfig:
     """GPT transformer blocks."""
     gpt_heads: int = 8
     """GPT attention heads per block."""
-    gpt_width: int = 256
-    """GPT hidden width (a multiple of gpt_heads)."""
+    gpt_width: int = 384
+    """GPT hidden width (a multiple of gpt_heads). 384 rather than 256: captions it trained on retrieve
+    their subject 49% of the time (top 1) against 22%, the named style 60% against 50%, held-out ones
+    61% (top 5) against 69%: the best score of its lever round (bench/real_levers.py)."""
     gpt_optimizer: Literal["adamw", "muon"] = "muon"
     """GPT optimiser (see TrainConfig.optimizer)."""
     gpt_lr: float = 2e-3
