@@ -21,6 +21,7 @@ SIZE_LIMITS = {
 """The largest value of each size field a VQConfig accepts: far above any published VQGAN."""
 
 CODE_NORMS = ("none", "l2")
+"""VQConfig.code_norm's values: plain codes matched by distance, or unit-length codes matched by cosine."""
 
 
 @dataclass

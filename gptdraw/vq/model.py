@@ -45,7 +45,8 @@ class VQOutput:
     codes: torch.Tensor  # (B, h, w) int64 nearest codebook entries
     commitment_loss: torch.Tensor  # mean squared distance encoder output → its code (encoder side)
     codebook_loss: torch.Tensor  # mean squared distance code → encoder output (codebook side)
-    latents: torch.Tensor = field(repr=False)  # (B, vq_embed_dim, h, w) encoder output before quantisation (unit vectors with l2 codes)
+    # (B, vq_embed_dim, h, w) encoder output before quantisation (unit vectors with l2 codes)
+    latents: torch.Tensor = field(repr=False)
 
 
 def load_state_dict_strict(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str, assign: bool = False) -> None:

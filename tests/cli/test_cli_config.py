@@ -127,6 +127,10 @@ def test_every_vq_training_field_is_a_flag_and_a_config_entry(tmp_path):
             values["preset"] = "taming-f16-16384"
         elif field.name == "image_size":
             values["image_size"] = 128
+        elif field.name == "vq_embed_dim":  # None: the preset's
+            values["vq_embed_dim"] = 16
+        elif field.name == "code_norm":  # None: the preset's
+            values["code_norm"] = "l2"
         elif typing.get_origin(hint) is typing.Literal:
             values[field.name] = next(choice for choice in typing.get_args(hint) if choice != current)
         elif hint is bool:
