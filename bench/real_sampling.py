@@ -10,10 +10,11 @@ Every combination draws the tuning half of DATA/heldout (`gptdraw evaluate --hal
 named tone's accuracy and the named style's accuracy, whichever the captions allow; without, by
 tone accuracy alone. --candidates above 1 keeps each caption's best drawings of that many times as
 many by the caption likelihood ratio (`gptdraw best-of`). The real pictures' features are computed
-once for the whole sweep. The best (ties to the fewest candidates, then the hottest temperature,
-then the widest top-k, then the weakest guidance: the cheapest, then the most variety) and the
-model's own settings then draw the report half, with every figure of
-`gptdraw evaluate`, so the two can be compared on captions the choice never saw.
+once for the whole sweep. The best (among those whose variety reaches --min-variety, when any does;
+ties to the fewest candidates, then the hottest temperature, then the widest top-k, then the
+weakest guidance: the cheapest, then the most variety) and the model's own settings then draw the
+report half, with every figure of `gptdraw evaluate`, so the two can be compared on captions the
+choice never saw.
 """
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cfg-scales", type=float, nargs="+", default=[3.0, 5.0, 7.5])
     parser.add_argument("--candidates", type=int, nargs="+", default=[1],
                         help="drawings made per drawing kept, best by the caption likelihood ratio (default: 1)")
+    parser.add_argument("--min-variety", type=float, default=0.0,
+                        help="choose among the settings whose variety (share of captions with ≥ 2 distinct "
+                             "drawings) reaches this, when any does (default: 0, all)")
     parser.add_argument("--images-per-prompt", type=int, default=4)
     parser.add_argument("--training-prompts", type=int, default=48, help="training captions drawn for the report")
     parser.add_argument("--work", default="bench/out/real_sampling", help="evaluation folders (default: %(default)s)")
@@ -71,14 +75,17 @@ def main(argv: list[str] | None = None) -> int:
                                         half="tuning", training_prompts=0, progress=False, memo=memo,
                                         candidates=candidates, **settings)
         row = {**settings, "candidates": candidates, **{name: scores.get(name) for name in FIGURES},
-               "score": caption_score(scores)}
+               "variety": scores["variety"], "score": caption_score(scores)}
         result["tuning"].append(row)
         print(f"tuning  best-of {candidates:<2} T={temperature:<4} top-k={top_k:<3} CFG={cfg_scale:<4} "
-              + "  ".join(f"{name} {share(row[name])}" for name in FIGURES) + f"  score {share(row['score'])}",
+              + "  ".join(f"{name} {share(row[name])}" for name in FIGURES + ("variety",))
+              + f"  score {share(row['score'])}",
               flush=True)
-    # The best score; among ties the cheapest (fewest candidates), then the most variety (hotter, wider, less guided).
-    best = max(result["tuning"], key=lambda row: (row["score"], -row["candidates"], row["temperature"],
-                                                  row["top_k"] or 10**9, -row["cfg_scale"]))
+    # The best score among the varied enough; among ties the cheapest (fewest candidates), then the
+    # most variety (hotter, wider, less guided).
+    varied = [row for row in result["tuning"] if (row["variety"] or 0) >= args.min_variety] or result["tuning"]
+    best = max(varied, key=lambda row: (row["score"], -row["candidates"], row["temperature"],
+                                        row["top_k"] or 10**9, -row["cfg_scale"]))
     chosen = {key: best[key] for key in ("temperature", "top_k", "cfg_scale", "candidates")}
     result["chosen"] = chosen
     result["report"] = {}

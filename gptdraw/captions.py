@@ -25,6 +25,9 @@ from gptdraw.files import write_text_atomic
 from gptdraw.untrusted_files import TOKENIZER_LIMIT, read_bytes, read_text, whole
 
 PAD_TOKEN = "<|pad|>"
+PART_SEPARATOR = ","
+"""What separates the parts of a caption, the things it names ("farmer, medium skin tone, noto"),
+which part dropout trains on one at a time (TrainConfig.part_dropout)."""
 CONFIG_NAME = "caption_tokenizer.json"
 TOKENIZER_NAME = "tokenizer.json"
 
@@ -128,6 +131,11 @@ class CaptionTokenizer:
             truncated.append(len(encoding.ids) > self.text_len)
         return EncodedCaptions(ids=ids, truncated=truncated)
 
+    @property
+    def part_separator_id(self) -> int | None:
+        """The id of PART_SEPARATOR as a token of its own, None when the vocabulary has none."""
+        return self.tokenizer.token_to_id(PART_SEPARATOR)
+
     def blank(self, batch_size: int = 1) -> np.ndarray:
         """The blank caption (all pad ids), int32 (batch_size, text_len): CFG's unconditional row."""
         return np.full((batch_size, self.text_len), self.pad_id, dtype=np.int32)
@@ -184,6 +192,21 @@ class CaptionTokenizer:
                 raise ValueError(f"{directory}: {tokenizer_path.name} has {field} {getattr(loaded, field)}, but "
                                  f"{config_path.name} records {config[field]!r}")
         return loaded
+
+
+def caption_parts(ids: Sequence[int], separator_id: int, pad_id: int) -> list[list[int]]:
+    """A caption's ids split at each separator id, pads and empty parts dropped:
+    "farmer, medium skin tone, noto" → [[farmer], [medium, skin, tone], [noto]] as ids. Each part's
+    ids are those the part encodes to on its own (the byte-level BPE merges nothing across a comma)."""
+    parts, part = [], []
+    for token in ids:
+        token = int(token)
+        if token == separator_id:
+            parts.append(part)
+            part = []
+        elif token != pad_id:
+            part.append(token)
+    return [part for part in parts + [part] if part]
 
 
 MAX_TEXT_LEN = 65536

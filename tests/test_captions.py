@@ -88,3 +88,18 @@ def test_a_save_cut_short_by_a_full_disk_leaves_no_config_so_a_rerun_trains_agai
     monkeypatch.setattr(files, "write_durable", real_write)  # space freed
     again = caption_tokenizer_for(ShapesSource(32, 32, seed=0), tmp_path / "data")
     assert (tmp_path / "data" / "text_tokenizer" / captions.CONFIG_NAME).is_file() and again.vocab_size > 0
+
+
+def test_caption_parts_are_the_ids_each_part_encodes_to_on_its_own(caption_tokenizer):
+    from gptdraw.captions import caption_parts
+
+    separator = caption_tokenizer.part_separator_id
+    assert separator is not None and caption_tokenizer.decode([separator]) == ","
+    row = caption_tokenizer.encode_batch(["red circle, left, small"]).ids[0]
+    parts = caption_parts(row, separator, caption_tokenizer.pad_id)
+    alone = caption_tokenizer.encode_batch(["red circle", "left", "small"]).ids
+    assert parts == [[int(i) for i in ids if i != caption_tokenizer.pad_id] for ids in alone]
+    # One part, and empty parts (",," or a trailing comma), give only the parts that hold ids.
+    assert caption_parts(caption_tokenizer.encode_batch(["red circle"]).ids[0], separator,
+                         caption_tokenizer.pad_id) == [parts[0]]
+    assert caption_parts([5, separator, separator, 6, separator], separator, caption_tokenizer.pad_id) == [[5], [6]]

@@ -63,6 +63,7 @@ def gpt_train_config(config: "QuickstartConfig | EmojiQuickstartConfig", *,
                           caption_attention=config.gpt_caption_attention),
         optimizer=config.gpt_optimizer, lr=config.gpt_lr, embedding_lr_ratio=config.gpt_embedding_lr_ratio,
         text_loss_weight=config.text_loss_weight, caption_dropout=config.caption_dropout,
+        part_dropout=config.part_dropout,
         loss_vocabulary=config.gpt_loss_vocabulary, warmup_steps=min(100, config.gpt_steps // 10),
         sample_prompts=sample_prompts, sample_every=max(1, config.gpt_steps // 3),
     )

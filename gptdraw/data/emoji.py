@@ -10,8 +10,9 @@
 set draws like its 3-D one: neither is offered.)
 
 Each emoji becomes one pair: its picture, transparent pixels made white, at the size asked, and
-its Unicode/CLDR name as the caption ("red apple", "waving hand medium-dark skin tone", "flag
-Japan"), read from the code points in the file name by the `emoji` package.
+its Unicode/CLDR name as the caption, the skin tone after a comma ("red apple", "waving hand,
+medium-dark skin tone", "flag of Japan"), read from the code points in the file name by the
+`emoji` package.
 
 About half the emoji are skin-tone variants of some 400 subjects. The held-out split is made of
 unseen combinations of seen parts: a (subject, tone) pair is held out only when the subject keeps
@@ -128,7 +129,8 @@ def name_of(codepoints: list[int], names: dict) -> str | None:
 
 
 def split_tone(name: str) -> tuple[str, str | None]:
-    """("waving hand", "medium-dark skin tone") from "waving hand medium-dark skin tone"."""
+    """("waving hand", "medium-dark skin tone") from "waving hand medium-dark skin tone" (or with a
+    comma before the tone, as captions write it)."""
     for tone in sorted(SKIN_TONES.values(), key=len, reverse=True):
         # Two-person emoji name two tones ("… light skin tone dark skin tone"): the subject keeps the first.
         if name.endswith(" " + tone):
@@ -243,8 +245,12 @@ def select_subjects(pictures: list[EmojiPicture], count: int, seed: int) -> list
 
 
 def caption_of(picture: EmojiPicture, style_word: bool) -> str:
-    """The picture's caption: its name, and with `style_word` the set it comes from."""
-    return f"{picture.name}, {picture.style}" if style_word else picture.name
+    """The picture's caption: the things it names, comma-separated: its subject, its skin tone if
+    it has one, and with `style_word` the set it comes from ("waving hand, medium-dark skin tone,
+    noto"). Each comma-separated part is one thing a caption can name on its own, as part dropout
+    takes them (TrainConfig.part_dropout)."""
+    parts = [picture.subject, picture.tone, picture.style if style_word else None]
+    return ", ".join(part for part in parts if part)
 
 
 def render(path: str | Path, size: int) -> Image.Image:

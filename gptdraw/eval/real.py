@@ -64,8 +64,13 @@ def spread(items: list, count: int) -> list:
     return items[:: max(1, len(items) // max(1, count))][:count]
 
 
+def caption_body(caption: str) -> str:
+    """The caption without the set a pooled set's caption names last: "waving hand, light skin tone"."""
+    return caption.rsplit(", ", 1)[0] if style_of(caption) else caption
+
+
 def subject_of(caption: str) -> str:
-    return split_tone(caption.split(", ")[0])[0]
+    return split_tone(caption_body(caption))[0]
 
 
 def style_of(caption: str) -> str | None:
@@ -75,7 +80,7 @@ def style_of(caption: str) -> str | None:
 
 
 def tone_of_caption(caption: str) -> str | None:
-    return split_tone(caption.split(", ")[0])[1]
+    return split_tone(caption_body(caption))[1]
 
 
 def tone_colours(pairs: list[tuple[Image.Image, str]]) -> dict[str, np.ndarray]:

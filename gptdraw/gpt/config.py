@@ -139,6 +139,10 @@ class TrainConfig:
     """Recompute activations in the backward pass to fit big micro-batches in little memory."""
     caption_dropout: float = 0.1
     """Probability of training on the blank caption instead, so classifier-free guidance works."""
+    part_dropout: float = 0.0
+    """Probability of training on one of the caption's comma-separated parts instead, chosen at random
+    ("farmer, medium skin tone, noto" → "medium skin tone"), so that each part learns what it draws
+    whatever else the caption names. Captions of one part are kept."""
     text_loss_weight: float = 1.0
     """Weight of the caption-token loss (DALL·E used 1/8 text, 7/8 image)."""
     image_loss_weight: float = 1.0
@@ -184,7 +188,7 @@ class TrainConfig:
                                    "eval_every", "eval_batches", "sample_every", "log_every", "checkpoint_every",
                                    "keep_checkpoints", "loss_chunk"),
                       real=("lr", "embedding_lr_ratio", "checkpoint_minutes", "min_lr_ratio", "weight_decay", "grad_clip", "lora_alpha", "caption_dropout",
-                            "text_loss_weight", "image_loss_weight"))
+                            "part_dropout", "text_loss_weight", "image_loss_weight"))
         if not all(isinstance(b, (int, float)) and math.isfinite(b) and 0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if not 0 <= self.seed < 2**63:
@@ -208,6 +212,8 @@ class TrainConfig:
             raise ValueError("lora_rank must be non-negative and lora_alpha positive")
         if not 0.0 <= self.caption_dropout < 1.0:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
+        if not 0.0 <= self.part_dropout <= 1.0:
+            raise ValueError(f"part_dropout must be in [0, 1], got {self.part_dropout}")
         if self.text_loss_weight < 0 or self.image_loss_weight <= 0:
             raise ValueError("loss weights must be non-negative, the image weight positive")
 

@@ -46,7 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gptdraw import schedule
-from gptdraw.captions import CaptionTokenizer
+from gptdraw.captions import CaptionTokenizer, caption_parts
 from gptdraw.data.loader import EpochBatches
 from gptdraw.gpt.checkpoint import (
     CHECKPOINTS, BackgroundWriter, gather_model_weights, gather_optimizer_state, host_copy, list_checkpoints,
@@ -125,6 +125,29 @@ def blank_captions(
     drop = torch.from_numpy(draws[rank * batch : (rank + 1) * batch] < probability)  # (B,)
     ids = ids.clone()
     ids[drop, : layout.text_len] = layout.pad_id
+    return ids
+
+
+def keep_one_part(
+    ids: torch.Tensor, layout: SequenceLayout, separator_id: int | None, probability: float, seed: int,
+    micro_step: int, rank: int, world_size: int,
+) -> torch.Tensor:
+    """Part dropout: replaces each caption of several comma-separated parts, with `probability`, by
+    one of its parts chosen at random ("farmer, medium skin tone, noto" → "medium skin tone"), so
+    that a part learns what it draws whatever else the caption names.
+    Drawn for the whole global micro-batch, as blank_captions is."""
+    if probability == 0 or separator_id is None:
+        return ids
+    batch = ids.shape[0]
+    draws = np.random.default_rng([seed, micro_step, 2]).random((batch * world_size, 2))
+    draws = draws[rank * batch : (rank + 1) * batch]  # (B, 2): whether, then which part
+    ids = ids.clone()
+    for row in np.flatnonzero(draws[:, 0] < probability):
+        parts = caption_parts(ids[row, : layout.text_len].tolist(), separator_id, layout.pad_id)
+        if len(parts) > 1:
+            part = parts[int(draws[row, 1] * len(parts))]
+            ids[row, : layout.text_len] = layout.pad_id
+            ids[row, : len(part)] = torch.tensor(part, dtype=ids.dtype)
     return ids
 
 
@@ -226,14 +249,17 @@ class HostBatches:
 
 
 def read_step(train_data, order: EpochBatches, step: int, layout: SequenceLayout, config: TrainConfig, *, rank: int,
-              world: int, pin: bool) -> HostBatches:
+              world: int, pin: bool, separator_id: int | None = None) -> HostBatches:
     """This process's micro-batches of optimiser step `step`, read and counted on the host (never
-    waiting for the device), pinned so that the copy to a GPU can overlap its work."""
+    waiting for the device), pinned so that the copy to a GPU can overlap its work.
+    separator_id: the caption tokenizer's part_separator_id, for part dropout."""
     micro_batches, text_targets = [], 0
     for micro in range(config.grad_accum):
         micro_step = step * config.grad_accum + micro
         captions, codes = train_data.get_batch(micro_batch_indices(order, micro_step))
-        ids = blank_captions(layout.pack(captions, codes), layout, config.caption_dropout, config.seed, micro_step, rank, world)
+        ids = keep_one_part(layout.pack(captions, codes), layout, separator_id, config.part_dropout, config.seed,
+                            micro_step, rank, world)
+        ids = blank_captions(ids, layout, config.caption_dropout, config.seed, micro_step, rank, world)
         text_targets += int(caption_target_count(ids, layout))
         micro_batches.append(ids.pin_memory() if pin else ids)
     image_targets = sum(ids.shape[0] * layout.image_len for ids in micro_batches)
@@ -341,6 +367,8 @@ class TrainingRun:
         self.config, self.train_data, self.eval_data, self.out_dir = config, train_data, eval_data, Path(out_dir)
         self.caption_tokenizer, self.image_tokenizer, self.sampling = caption_tokenizer, image_tokenizer, sampling
         self.layout = layout = SequenceLayout.from_tokenizers(caption_tokenizer, image_tokenizer, train_data.grid)
+        if config.part_dropout and caption_tokenizer.part_separator_id is None:
+            raise ValueError("part_dropout splits captions at commas, but this caption tokenizer has no ',' token")
         if train_data.text_len != layout.text_len:
             raise ValueError(f"the data has captions of {train_data.text_len} ids, the tokenizer {layout.text_len}")
         self.accelerator, self.sharded = start_accelerator(config)
@@ -386,8 +414,9 @@ class TrainingRun:
         self.order = EpochBatches(len(train_data), config.micro_batch_size * world, config.seed,
                                   self.accelerator.process_index, world)
         rank, pin = self.accelerator.process_index, self.accelerator.device.type == "cuda"
+        separator_id = caption_tokenizer.part_separator_id
         self.batches = Prefetcher(lambda step: read_step(train_data, self.order, step, layout, config, rank=rank,
-                                                         world=world, pin=pin))
+                                                         world=world, pin=pin, separator_id=separator_id))
         # The sample grids' sampler, kept between grids so that its caches (and compiled step) are reused.
         self.drawer = CodeDrawer(self.export_gpt, layout, DrawerConfig(compile=compiles(config, self.accelerator.device)))
         self.log = None

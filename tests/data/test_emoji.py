@@ -123,7 +123,10 @@ def test_pooled_sets_hold_out_subjects_in_one_style_and_render_svg(picked_folder
         assert any(st == style and s != subject for s, st in subject_style)  # the style, on other subjects
     # A tone held out is held out in both styles: no skin-tone twin in the other style.
     for subject, tone in summary["heldout_pairs"]:
-        assert not any(c.startswith(f"{subject} {tone},") for c in train)
+        assert not any(c.startswith(f"{subject}, {tone},") for c in train)
+    # A caption's parts are comma-separated: the subject, its skin tone, its set.
+    toned = [c for c in train if "skin tone" in c]
+    assert toned and all(len(c.split(", ")) == 3 and c.split(", ")[1].endswith("skin tone") for c in toned)
     # The SVG is rendered on white at the size asked.
     rendered = np.asarray(Image.open(next((tmp_path / "out").glob(f"*/openmoji-{codes[0].upper()}.png"))))
     assert rendered.shape == (32, 32, 3) and (rendered[0, 0] == 255).all() and not (rendered[16, 16] == 255).all()

@@ -34,6 +34,10 @@ def test_captions_give_subjects_and_tones():
     assert tone_of_caption("waving hand medium-dark skin tone, twemoji") == "medium-dark skin tone"
     assert tone_of_caption("red apple") is None
     assert style_of("waving hand medium-dark skin tone, twemoji") == "twemoji"
+    # The captions gptdraw data emoji writes name the tone as a part of its own.
+    assert subject_of("waving hand, medium-dark skin tone, twemoji") == "waving hand"
+    assert tone_of_caption("waving hand, medium-dark skin tone, twemoji") == "medium-dark skin tone"
+    assert tone_of_caption("waving hand, medium-dark skin tone") == "medium-dark skin tone"
     assert style_of("flag of Japan") is None and style_of("apple, pear") is None
 
 

@@ -255,3 +255,30 @@ def test_bf16_weights_are_cast_once_per_optimiser_step_not_per_micro_batch(layou
         casts[micro_batches] = counter.casts
     assert casts[1] == 2 * 4  # each block matrix once
     assert casts[3] == casts[1]
+
+
+def test_part_dropout_trains_on_one_part_of_a_caption_alone(caption_tokenizer, layout):
+    from gptdraw.gpt.train import keep_one_part
+
+    captions = ["circle, left, triangle", "square, left", "a circle"] * 8
+    ids = torch.from_numpy(caption_tokenizer.encode_batch(captions).ids).long()
+    ids = torch.cat([ids, torch.zeros(len(captions), layout.image_len, dtype=torch.long)], dim=1)  # (B, T)
+    separator, pad = caption_tokenizer.part_separator_id, caption_tokenizer.pad_id
+    kept = keep_one_part(ids, layout, separator, 1.0, seed=0, micro_step=3, rank=0, world_size=1)
+    parts_of = {caption: [part.strip() for part in caption.split(",")] for caption in set(captions)}
+    seen = set()
+    for caption, row in zip(captions, kept):
+        text = caption_tokenizer.decode(row[: layout.text_len].tolist()).strip()
+        if len(parts_of[caption]) == 1:
+            assert text == caption  # a caption of one part is kept whole
+        else:
+            assert text in parts_of[caption], (caption, text)
+            seen.add(text)
+    assert len(seen) >= 4  # the part is drawn at random: several of the five parts came up
+    assert torch.equal(kept[:, layout.text_len :], ids[:, layout.text_len :])  # the codes are untouched
+    assert torch.equal(keep_one_part(ids, layout, separator, 0.0, 0, 3, 0, 1), ids)
+    # The draw is the global micro-batch's: two processes' halves are what one process draws.
+    halves = [keep_one_part(ids[rank * 12 : (rank + 1) * 12], layout, separator, 0.5, 0, 3, rank, 2) for rank in (0, 1)]
+    assert torch.equal(torch.cat(halves), keep_one_part(ids, layout, separator, 0.5, 0, 3, 0, 1))
+    assert not torch.equal(keep_one_part(ids, layout, separator, 0.5, 0, 3, 0, 1), ids)
+    assert pad == layout.pad_id
