@@ -102,6 +102,7 @@ def load_yardstick(config: EmojiQuickstartConfig):
 def run_emoji_quickstart(out: str | Path, config: EmojiQuickstartConfig = EmojiQuickstartConfig(),
                          progress: bool = True) -> dict:
     """Runs (or resumes) every stage and returns the summary also written to OUT/quickstart.json."""
+    gpt_train_config(config, sample_prompts=())  # a bad GPT setting is refused now, not after the earlier stages
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)

@@ -98,3 +98,12 @@ def test_a_flag_of_the_other_data_is_refused_in_one_line(tmp_path, capsys):
     assert "--vq-images does not apply to --data emoji" in capsys.readouterr().err
     assert main(["quickstart", "--out", str(tmp_path / "b"), "--subjects", "10"]) == 2
     assert "--subjects does not apply to --data shapes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("data", ["emoji", "shapes"])
+def test_a_bad_gpt_setting_is_refused_in_one_line_before_any_stage_runs(tmp_path, capsys, data):
+    out = tmp_path / "run"
+    assert main(["quickstart", "--data", data, "--out", str(out), "--part-dropout", "2"]) != 0
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error and "part_dropout must be in [0, 1], got 2.0" in error[-1]
+    assert not out.exists() or not any(out.iterdir())  # refused before the pictures, the tokenizer or the GPT

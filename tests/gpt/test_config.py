@@ -37,6 +37,9 @@ def test_sampling_refuses_nan_infinity_and_non_integers(field, value, message):
     ("embedding_lr_ratio", math.nan, "embedding_lr_ratio must be a finite number"),
     ("checkpoint_minutes", -1.0, "checkpoint_minutes must be ≥ 0"),
     ("checkpoint_minutes", math.inf, "checkpoint_minutes must be a finite number"),
+    ("part_dropout", 1.5, r"part_dropout must be in \[0, 1\], got 1.5"),
+    ("part_dropout", -0.1, r"part_dropout must be in \[0, 1\]"),
+    ("part_dropout", math.nan, "part_dropout must be a finite number"),
 ])
 def test_training_refuses_values_that_would_crash_or_mislead_later(field, value, message):
     with pytest.raises(ValueError, match=message):

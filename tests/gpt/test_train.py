@@ -282,3 +282,20 @@ def test_part_dropout_trains_on_one_part_of_a_caption_alone(caption_tokenizer, l
     assert torch.equal(torch.cat(halves), keep_one_part(ids, layout, separator, 0.5, 0, 3, 0, 1))
     assert not torch.equal(keep_one_part(ids, layout, separator, 0.5, 0, 3, 0, 1), ids)
     assert pad == layout.pad_id
+
+
+def test_part_dropout_with_a_caption_tokenizer_that_has_no_comma_is_a_one_line_error(dataset, caption_tokenizer,
+                                                                                    tmp_path):
+    from tokenizers import Tokenizer, models
+
+    from gptdraw.captions import PAD_TOKEN, CaptionTokenizer
+
+    train_data, eval_data, vq = dataset
+    words = Tokenizer(models.WordLevel({PAD_TOKEN: 0, "red": 1, "circle": 2}, unk_token=PAD_TOKEN))
+    no_comma = CaptionTokenizer(words, caption_tokenizer.text_len, kind="bpe-trained")
+    assert no_comma.part_separator_id is None
+    with pytest.raises(ValueError, match="^part_dropout splits captions at commas, but this caption tokenizer "
+                                         "has no ',' token$"):
+        train(tiny_config(part_dropout=0.5), train_data, tmp_path / "run", no_comma, vq, eval_data=eval_data,
+              progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
