@@ -110,19 +110,27 @@ def micro_batch_indices(order: EpochBatches, micro_step: int) -> np.ndarray:
     return order.indices(epoch, step)
 
 
+def process_draws(seed: int, micro_step: int, stream: int, batch: int, rank: int, world_size: int,
+                  per_row: int = 1) -> np.ndarray:
+    """Uniform numbers for this process's `batch` rows of a global micro-batch, (B,) or (B, per_row).
+
+    They are drawn for the whole global micro-batch from `stream` (one per use) and sliced per
+    process, so which examples a dropout picks does not depend on how many processes share the batch.
+    """
+    rows = batch * world_size
+    draws = np.random.default_rng([seed, micro_step, stream]).random(rows if per_row == 1 else (rows, per_row))
+    return draws[rank * batch : (rank + 1) * batch]
+
+
 def blank_captions(
     ids: torch.Tensor, layout: SequenceLayout, probability: float, seed: int, micro_step: int, rank: int, world_size: int
 ) -> torch.Tensor:
-    """Caption dropout: replaces each caption by the blank caption with `probability`.
-
-    The draw is made for the whole global micro-batch and sliced per process, so which
-    examples are blanked does not depend on how many processes share the batch.
-    """
+    """Caption dropout: replaces each caption by the blank caption with `probability` (drawn as
+    process_draws says)."""
     if probability == 0:
         return ids
-    batch = ids.shape[0]
-    draws = np.random.default_rng([seed, micro_step, 1]).random(batch * world_size)
-    drop = torch.from_numpy(draws[rank * batch : (rank + 1) * batch] < probability)  # (B,)
+    draws = process_draws(seed, micro_step, 1, ids.shape[0], rank, world_size)  # (B,)
+    drop = torch.from_numpy(draws < probability)
     ids = ids.clone()
     ids[drop, : layout.text_len] = layout.pad_id
     return ids
@@ -134,13 +142,10 @@ def keep_one_part(
 ) -> torch.Tensor:
     """Part dropout: replaces each caption of several comma-separated parts, with `probability`, by
     one of its parts chosen at random ("farmer, medium skin tone, noto" → "medium skin tone"), so
-    that a part learns what it draws whatever else the caption names.
-    Drawn for the whole global micro-batch, as blank_captions is."""
+    that a part learns what it draws whatever else the caption names (drawn as process_draws says)."""
     if probability == 0 or separator_id is None:
         return ids
-    batch = ids.shape[0]
-    draws = np.random.default_rng([seed, micro_step, 2]).random((batch * world_size, 2))
-    draws = draws[rank * batch : (rank + 1) * batch]  # (B, 2): whether, then which part
+    draws = process_draws(seed, micro_step, 2, ids.shape[0], rank, world_size, per_row=2)  # (B, 2): whether, which part
     ids = ids.clone()
     for row in np.flatnonzero(draws[:, 0] < probability):
         parts = caption_parts(ids[row, : layout.text_len].tolist(), separator_id, layout.pad_id)
