@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                                         half="report", training_prompts=args.training_prompts, memo=memo, **settings)
         result["report"][name] = scores
         print(f"report  {name}: {scores['settings']}, best-of {scores['candidates']} → " + "  ".join(
-            f"{figure} {share(scores.get(figure))}" for figure in FIGURES + ("training_retrieval_top1", "variety")),
+            f"{figure} {share(scores.get(figure))}" for figure in FIGURES + ("training_retrieval_top1", "training_tone_accuracy", "variety")),
             flush=True)
     if same:
         result["report"]["chosen"] = result["report"]["model_settings"]

@@ -65,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         figures.append(f"tone accuracy {share(result['tone_accuracy'])} (the reader on the real pictures "
                        f"{share(result['real_tone_accuracy'])}, on reconstructions "
                        f"{share(result['reconstructions_tone_accuracy'])})")
+    if "training_tone_accuracy" in result:
+        figures.append(f"training captions' tone {share(result['training_tone_accuracy'])}")
     for kind, part in result.get("by_kind", {}).items():
         named = [f"{name} {share(part[key])}" for name, key in (("retrieval top 5", "retrieval_top5"),
                  ("tone", "tone_accuracy"), ("style", "style_accuracy")) if key in part]

@@ -111,6 +111,12 @@ def test_evaluate_writes_its_figures(emoji_data, tmp_path):
     assert result["retrieval_top5"] >= result["retrieval_top1"]
     assert result["reconstructions_retrieval_top5"] >= result["reconstructions_retrieval_top1"] >= 0
     assert result["training_captions"] > 0 and 0 <= result["training_retrieval_top5"] <= 1
+    # Tone is read on the held-out subjects' toned training captions too: every drawing of each.
+    heldout_subjects = {subject_of(c) for _, c in read_pairs(emoji_data / "heldout")}
+    toned = {c for _, c in read_pairs(emoji_data / "train")
+             if subject_of(c) in heldout_subjects and tone_of_caption(c) is not None}
+    assert toned and result["training_tone_drawings"] == 2 * len(toned)  # all: fewer than the budget of 100
+    assert 0 <= result["training_tone_accuracy"] <= 1
     # The two baselines, and where the drawings fall between them.
     fid = result["fid_baselines"]
     assert set(fid) == {"random_codes", "reconstructions"} and min(fid.values()) >= 0
