@@ -15,9 +15,10 @@ data emoji` writes). Each held-out caption is drawn; the figures are
   captions and for captions the model trained on; the subject of an emoji caption is its name
   without a skin tone, of any other caption the caption itself;
 - tone accuracy, for captions that name a skin tone (held out, and as "training_tone" the held-out
-  subjects' training captions that name one, `training_prompts` of them): the share of drawings whose skin is the named tone, read from pixels against
-  each tone's colour as the training pictures of the named set show it; beside it, the same reader on the real held-out pictures and on the tokenizer's
-  reconstructions of them (what the reader and the tokenizer allow);
+  subjects' training captions that name one, `training_prompts` of them): the share of drawings
+  whose skin is the named tone, read from pixels against each tone's colour as the training
+  pictures of the named set show it; beside it, the same reader on the real held-out pictures and
+  on the tokenizer's reconstructions of them (what the reader and the tokenizer allow);
 - style accuracy, for captions that name an emoji set (pooled sets): the share of drawings that a
   style probe (logistic regression on Inception features of the training pictures, as the image
   tokenizer reconstructs them) puts in the named set;
