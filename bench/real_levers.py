@@ -47,12 +47,13 @@ SHARED_FIELDS = ("sets", "packages", "twemoji_folder", "subjects", "heldout_frac
 DATA_FIELDS = ("text_len", "text_vocab_size")
 """Fields the shards depend on beyond those: a variant that changes one gets shards of its own."""
 FIGURES = ("retrieval_top1", "retrieval_top5", "by_kind.tone.retrieval_top5", "by_kind.style.retrieval_top5",
-           "training_retrieval_top1", "training_retrieval_top5", "tone_accuracy", "style_accuracy", "variety")
+           "training_retrieval_top1", "training_retrieval_top5", "tone_accuracy", "training_tone_accuracy", "style_accuracy",
+           "variety")
 """The figures printed; a dotted name is a figure of one kind of held-out caption (evaluation.json's by_kind)."""
 LABELS = {"retrieval_top1": "held-out top 1", "retrieval_top5": "held-out top 5",
           "by_kind.tone.retrieval_top5": "tone pairs top 5", "by_kind.style.retrieval_top5": "style pairs top 5",
           "training_retrieval_top1": "trained top 1", "training_retrieval_top5": "trained top 5",
-          "tone_accuracy": "tone", "style_accuracy": "style", "variety": "variety"}
+          "tone_accuracy": "tone", "training_tone_accuracy": "trained tone", "style_accuracy": "style", "variety": "variety"}
 
 
 def figure_of(scores: dict, name: str):

@@ -148,7 +148,7 @@ def guidance_scores(
     ids = torch.cat([model_rows(caption_ids, layout, True), code_tokens(codes, layout, True)], dim=1)  # (2B, T)
     # Position text_len-1+t predicts code t: the last caption token predicts the first code.
     embeds = gpt.get_input_embeddings()(ids[:, :-1])  # (2B, T-1, C); embeddings: see sampling.last_hidden
-    mask = attention_mask(gpt, layout, embeds.shape[1], device=device)
+    mask = attention_mask(gpt, layout, ids[:, : layout.text_len], embeds.shape[1])
     hidden = gpt.transformer(inputs_embeds=embeds, attention_mask=mask).last_hidden_state[:, layout.text_len - 1 :]  # (2B, h*w, C)
     targets = torch.cat([codes, codes])  # (2B, h*w)
     totals = []

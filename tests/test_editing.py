@@ -74,10 +74,11 @@ def test_variations_keep_the_top_quarter(pipe, picture, layout):
     assert [i.tobytes() for i in unguided] == [i.tobytes() for i in blank_steps[-1].images]
 
 
-@pytest.mark.parametrize("attention", ["causal", "prefix"])
+@pytest.mark.parametrize("attention", ["causal", "prefix", "masked pads"])
 def test_guidance_scores_match_a_plain_computation(pipe, gpt, layout, attention):
-    if attention == "prefix":
-        gpt = build_model(ModelConfig(n_layer=2, n_head=2, n_embd=32, caption_attention="prefix"), layout).eval()
+    kinds = {"prefix": {"caption_attention": "prefix"}, "masked pads": {"mask_pads": True}}
+    if attention != "causal":
+        gpt = build_model(ModelConfig(n_layer=2, n_head=2, n_embd=32, **kinds[attention]), layout).eval()
     ids, _ = pipe.encode_prompts(["a red circle", "a purple square in the bottom right"])
     codes = torch.randint(0, layout.codebook_size, (2, layout.image_len), generator=torch.Generator().manual_seed(3))
     scores = guidance_scores(gpt, layout, ids, codes)
@@ -86,7 +87,7 @@ def test_guidance_scores_match_a_plain_computation(pipe, gpt, layout, attention)
         # One row at a time, the plain forward, logits of the codebook only.
         with torch.no_grad():
             sequence = layout.pack(caption, image_codes)
-            mask = attention_mask(gpt, layout, sequence.shape[1])
+            mask = attention_mask(gpt, layout, sequence[:, : layout.text_len], sequence.shape[1])
             logits = gpt(input_ids=sequence, attention_mask=mask).logits[0, layout.text_len - 1 : -1]  # (h*w, V)
         image = logits[:, layout.image_offset : layout.image_offset + layout.codebook_size]
         return image.log_softmax(dim=-1).gather(-1, image_codes[0, :, None]).sum().item()

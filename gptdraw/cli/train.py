@@ -83,7 +83,7 @@ def train_into_out(args: argparse.Namespace, config: TrainConfig) -> int:
     from gptdraw.captions import CaptionTokenizer
     from gptdraw.data.shards import ShardDataset
     from gptdraw.gpt.finetune import load_for_finetuning
-    from gptdraw.gpt.model import adapt_pretrained_gpt2, caption_attention
+    from gptdraw.gpt.model import adapt_pretrained_gpt2, caption_attention, masks_pads
     from gptdraw.gpt.sampling import SamplingConfig
     from gptdraw.gpt.train import train
     from gptdraw.model_dir import is_model_directory
@@ -105,7 +105,7 @@ def train_into_out(args: argparse.Namespace, config: TrainConfig) -> int:
             config = replace(config, model=ModelConfig(
                 n_layer=init_model.config.n_layer, n_head=init_model.config.n_head, n_embd=init_model.config.n_embd,
                 dropout=config.model.dropout, tie_head=init_model.config.tie_word_embeddings,
-                caption_attention=caption_attention(init_model)))
+                caption_attention=caption_attention(init_model), mask_pads=masks_pads(init_model)))
         else:
             init_model = adapt_pretrained_gpt2(args.init_from, layout, dropout=config.model.dropout)
     result = train(

@@ -33,6 +33,10 @@ MODEL_LIMITS = {"n_layer": 256, "n_head": 256, "n_embd": 16384, "n_positions": 6
 50,257 ids): a config past them is refused before anything is allocated."""
 
 
+PART_DROPOUT_KINDS = ("keep-one", "drop-one")
+"""What part dropout leaves of a caption (TrainConfig.part_dropout_kind)."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Width and depth of the GPT-2 (vocabulary and context come from the sequence layout)."""
@@ -53,11 +57,16 @@ class ModelConfig:
     the whole caption (a prefix LM, the cheap stand-in for dalle-mini's and Parti's text encoders). A
     prefix caption has no next-word loss to learn (each position sees the next word): train it with
     text_loss_weight 0."""
+    mask_pads: bool = False
+    """True: no position attends the pads between a caption's last word and the first code (each pad
+    still sees the words before it), so a short caption's words are not diluted by a dozen pads;
+    False: the pads are attended like any token (GPT-2's way, and what older gptdraw models do)."""
 
     def __post_init__(self):
         check_numbers(self, whole=("n_layer", "n_head", "n_embd"), real=("dropout",))
-        if not isinstance(self.tie_head, bool):
-            raise ValueError(f"tie_head must be true or false, got {self.tie_head!r}")
+        for name in ("tie_head", "mask_pads"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.caption_attention not in ("causal", "prefix"):
             raise ValueError(f"caption_attention must be causal or prefix, got {self.caption_attention!r}")
         for name in ("n_layer", "n_head", "n_embd"):
@@ -143,6 +152,10 @@ class TrainConfig:
     """Probability of training on one of the caption's comma-separated parts instead, chosen at random
     ("farmer, medium skin tone, noto" → "medium skin tone"), so that each part learns what it draws
     whatever else the caption names. Captions of one part are kept."""
+    part_dropout_kind: Literal["keep-one", "drop-one"] = "keep-one"
+    """What part dropout leaves of a caption: keep-one, one part alone (as above); drop-one, every part
+    but one ("farmer, medium skin tone, noto" → "farmer, noto"), so that each part is still learnt
+    without each other one, but a part is mostly trained beside the others (a tone beside its subject)."""
     text_loss_weight: float = 1.0
     """Weight of the caption-token loss (DALL·E used 1/8 text, 7/8 image)."""
     image_loss_weight: float = 1.0
@@ -214,6 +227,8 @@ class TrainConfig:
             raise ValueError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
         if not 0.0 <= self.part_dropout <= 1.0:
             raise ValueError(f"part_dropout must be in [0, 1], got {self.part_dropout}")
+        if self.part_dropout_kind not in PART_DROPOUT_KINDS:
+            raise ValueError(f"part_dropout_kind must be one of {', '.join(PART_DROPOUT_KINDS)}, got {self.part_dropout_kind!r}")
         if self.text_loss_weight < 0 or self.image_loss_weight <= 0:
             raise ValueError("loss weights must be non-negative, the image weight positive")
 

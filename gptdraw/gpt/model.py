@@ -35,8 +35,8 @@ def gpt2_config(model: ModelConfig, layout: SequenceLayout) -> GPT2Config:
         embd_pdrop=model.dropout,
         attn_pdrop=model.dropout,
         # GPT-2's own BOS/EOS ids are meaningless in the joint vocabulary. The caption's pads are
-        # part of the learnt sequence, attended on purpose (layout.pad_id is their id): given a pad
-        # id, transformers would only warn that they are not masked.
+        # part of the learnt sequence, attended unless mask_pads (then attention_mask hides them):
+        # given a pad id, transformers would only warn that they are not masked.
         bos_token_id=None,
         eos_token_id=None,
         pad_token_id=None,
@@ -45,6 +45,7 @@ def gpt2_config(model: ModelConfig, layout: SequenceLayout) -> GPT2Config:
         # formula of several that autocast runs in fp32.
         activation_function="gelu_pytorch_tanh",
         gptdraw_caption_attention=model.caption_attention,
+        gptdraw_mask_pads=model.mask_pads,
     )
 
 
@@ -58,27 +59,47 @@ def caption_attention(gpt: GPT2LMHeadModel) -> str:
     return getattr(gpt.config, "gptdraw_caption_attention", "causal")
 
 
-def attention_mask(gpt: GPT2LMHeadModel, layout: SequenceLayout, queries: int, keys: int | None = None,
-                   device: torch.device | str = "cpu") -> torch.Tensor | None:
-    """The attention mask for running a sequence's first `queries` positions against `keys` key
-    slots (default `queries`; a static cache has seq_len of them): None for a causal GPT, which
-    transformers masks itself (and then may use its fastest causal kernels); for a prefix GPT a
-    (1, 1, queries, keys) mask, broadcast over the rows, in which a caption position attends to the
-    whole caption and every other position causally. Later positions decoded one at a time need
-    none: causal attention already shows them the whole caption.
+def masks_pads(gpt: GPT2LMHeadModel) -> bool:
+    """Whether this GPT's later positions skip the caption's pads (ModelConfig.mask_pads; a GPT saved
+    before the choice existed attends them)."""
+    return bool(getattr(gpt.config, "gptdraw_mask_pads", False))
+
+
+def attention_mask(gpt: GPT2LMHeadModel, layout: SequenceLayout, captions: torch.Tensor, queries: int,
+                   keys: int | None = None, first: int = 0) -> torch.Tensor | None:
+    """The attention mask for running `queries` positions, the first at position `first`, against
+    `keys` key slots (default first + queries; a static cache has seq_len of them), for rows whose
+    (R, text_len) caption ids are `captions`.
+
+    None where transformers' own causal mask is the right one (it may then use its fastest causal
+    kernels): a causal GPT that attends its pads, and a prefix GPT's decode steps, which causal
+    attention already shows the whole caption. Otherwise a boolean (R or 1, 1, queries, keys) mask
+    (additive for eager attention): causal, a prefix GPT's caption positions also seeing the whole
+    caption, and with mask_pads no position seeing another's pad (each still sees itself, so a blank
+    caption's rows and the pad that predicts the first code have a key to attend).
     """
-    if caption_attention(gpt) == "causal":
+    prefix, skip_pads = caption_attention(gpt) == "prefix", masks_pads(gpt)
+    if not skip_pads and not (prefix and first < layout.text_len):
         return None
-    keys = queries if keys is None else keys
-    query = torch.arange(queries, device=device)[:, None]  # (queries, 1)
+    device = captions.device
+    keys = first + queries if keys is None else keys
+    query = torch.arange(first, first + queries, device=device)[:, None]  # (queries, 1)
     key = torch.arange(keys, device=device)[None]  # (1, keys)
-    allowed = (key <= query) | ((query < layout.text_len) & (key < layout.text_len))  # (queries, keys)
+    allowed = key <= query  # (queries, keys)
+    if prefix:
+        allowed = allowed | ((query < layout.text_len) & (key < layout.text_len))
+    allowed = allowed[None, None]  # (1, 1, queries, keys)
+    if skip_pads:
+        pads = torch.zeros(captions.shape[0], keys, dtype=torch.bool, device=device)  # (R, keys)
+        text = min(keys, layout.text_len)
+        pads[:, :text] = captions[:, :text] == layout.pad_id
+        allowed = allowed & (~pads[:, None, None, :] | (key == query))  # (R, 1, queries, keys)
     implementation = gpt.config._attn_implementation
     if implementation == "eager":  # eager attention adds its mask to the scores
-        return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]
+        return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)
     if implementation != "sdpa":
-        raise ValueError(f"a prefix caption mask needs sdpa or eager attention, not {implementation!r}")
-    return allowed[None, None]  # (1, 1, queries, keys)
+        raise ValueError(f"a prefix caption mask or masked pads need sdpa or eager attention, not {implementation!r}")
+    return allowed
 
 
 def build_model(model: ModelConfig, layout: SequenceLayout, seed: int = 0) -> GPT2LMHeadModel:
@@ -228,7 +249,7 @@ def summed_losses(gpt: GPT2LMHeadModel, ids: torch.Tensor, layout: SequenceLayou
     if vocabulary not in LOSS_VOCABULARIES:
         raise ValueError(f"unknown loss vocabulary {vocabulary!r}; choose one of {', '.join(LOSS_VOCABULARIES)}")
     text_targets, image_targets = split_targets(ids, layout)
-    mask = attention_mask(gpt, layout, ids.shape[1] - 1, device=ids.device)
+    mask = attention_mask(gpt, layout, ids[:, : layout.text_len], ids.shape[1] - 1)
     hidden = gpt.transformer(input_ids=ids[:, :-1], attention_mask=mask).last_hidden_state  # (B, T-1, C)
     weight = gpt.lm_head.weight  # (V, C)
     text_weight, image_weight = weight, weight
@@ -339,6 +360,9 @@ def _gpt2_fields(data: dict) -> dict:
     if fields["gptdraw_caption_attention"] not in CAPTION_ATTENTIONS:
         raise ValueError(f"gptdraw_caption_attention must be one of {', '.join(CAPTION_ATTENTIONS)}, "
                          f"got {fields['gptdraw_caption_attention']!r}")
+    fields["gptdraw_mask_pads"] = data.get("gptdraw_mask_pads", False)
+    if not isinstance(fields["gptdraw_mask_pads"], bool):
+        raise ValueError(f"gptdraw_mask_pads must be true or false, got {fields['gptdraw_mask_pads']!r}")
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):  # shape nothing; GPT-2's own are past a small vocabulary
         value = data.get(name)
         fields[name] = None if value is None else whole(value, name, 0, 2**31 - 1)

@@ -198,8 +198,8 @@ def image_logits(gpt: GPT2LMHeadModel, layout: SequenceLayout, hidden: torch.Ten
 
 def last_hidden(gpt: GPT2LMHeadModel, tokens: torch.Tensor, cache: StaticCache | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-    """(R, n) tokens → (R, C) the transformer's output at the last position. `mask`: the attention
-    mask of a sequence's first tokens (gptdraw.gpt.model.attention_mask), None for later ones.
+    """(R, n) tokens → (R, C) the transformer's output at the last position. `mask`: the tokens'
+    attention mask (gptdraw.gpt.model.attention_mask), None where transformers' causal one serves.
 
     The tokens go in as embeddings: transformers then skips its check for padding in
     input_ids, which would wait for the GPU at every step (and warn about the caption pads,
@@ -394,7 +394,7 @@ class CodeDrawer:
         rows = model_rows(caption_ids, layout, settings.guided)
         while codes.shape[1] < layout.image_len:
             ids = torch.cat([rows, code_tokens(codes, layout, settings.guided)], dim=1)
-            mask = attention_mask(self.gpt, layout, ids.shape[1], device=device)
+            mask = attention_mask(self.gpt, layout, rows, ids.shape[1])
             chosen = next_codes(self.gpt, layout, last_hidden(self.gpt, ids, mask=mask), uniform(), tensors)  # (B,)
             codes = torch.cat([codes, chosen[:, None]], dim=1)
             yield codes
@@ -421,20 +421,23 @@ class CodeDrawer:
             return torch.cat([real, torch.zeros(padding, 1, device=device)]) if padding else real
 
         # Prefill: the captions and any prefix codes in one uncompiled pass of varying length.
-        prompt = torch.cat([model_rows(caption_ids, layout, guided), code_tokens(codes_in, layout, guided)], dim=1)
-        mask = attention_mask(self.gpt, layout, prompt.shape[1], layout.seq_len, device)  # the cache's seq_len slots
+        rows = model_rows(caption_ids, layout, guided)
+        prompt = torch.cat([rows, code_tokens(codes_in, layout, guided)], dim=1)
+        mask = attention_mask(self.gpt, layout, rows, prompt.shape[1], layout.seq_len)  # the cache's seq_len slots
         chosen, tokens = self._decode_step(cache, prompt, uniform(), tensors, mask)
         codes = torch.cat([codes, chosen[:batch, None]], dim=1)
         yield codes
         # Decode: one token per row per step, always the same shapes.
         while codes.shape[1] < layout.image_len:
+            # The one new token sits at position text_len + codes − 1 (the last code drawn goes in).
+            mask = attention_mask(self.gpt, layout, rows, 1, layout.seq_len, first=layout.text_len + codes.shape[1] - 1)
             if self.options.compile:
                 # CUDA graphs reuse their output memory on the next replay: mark the step, copy out.
                 torch.compiler.cudagraph_mark_step_begin()
-                chosen, tokens = self._step(cache, tokens, uniform(), tensors)
+                chosen, tokens = self._step(cache, tokens, uniform(), tensors, mask)
                 chosen, tokens = chosen.clone(), tokens.clone()
             else:
-                chosen, tokens = self._step(cache, tokens, uniform(), tensors)
+                chosen, tokens = self._step(cache, tokens, uniform(), tensors, mask)
             codes = torch.cat([codes, chosen[:batch, None]], dim=1)
             yield codes
 
@@ -455,7 +458,7 @@ class CodeDrawer:
         mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Runs (R, n) new tokens through the cached model; returns (B,) codes and their (R, 1) tokens.
-        `mask`: the prefill's attention mask (attention_mask), None for a decode step."""
+        `mask`: the tokens' attention mask (attention_mask), None where transformers' causal one serves."""
         hidden = last_hidden(self.gpt, tokens, cache, mask)  # (R, C)
         chosen = next_codes(self.gpt, self.layout, hidden, uniform, tensors)  # (B,)
         guided = tokens.shape[0] == 2 * uniform.shape[0]

@@ -136,13 +136,14 @@ def blank_captions(
     return ids
 
 
-def keep_one_part(
-    ids: torch.Tensor, layout: SequenceLayout, separator_id: int | None, probability: float, seed: int,
+def drop_parts(
+    ids: torch.Tensor, layout: SequenceLayout, separator_id: int | None, probability: float, kind: str, seed: int,
     micro_step: int, rank: int, world_size: int,
 ) -> torch.Tensor:
-    """Part dropout: replaces each caption of several comma-separated parts, with `probability`, by
-    one of its parts chosen at random ("farmer, medium skin tone, noto" → "medium skin tone"), so
-    that a part learns what it draws whatever else the caption names (drawn as process_draws says)."""
+    """Part dropout: with `probability`, a caption of several comma-separated parts is cut to one of
+    them chosen at random (kind "keep-one": "farmer, medium skin tone, noto" → "medium skin tone"),
+    or loses one of them (kind "drop-one": → "farmer, noto"), so that a part learns what it draws
+    whatever else the caption names (drawn as process_draws says)."""
     if probability == 0 or separator_id is None:
         return ids
     draws = process_draws(seed, micro_step, 2, ids.shape[0], rank, world_size, per_row=2)  # (B, 2): whether, which part
@@ -150,9 +151,14 @@ def keep_one_part(
     for row in np.flatnonzero(draws[:, 0] < probability):
         parts = caption_parts(ids[row, : layout.text_len].tolist(), separator_id, layout.pad_id)
         if len(parts) > 1:
-            part = parts[int(draws[row, 1] * len(parts))]
+            chosen = int(draws[row, 1] * len(parts))
+            if kind == "keep-one":
+                kept = parts[chosen]
+            else:  # the other parts, joined by the separator as the caption tokenizer writes them
+                others = parts[:chosen] + parts[chosen + 1 :]
+                kept = [token for part in others for token in (separator_id, *part)][1:]
             ids[row, : layout.text_len] = layout.pad_id
-            ids[row, : len(part)] = torch.tensor(part, dtype=ids.dtype)
+            ids[row, : len(kept)] = torch.tensor(kept, dtype=ids.dtype)
     return ids
 
 
@@ -262,8 +268,8 @@ def read_step(train_data, order: EpochBatches, step: int, layout: SequenceLayout
     for micro in range(config.grad_accum):
         micro_step = step * config.grad_accum + micro
         captions, codes = train_data.get_batch(micro_batch_indices(order, micro_step))
-        ids = keep_one_part(layout.pack(captions, codes), layout, separator_id, config.part_dropout, config.seed,
-                            micro_step, rank, world)
+        ids = drop_parts(layout.pack(captions, codes), layout, separator_id, config.part_dropout,
+                         config.part_dropout_kind, config.seed, micro_step, rank, world)
         ids = blank_captions(ids, layout, config.caption_dropout, config.seed, micro_step, rank, world)
         text_targets += int(caption_target_count(ids, layout))
         micro_batches.append(ids.pin_memory() if pin else ids)

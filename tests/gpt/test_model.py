@@ -153,7 +153,7 @@ def test_a_prefix_caption_attends_to_the_whole_caption_and_the_image_causally(pr
 
     def hidden(model, sequence):
         with torch.no_grad():
-            mask = attention_mask(model, layout, sequence.shape[1])
+            mask = attention_mask(model, layout, sequence[:, : layout.text_len], sequence.shape[1])
             return model.transformer(input_ids=sequence, attention_mask=mask).last_hidden_state
 
     # Under the prefix mask the first caption position sees a later word; causally it does not.
@@ -161,7 +161,39 @@ def test_a_prefix_caption_attends_to_the_whole_caption_and_the_image_causally(pr
     assert torch.allclose(hidden(gpt, ids)[:, 0], hidden(gpt, later_word)[:, 0])
     # Every position before the last code is blind to it under both.
     assert torch.allclose(hidden(prefix_gpt, ids)[:, :-1], hidden(prefix_gpt, later_code)[:, :-1])
-    assert attention_mask(gpt, layout, 5) is None  # a causal GPT leaves the mask to transformers
+    assert attention_mask(gpt, layout, ids[:, : layout.text_len], 5) is None  # a causal GPT leaves the mask to transformers
+
+
+def test_masked_pads_are_seen_by_no_later_position(gpt, layout):
+    # Moving the pad id's embedding changes what an attending GPT computes at the image positions, and
+    # nothing there under mask_pads; the pad before the first code still reads the words before it.
+    masked = build_model(ModelConfig(n_layer=2, n_head=2, n_embd=32, mask_pads=True), layout, seed=0).eval()
+    ids = random_ids(layout, batch=2)
+    ids[:, 3 : layout.text_len] = layout.pad_id  # three words, then pads
+    other_word = ids.clone()
+    other_word[:, 1] = (other_word[:, 1] + 1) % layout.text_vocab_size
+
+    shift = torch.randn(32, generator=torch.Generator().manual_seed(5))  # not constant: layer norm would undo that
+
+    def hidden(model, sequence, pad_shift=0.0):
+        with torch.no_grad():
+            wte = model.transformer.wte.weight
+            saved = wte[layout.pad_id].clone()
+            wte[layout.pad_id] += pad_shift * shift
+            mask = attention_mask(model, layout, sequence[:, : layout.text_len], sequence.shape[1])
+            out = model.transformer(input_ids=sequence, attention_mask=mask).last_hidden_state
+            wte[layout.pad_id] = saved
+            return out
+
+    images = slice(layout.text_len, None)
+    assert torch.allclose(hidden(masked, ids)[:, images], hidden(masked, ids, pad_shift=1.0)[:, images], atol=1e-6)
+    assert not torch.allclose(hidden(gpt, ids)[:, images], hidden(gpt, ids, pad_shift=1.0)[:, images], atol=1e-4)
+    last_pad = layout.text_len - 1
+    assert not torch.allclose(hidden(masked, ids)[:, last_pad], hidden(masked, other_word)[:, last_pad])
+    # A blank caption (guidance's row) is all pads: every position still has itself to attend.
+    blank = ids.clone()
+    blank[:, : layout.text_len] = layout.pad_id
+    assert torch.isfinite(hidden(masked, blank)).all()
 
 
 def test_the_caption_attention_is_saved_with_the_gpt_and_a_foreign_one_refused(prefix_gpt, tmp_path):
@@ -177,3 +209,13 @@ def test_the_caption_attention_is_saved_with_the_gpt_and_a_foreign_one_refused(p
     (tmp_path / "gpt" / "config.json").write_text(json.dumps({**config, "gptdraw_caption_attention": "sideways"}))
     with pytest.raises(ValueError, match="gptdraw_caption_attention must be one of causal, prefix"):
         load_transformer(tmp_path / "gpt")
+    (tmp_path / "gpt" / "config.json").write_text(json.dumps({**config, "gptdraw_mask_pads": "yes"}))
+    with pytest.raises(ValueError, match="gptdraw_mask_pads must be true or false"):
+        load_transformer(tmp_path / "gpt")
+
+
+def test_masked_pads_are_saved_with_the_gpt(layout, tmp_path):
+    from gptdraw.gpt.model import load_transformer, masks_pads, save_transformer
+
+    save_transformer(build_model(ModelConfig(n_layer=1, n_head=2, n_embd=16, mask_pads=True), layout), tmp_path / "gpt")
+    assert masks_pads(load_transformer(tmp_path / "gpt"))

@@ -158,13 +158,17 @@ SETTINGS = [
 ]
 
 
+ATTENTIONS = {"causal": {}, "prefix": {"caption_attention": "prefix"}, "masked pads": {"mask_pads": True}}
+"""How a test GPT attends (ModelConfig fields): each needs its own masks in the fast sampler."""
+
+
 @pytest.mark.parametrize("settings", SETTINGS)
-@pytest.mark.parametrize("attention", ["causal", "prefix"])
+@pytest.mark.parametrize("attention", list(ATTENTIONS))
 def test_static_cache_equals_reference_loop(gpt, layout, settings, attention):
     # The fast loop (static KV cache, batched CFG, codebook-only logits) draws the reference's codes,
-    # with a prefix-mask prefill as well.
-    if attention == "prefix":
-        gpt = build_model(ModelConfig(n_layer=2, n_head=2, n_embd=32, caption_attention="prefix"), layout).eval()
+    # with a prefix-mask prefill, and with the pads masked in the prefill and every decode step.
+    if attention != "causal":
+        gpt = build_model(ModelConfig(n_layer=2, n_head=2, n_embd=32, **ATTENTIONS[attention]), layout).eval()
     ids = captions(layout)
     prefix = torch.randint(0, layout.codebook_size, (3, 5), generator=torch.Generator().manual_seed(1))
     for start in (None, prefix):
@@ -173,11 +177,15 @@ def test_static_cache_equals_reference_loop(gpt, layout, settings, attention):
         assert torch.equal(fast, slow)
 
 
-def test_compiled_step_equals_reference_and_is_reused(gpt, layout):
+@pytest.mark.parametrize("attention", ["causal", "masked pads"])
+def test_compiled_step_equals_reference_and_is_reused(gpt, layout, attention):
     # The compiled path on CPU: dynamo traces the whole step (fullgraph) and AOT functionalises the
     # in-place cache updates, as for inductor/CUDA graphs; the graph runs without code generation.
+    # Masked pads feed each step a mask: a tensor input of the same graph, not a recompile.
     from torch._dynamo import lookup_backend
 
+    if attention != "causal":
+        gpt = build_model(ModelConfig(n_layer=2, n_head=2, n_embd=32, **ATTENTIONS[attention]), layout).eval()
     graphs = []
 
     def counting_aot_eager(graph_module, example_inputs):

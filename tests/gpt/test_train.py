@@ -257,30 +257,42 @@ def test_bf16_weights_are_cast_once_per_optimiser_step_not_per_micro_batch(layou
     assert casts[3] == casts[1]
 
 
-def test_part_dropout_trains_on_one_part_of_a_caption_alone(caption_tokenizer, layout):
-    from gptdraw.gpt.train import keep_one_part
+@pytest.mark.parametrize("kind", ["keep-one", "drop-one"])
+def test_part_dropout_trains_on_part_of_a_caption(caption_tokenizer, layout, kind):
+    # keep-one leaves one part alone, drop-one every part but one: each as the caption tokenizer
+    # encodes that shorter caption itself.
+    from gptdraw.gpt.train import drop_parts
 
     captions = ["circle, left, triangle", "square, left", "a circle"] * 8
     ids = torch.from_numpy(caption_tokenizer.encode_batch(captions).ids).long()
     ids = torch.cat([ids, torch.zeros(len(captions), layout.image_len, dtype=torch.long)], dim=1)  # (B, T)
     separator, pad = caption_tokenizer.part_separator_id, caption_tokenizer.pad_id
-    kept = keep_one_part(ids, layout, separator, 1.0, seed=0, micro_step=3, rank=0, world_size=1)
-    parts_of = {caption: [part.strip() for part in caption.split(",")] for caption in set(captions)}
+
+    def cut(rows, probability, rank=0, world=1):
+        return drop_parts(rows, layout, separator, probability, kind, seed=0, micro_step=3, rank=rank, world_size=world)
+
+    kept = cut(ids, 1.0)
     seen = set()
     for caption, row in zip(captions, kept):
-        text = caption_tokenizer.decode(row[: layout.text_len].tolist()).strip()
-        if len(parts_of[caption]) == 1:
-            assert text == caption  # a caption of one part is kept whole
+        parts = [part.strip() for part in caption.split(",")]
+        if len(parts) == 1:
+            allowed = [caption]  # a caption of one part is kept whole
+        elif kind == "keep-one":
+            allowed = parts
         else:
-            assert text in parts_of[caption], (caption, text)
+            allowed = [", ".join(parts[:i] + parts[i + 1 :]) for i in range(len(parts))]
+        encodings = {text: caption_tokenizer.encode_batch([text]).ids[0].tolist() for text in allowed}
+        text = next((text for text, encoded in encodings.items() if row[: layout.text_len].tolist() == encoded), None)
+        assert text is not None, (caption, caption_tokenizer.decode(row[: layout.text_len].tolist()))
+        if len(parts) > 1:
             seen.add(text)
-    assert len(seen) >= 4  # the part is drawn at random: several of the five parts came up
+    assert len(seen) >= 4  # the part is drawn at random: several of the five choices came up
     assert torch.equal(kept[:, layout.text_len :], ids[:, layout.text_len :])  # the codes are untouched
-    assert torch.equal(keep_one_part(ids, layout, separator, 0.0, 0, 3, 0, 1), ids)
+    assert torch.equal(cut(ids, 0.0), ids)
     # The draw is the global micro-batch's: two processes' halves are what one process draws.
-    halves = [keep_one_part(ids[rank * 12 : (rank + 1) * 12], layout, separator, 0.5, 0, 3, rank, 2) for rank in (0, 1)]
-    assert torch.equal(torch.cat(halves), keep_one_part(ids, layout, separator, 0.5, 0, 3, 0, 1))
-    assert not torch.equal(keep_one_part(ids, layout, separator, 0.5, 0, 3, 0, 1), ids)
+    halves = [cut(ids[rank * 12 : (rank + 1) * 12], 0.5, rank, 2) for rank in (0, 1)]
+    assert torch.equal(torch.cat(halves), cut(ids, 0.5))
+    assert not torch.equal(cut(ids, 0.5), ids)
     assert pad == layout.pad_id
 
 
