@@ -40,6 +40,7 @@ def test_sampling_refuses_nan_infinity_and_non_integers(field, value, message):
     ("part_dropout", 1.5, r"part_dropout must be in \[0, 1\], got 1.5"),
     ("part_dropout", -0.1, r"part_dropout must be in \[0, 1\]"),
     ("part_dropout", math.nan, "part_dropout must be a finite number"),
+    ("part_dropout_kind", "keep-two", "part_dropout_kind must be one of keep-one, drop-one, got 'keep-two'"),
 ])
 def test_training_refuses_values_that_would_crash_or_mislead_later(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -70,6 +71,7 @@ def test_model_config_refuses_shapes_too_big_to_build(changes, message):
 
 @pytest.mark.parametrize("changes, message", [
     (dict(tie_head="no"), "tie_head must be true or false"),
+    (dict(mask_pads=1), "mask_pads must be true or false"),
     (dict(caption_attention="sideways"), "caption_attention must be causal or prefix"),
 ])
 def test_model_config_refuses_a_head_or_caption_attention_it_does_not_know(changes, message):
