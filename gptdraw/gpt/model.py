@@ -318,8 +318,9 @@ def save_transformer(gpt: GPT2LMHeadModel, directory: str | Path) -> None:
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 """A saved GPT's files, as transformers' save_pretrained writes them (one weights file below 50 GB)."""
 _FLAGS = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
-          "tie_word_embeddings": True, "use_cache": True}
-"""The GPT-2 config's true/false fields gptdraw reads, with transformers' defaults."""
+          "tie_word_embeddings": True, "use_cache": True, "gptdraw_mask_pads": False}
+"""The GPT-2 config's true/false fields gptdraw reads, with transformers' defaults (gptdraw_mask_pads: ours,
+false for a GPT saved before it existed)."""
 
 
 def read_transformer_config(path: str | Path, *, within: Sequence[Path] | None = None) -> GPT2Config:
@@ -360,9 +361,6 @@ def _gpt2_fields(data: dict) -> dict:
     if fields["gptdraw_caption_attention"] not in CAPTION_ATTENTIONS:
         raise ValueError(f"gptdraw_caption_attention must be one of {', '.join(CAPTION_ATTENTIONS)}, "
                          f"got {fields['gptdraw_caption_attention']!r}")
-    fields["gptdraw_mask_pads"] = data.get("gptdraw_mask_pads", False)
-    if not isinstance(fields["gptdraw_mask_pads"], bool):
-        raise ValueError(f"gptdraw_mask_pads must be true or false, got {fields['gptdraw_mask_pads']!r}")
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):  # shape nothing; GPT-2's own are past a small vocabulary
         value = data.get(name)
         fields[name] = None if value is None else whole(value, name, 0, 2**31 - 1)
