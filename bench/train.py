@@ -229,6 +229,8 @@ def tracked_memory(config: TrainConfig, data, caption_tokenizer, vq, work_dir: P
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="tiny", help="model preset (tiny, gpt-draw, gpt-draw-medium, gpt-draw-large)")
+    parser.add_argument("--width", type=int, help="the preset's hidden width replaced (the emoji quickstart's GPT: tiny at 384)")
+    parser.add_argument("--dropout", type=float, help="the preset's dropout replaced (the emoji quickstart's GPT: 0.1)")
     parser.add_argument("--micro-batch", type=int, default=8)
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--steps", type=int, default=20, help="timed steps of each loop")
@@ -273,8 +275,10 @@ def main() -> None:
     track_memory = device.type == "cpu" and (args.memory or args.memory_only or bool(args.memory_depths))
     layout = SequenceLayout(text_vocab_size=args.text_vocab, pad_id=0, codebook_size=args.codebook,
                             text_len=args.text_len, grid=(args.grid, args.grid))
+    model = model_preset(args.preset)
+    model = replace(model, n_embd=args.width or model.n_embd, dropout=model.dropout if args.dropout is None else args.dropout)
     config = TrainConfig(
-        model=model_preset(args.preset), max_steps=args.warmup + args.steps, micro_batch_size=args.micro_batch,
+        model=model, max_steps=args.warmup + args.steps, micro_batch_size=args.micro_batch,
         grad_accum=args.grad_accum, warmup_steps=1, precision=args.precision, compile=args.compile,
         compile_backend=args.compile_backend, compile_mode=args.compile_mode, loss_vocabulary=args.loss_vocabulary,
         optimizer=args.optimizer, lora_rank=args.lora_rank,
@@ -339,6 +343,8 @@ def main() -> None:
         "machine": measured_on,
         "device": device_name(device),
         "preset": args.preset,
+        "width": config.model.n_embd,
+        "dropout": config.model.dropout,
         "micro_batch": args.micro_batch,
         "grad_accum": args.grad_accum,
         "seq_len": layout.seq_len,

@@ -33,6 +33,9 @@ MODEL_LIMITS = {"n_layer": 256, "n_head": 256, "n_embd": 16384, "n_positions": 6
 50,257 ids): a config past them is refused before anything is allocated."""
 
 
+CAPTION_ATTENTIONS = ("causal", "prefix")
+"""How a GPT's caption positions attend (ModelConfig.caption_attention), kept in its config.json."""
+
 PART_DROPOUT_KINDS = ("keep-one", "drop-one")
 """What part dropout leaves of a caption (TrainConfig.part_dropout_kind)."""
 
@@ -67,8 +70,9 @@ class ModelConfig:
         for name in ("tie_head", "mask_pads"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.caption_attention not in ("causal", "prefix"):
-            raise ValueError(f"caption_attention must be causal or prefix, got {self.caption_attention!r}")
+        if self.caption_attention not in CAPTION_ATTENTIONS:
+            raise ValueError(f"caption_attention must be one of {', '.join(CAPTION_ATTENTIONS)}, "
+                             f"got {self.caption_attention!r}")
         for name in ("n_layer", "n_head", "n_embd"):
             if not 1 <= getattr(self, name) <= MODEL_LIMITS[name]:
                 raise ValueError(f"{name} must be in [1, {MODEL_LIMITS[name]}], got {getattr(self, name)}")

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.activations import ACT2FN
 
-from gptdraw.gpt.config import MODEL_LIMITS, ModelConfig
+from gptdraw.gpt.config import CAPTION_ATTENTIONS, MODEL_LIMITS, ModelConfig
 from gptdraw.sequence import SequenceLayout
 from gptdraw.untrusted_files import check_finite, check_tensors, read_json_object, real, safetensors_header, whole
 
@@ -47,10 +47,6 @@ def gpt2_config(model: ModelConfig, layout: SequenceLayout) -> GPT2Config:
         gptdraw_caption_attention=model.caption_attention,
         gptdraw_mask_pads=model.mask_pads,
     )
-
-
-CAPTION_ATTENTIONS = ("causal", "prefix")
-"""How a GPT's caption positions attend (ModelConfig.caption_attention), kept in its config.json."""
 
 
 def caption_attention(gpt: GPT2LMHeadModel) -> str:

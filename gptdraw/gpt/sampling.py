@@ -427,10 +427,13 @@ class CodeDrawer:
         chosen, tokens = self._decode_step(cache, prompt, uniform(), tensors, mask)
         codes = torch.cat([codes, chosen[:batch, None]], dim=1)
         yield codes
-        # Decode: one token per row per step, always the same shapes.
+        # Decode: one token per row per step, always the same shapes. Step i's one new token (code i − 1
+        # goes in) sits at position text_len + i − 1: its mask is row i − 1 of the decode steps' masks,
+        # built once per drawing.
+        steps = attention_mask(self.gpt, layout, rows, layout.image_len - 1, layout.seq_len, first=layout.text_len)
         while codes.shape[1] < layout.image_len:
-            # The one new token sits at position text_len + codes − 1 (the last code drawn goes in).
-            mask = attention_mask(self.gpt, layout, rows, 1, layout.seq_len, first=layout.text_len + codes.shape[1] - 1)
+            step = codes.shape[1] - 1
+            mask = None if steps is None else steps[:, :, step:step + 1]  # (R or 1, 1, 1, seq_len)
             if self.options.compile:
                 # CUDA graphs reuse their output memory on the next replay: mark the step, copy out.
                 torch.compiler.cudagraph_mark_step_begin()

@@ -72,7 +72,7 @@ def test_model_config_refuses_shapes_too_big_to_build(changes, message):
 @pytest.mark.parametrize("changes, message", [
     (dict(tie_head="no"), "tie_head must be true or false"),
     (dict(mask_pads=1), "mask_pads must be true or false"),
-    (dict(caption_attention="sideways"), "caption_attention must be causal or prefix"),
+    (dict(caption_attention="sideways"), "caption_attention must be one of causal, prefix"),
 ])
 def test_model_config_refuses_a_head_or_caption_attention_it_does_not_know(changes, message):
     with pytest.raises(ValueError, match=message):
