@@ -94,3 +94,36 @@ def test_batched_muon_steps_as_torch_muon_on_a_gpt_with_one_batch_per_shape(layo
     # batch of three per shape and step, not twelve separate orthogonalisations.
     assert len(batches) == 3 * 4 and all(shape[0] == 3 for shape in batches)
     assert batched.state_dict()["state"][0].keys() == plain.state_dict()["state"][0].keys() == {"momentum_buffer"}
+
+
+def test_newton_schulz_in_fp32_is_bf16s_orthogonalisation_more_exactly():
+    from gptdraw.gpt.optimizer import newton_schulz
+
+    generator = torch.Generator().manual_seed(0)
+    for shape in ((3, 8, 24), (3, 24, 8)):  # wide, and tall (orthogonalised through its transpose)
+        updates = torch.randn(*shape, generator=generator)
+        fp32, bf16 = newton_schulz(updates, dtype=torch.float32), newton_schulz(updates)
+        assert fp32.dtype == torch.float32 and bf16.dtype == torch.bfloat16 and fp32.shape == updates.shape
+        assert torch.allclose(fp32, bf16.float(), atol=0.05)  # the same update, to bf16's rounding
+        # Quintic Newton–Schulz leaves every singular value near 1 (not exactly: its coefficients trade that for speed).
+        singular = torch.linalg.svdvals(fp32)
+        assert singular.min() > 0.6 and singular.max() < 1.3
+
+
+def test_muon_orthogonalises_in_fp32_where_bf16_is_not_native(layout, monkeypatch):
+    from gptdraw.gpt import optimizer as optimizers
+
+    config = TrainConfig(model=ModelConfig(n_layer=1, n_head=2, n_embd=16), optimizer="muon")
+    trained = {}
+    for native in (True, False):
+        monkeypatch.setattr(optimizers, "native_bf16", lambda device, native=native: native)
+        gpt = build_model(config.model, layout, seed=0)
+        optimizer = make_optimizer(gpt, config)
+        assert optimizer.muon.ns_dtype == (torch.bfloat16 if native else torch.float32)
+        for p in gpt.parameters():
+            p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()))
+        optimizer.step()
+        trained[native] = gpt.transformer.h[0].mlp.c_fc.weight.detach().clone()
+    # The dtype reaches the update: the two steps differ, by no more than bf16's rounding of it.
+    assert not torch.equal(trained[True], trained[False])
+    assert torch.allclose(trained[True], trained[False], atol=1e-4)
