@@ -12,7 +12,9 @@ steps; it trains in WORK/NAME/model and draws the tuning half's held-out caption
 --training-prompts training captions, 4 drawings each, with the model's stored sampling settings.
 The figures are those of `gptdraw evaluate --half tuning` (subject retrieval on held-out and on
 training captions, tone, style, variety), with 95% intervals; the report half is left for the
-settings chosen from them. A variant whose evaluation.json exists is read back, so an interrupted
+settings chosen from them. --gpt-seed trains every variant's GPT from another seed (its weights,
+dropout and batches; the pictures, the held-out split and the drawings keep BASE's): the same
+variant at two seeds says how far a figure moves by chance. A variant whose evaluation.json exists is read back, so an interrupted
 sweep resumes; two sweeps with disjoint variants may share WORK (run them with one thread each).
 """
 
@@ -87,7 +89,7 @@ def shards_for(config: EmojiQuickstartConfig, base: Path, defaults: EmojiQuickst
 
 
 def run_variant(name: str, config: EmojiQuickstartConfig, base: Path, defaults: EmojiQuickstartConfig, work: Path,
-                inception, training_prompts: int, memo: dict) -> dict:
+                inception, training_prompts: int, memo: dict, gpt_seed: int | None = None) -> dict:
     """Trains and evaluates one variant in WORK/NAME (or reads back a finished one). `memo`: shared by
     the variants of a sweep, which all draw with BASE's image tokenizer and are judged against
     BASE's pictures, so the real pictures' and the baselines' features are computed once."""
@@ -100,7 +102,10 @@ def run_variant(name: str, config: EmojiQuickstartConfig, base: Path, defaults: 
     image_tokenizer = ImageTokenizer.from_pretrained(base / "vq", device=device)
     data_dir = shards_for(config, base, defaults, work, image_tokenizer, device)
     caption_tokenizer = CaptionTokenizer.from_pretrained(data_dir / "text_tokenizer")
-    result = train(gpt_train_config(config, sample_prompts=()), ShardDataset(data_dir), run / "model",
+    train_config = gpt_train_config(config, sample_prompts=())
+    if gpt_seed is not None:
+        train_config = dataclasses.replace(train_config, seed=gpt_seed)
+    result = train(train_config, ShardDataset(data_dir), run / "model",
                    caption_tokenizer, image_tokenizer, eval_data=ShardDataset(data_dir / "eval"),
                    sampling=config.sampling, progress=False)
     trained = time.perf_counter() - started
@@ -108,7 +113,7 @@ def run_variant(name: str, config: EmojiQuickstartConfig, base: Path, defaults: 
     scores = evaluate_real_pictures(pipe, base / "pictures", inception, run / "tuning", config.images_per_prompt,
                                     other_subjects=config.other_subjects, training_prompts=training_prompts,
                                     half="tuning", seed=config.seed, progress=False, memo=memo)
-    scores.update(train_loss=result.train_loss, eval_loss=result.eval_loss, train_seconds=trained,
+    scores.update(gpt_seed=train_config.seed, train_loss=result.train_loss, eval_loss=result.eval_loss, train_seconds=trained,
                   seconds=time.perf_counter() - started)
     scores_path.write_text(json.dumps(scores, indent=2) + "\n")  # last: a finished variant
     return scores
@@ -126,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=[],
                         help="NAME:field=value,… of EmojiQuickstartConfig (repeatable; NAME: alone is BASE's recipe)")
     parser.add_argument("--training-prompts", type=int, default=48, help="training captions drawn (default: %(default)s)")
+    parser.add_argument("--gpt-seed", type=int, help="seed of every variant's GPT training (default: BASE's seed)")
     parser.add_argument("--inception", help="the FID Inception TorchScript file (default: BASE's, else the installed one)")
     parser.add_argument("--work", default="bench/out/real_levers", help="the variants' runs (default: %(default)s)")
     add_out_option(parser, "real_levers")
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     memo = {}
     for name, values in variants:
         config = dataclasses.replace(defaults, **values)
-        scores = run_variant(name, config, base, defaults, work, inception, args.training_prompts, memo)
+        scores = run_variant(name, config, base, defaults, work, inception, args.training_prompts, memo, args.gpt_seed)
         result["runs"][name] = {"changes": values, **scores}
         intervals = [figure_of(scores, f"{figure}_interval") for figure in FIGURES]
         print(f"{name:<14}" + "".join(

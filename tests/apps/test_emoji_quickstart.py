@@ -91,6 +91,12 @@ def test_the_lever_bench_trains_each_variant_on_the_runs_pictures_and_reads_fini
     assert weights.stat().st_mtime_ns == written
     with pytest.raises(SystemExit, match="image_size would need other pictures"):
         levers.main([*bench[:-4], "--variant", "smaller:image_size=16"])
+    # --gpt-seed trains the GPT from another seed, and only the GPT: the pictures stay BASE's.
+    assert levers.main([*bench[:-2], "--variant", "seeded:", "--gpt-seed", "7"]) == 0
+    seeded = json.loads((tmp_path / "levers.json").read_text())["runs"]["seeded"]
+    assert seeded["gpt_seed"] == 7 and seeded["real_heldout"] == runs["untied16"]["real_heldout"]
+    assert json.loads((tmp_path / "work" / "seeded" / "model" / "train_config.json").read_text())["seed"] == 7
+    assert json.loads((out / "model" / "train_config.json").read_text())["seed"] != 7
 
 
 def test_a_flag_of_the_other_data_is_refused_in_one_line(tmp_path, capsys):
