@@ -14,8 +14,9 @@ The figures are those of `gptdraw evaluate --half tuning` (subject retrieval on 
 training captions, tone, style, variety), with 95% intervals; the report half is left for the
 settings chosen from them. --gpt-seed trains every variant's GPT from another seed (its weights,
 dropout and batches; the pictures, the held-out split and the drawings keep BASE's): the same
-variant at two seeds says how far a figure moves by chance. A variant whose evaluation.json exists is read back, so an interrupted
-sweep resumes; two sweeps with disjoint variants may share WORK (run them with one thread each).
+variant at two seeds says how far a figure moves by chance. A variant whose evaluation.json
+exists is read back, so an interrupted sweep resumes; two sweeps with disjoint variants may share
+WORK (run them with one thread each).
 """
 
 from __future__ import annotations
@@ -113,8 +114,8 @@ def run_variant(name: str, config: EmojiQuickstartConfig, base: Path, defaults: 
     scores = evaluate_real_pictures(pipe, base / "pictures", inception, run / "tuning", config.images_per_prompt,
                                     other_subjects=config.other_subjects, training_prompts=training_prompts,
                                     half="tuning", seed=config.seed, progress=False, memo=memo)
-    scores.update(gpt_seed=train_config.seed, train_loss=result.train_loss, eval_loss=result.eval_loss, train_seconds=trained,
-                  seconds=time.perf_counter() - started)
+    scores.update(gpt_seed=train_config.seed, train_loss=result.train_loss, eval_loss=result.eval_loss,
+                  train_seconds=trained, seconds=time.perf_counter() - started)
     scores_path.write_text(json.dumps(scores, indent=2) + "\n")  # last: a finished variant
     return scores
 
