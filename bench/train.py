@@ -276,7 +276,8 @@ def main() -> None:
     layout = SequenceLayout(text_vocab_size=args.text_vocab, pad_id=0, codebook_size=args.codebook,
                             text_len=args.text_len, grid=(args.grid, args.grid))
     model = model_preset(args.preset)
-    model = replace(model, n_embd=args.width or model.n_embd, dropout=model.dropout if args.dropout is None else args.dropout)
+    model = replace(model, n_embd=model.n_embd if args.width is None else args.width,
+                    dropout=model.dropout if args.dropout is None else args.dropout)
     config = TrainConfig(
         model=model, max_steps=args.warmup + args.steps, micro_batch_size=args.micro_batch,
         grad_accum=args.grad_accum, warmup_steps=1, precision=args.precision, compile=args.compile,
